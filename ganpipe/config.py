@@ -1,0 +1,177 @@
+"""Typed parameters, one section per stage, loaded from `params.yaml` plus `--set` overrides.
+
+Every problem is reported before any work starts, as one message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from ganpipe.errors import ConfigError
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    source: Literal["mnist_5k", "digits", "mnist", "fashion_mnist", "cifar10", "folder", "csv"] = (
+        "mnist_5k"
+    )
+    # An .npz (mnist/fashion_mnist/cifar10), a folder of class folders, or a CSV file.
+    path: str | None = None
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # Resize every image to image_size x image_size; null keeps sizes (and mixed sizes are an error).
+    image_size: int | None = Field(None, ge=4, le=1024)
+    # Keep at most this many training images per class (small-data experiments); null keeps all.
+    max_per_class: int | None = Field(None, ge=1)
+    label_column: str = "label"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataParams:
+        if self.source in ("folder", "csv") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+
+class ModelParams(Section):
+    latent_dim: int = Field(64, ge=1)
+    embed_dim: int = Field(32, ge=1)
+    # Width of the widest convolution; the others halve from it.
+    filters: int = Field(128, ge=8)
+
+
+class TrainParams(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    g_learning_rate: float = Field(2e-4, gt=0)
+    d_learning_rate: float = Field(2e-4, gt=0)
+    beta_1: float = Field(0.5, ge=0, lt=1)
+    sample_every: int = Field(200, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    seed: int = 0
+
+
+class GenerateParams(Section):
+    per_class: int = Field(500, ge=1)
+    # True: split per_class * num_classes across classes in proportion to the real counts.
+    proportional: bool = False
+    seed: int = 1
+    batch_size: int = Field(256, ge=1)
+    write_png: bool = True
+
+
+class AugmentParams(Section):
+    # Synthetic images added per real image (0.5: half as many synthetic as real).
+    synthetic_ratio: float = Field(1.0, ge=0)
+    seed: int = 0
+
+
+class EvaluateParams(Section):
+    classifier_epochs: int = Field(3, ge=1)
+    classifier_batch_size: int = Field(128, ge=1)
+    # Samples per set for the distances; capped by what exists.
+    max_samples: int = Field(5000, ge=2)
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    seed: int = 0
+
+
+class TrackingParams(Section):
+    enabled: bool = True
+    # null: $MLFLOW_TRACKING_URI, else sqlite:///<absolute cwd>/mlflow.db
+    uri: str | None = None
+    experiment: str = "ganpipe"
+    register_model: bool = True
+    model_name: str = "ganpipe-generator"
+
+
+class Params(Section):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    generate: GenerateParams = GenerateParams()
+    augment: AugmentParams = AugmentParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+
+    _origin: str = PrivateAttr(default="<defaults>")
+
+    @property
+    def origin(self) -> str:
+        """The file these params came from, for error messages."""
+        return self._origin
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """A ConfigError naming this params file and `key`, for checks that need the data."""
+        return ConfigError(f"{self.origin}: {key}: {message}")
+
+    def flat(self) -> dict[str, Any]:
+        """`section.key -> value`, for logging to MLflow."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.model_dump().items()
+            for key, value in values.items()
+        }
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=3")
+    return parts, yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_params(path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> Params:
+    """Read `path` (default `params.yaml` if it exists, else the built-in defaults), apply
+    `section.key=value` overrides and validate. Raises ConfigError with file and key."""
+    if path is None:
+        path = DEFAULT_PARAMS if Path(DEFAULT_PARAMS).exists() else None
+    raw: dict[str, Any] = {}
+    origin = "<defaults>"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{origin}: cannot read params file: {e.strerror}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{origin}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        (section, key), value = _parse_override(item)
+        sec = raw.setdefault(section, {})
+        if not isinstance(sec, dict):
+            raise ConfigError(f"{origin}: {section}: expected a mapping")
+        sec[key] = value
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(origin, e)) from None
+    params._origin = origin
+    return params
+
+
+def _format_validation(origin: str, err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<top>"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in item and item["type"] != "missing":
+            msg = f"{msg} (got {item['input']!r})"
+        lines.append(f"{origin}: {key}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints their message alone, without a traceback."""
+
+
+class GanpipeError(Exception):
+    """Base class: something the user can fix (bad params, bad data, missing inputs)."""
+
+
+class ConfigError(GanpipeError):
+    """A parameter is unknown, of the wrong type or impossible."""
+
+
+class DataError(GanpipeError):
+    """Input data is missing, corrupt or inconsistent."""
+
+
+class TrainingError(GanpipeError):
+    """Training diverged or cannot continue."""
