@@ -96,7 +96,9 @@ def load_prepared(data_dir: str | os.PathLike[str]) -> Prepared:
     d = Path(data_dir)
     if not (d / "summary.json").exists():
         raise DataError(f"{d}/summary.json: not found (run `ganpipe prepare` first)")
-    return Prepared(load_split(d / "train.npz"), load_split(d / "test.npz"), read_json(d / "summary.json"))
+    return Prepared(
+        load_split(d / "train.npz"), load_split(d / "test.npz"), read_json(d / "summary.json")
+    )
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

@@ -1,0 +1,132 @@
+"""`ganpipe prepare|train|generate|augment|classifier|evaluate|run`: thin callers of `run_stage`.
+
+Every command takes `--params FILE` and repeated `--set section.key=value`. Errors the user can fix
+print one message and exit 2; nothing else is printed in their place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from ganpipe.errors import GanpipeError
+from ganpipe.pipeline import STAGES, Paths, run_file, run_stage
+
+# Stages that log into the pipeline's MLflow run; `train` opens it, the later ones rejoin it.
+TRACKED = {"train", "generate", "evaluate"}
+
+HELP = {
+    "prepare": "load and validate the raw data; write data/prepared/{train,test}.npz + summary.json",
+    "train": "train the class-conditional GAN; write models/ (resumes from checkpoints/)",
+    "generate": "sample labelled synthetic images into data/synthetic/",
+    "augment": "merge real and synthetic training data into data/augmented/",
+    "classifier": "train (or reuse) the domain classifier the evaluation uses, in evaluator/",
+    "evaluate": "score the synthetic samples; write metrics/eval.json and metrics/per_class.csv",
+    "run": "run every stage in order under one MLflow run",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default=None, help="params file (default: ./params.yaml)")
+    common.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one param; repeatable",
+    )  # fmt: skip
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    for f in Paths.__dataclass_fields__.values():
+        common.add_argument(
+            f"--{f.name}-dir", dest=f"path_{f.name}", type=Path, default=f.default,
+            help=f"(default: {f.default})",
+        )  # fmt: skip
+    parser = argparse.ArgumentParser(prog="ganpipe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in (*STAGES, "run"):
+        sub.add_parser(name, parents=[common], help=HELP[name], description=HELP[name])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    paths = Paths(**{k: getattr(args, f"path_{k}") for k in Paths.__dataclass_fields__})
+    try:
+        from ganpipe.config import load_params
+
+        params = load_params(args.params, args.overrides)
+        if args.command == "run":
+            result = run_all(params, paths, progress=not args.quiet)
+            print_report(result, paths)
+        else:
+            result = run_one(args.command, params, paths, progress=not args.quiet)
+            print(json.dumps(result, indent=2, default=str))
+    except GanpipeError as e:
+        print(f"ganpipe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ganpipe {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def run_one(name: str, params, paths: Paths, progress: bool = True) -> dict:
+    """One stage as its own process (how `dvc repro` runs it)."""
+    from ganpipe.tracking import NULL_TRACKER, start_tracker
+
+    tracker = NULL_TRACKER
+    if name in TRACKED:
+        resume = None if name == "train" else run_file(paths)
+        tracker = start_tracker(params, run_name="pipeline", resume_from=resume)
+    try:
+        result = run_stage(name, params, paths, tracker, progress)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return result
+
+
+def run_all(params, paths: Paths, progress: bool = True) -> dict:
+    """Every stage in order, one MLflow run for all of them."""
+    from ganpipe.tracking import start_tracker
+
+    tracker = start_tracker(params, run_name="pipeline")
+    results: dict = {"run_id": tracker.run_id, "seconds": {}}
+    try:
+        for name in STAGES:
+            t0 = time.perf_counter()
+            print(f"== {name}", file=sys.stderr, flush=True)
+            results[name] = run_stage(name, params, paths, tracker, progress)
+            results["seconds"][name] = round(time.perf_counter() - t0, 1)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.log_metrics({f"seconds_{k}": v for k, v in results["seconds"].items()})
+    tracker.finish()
+    return results
+
+
+def print_report(results: dict, paths: Paths) -> None:
+    metrics = results.get("evaluate", {})
+    print("\nMetrics (metrics/eval.json):")
+    for k, v in sorted(metrics.items()):
+        print(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
+    print("\nOutputs:")
+    print(f"  prepared data    {paths.prepared}/")
+    print(f"  generator        {paths.models}/generator.keras (samples in {paths.models}/samples/)")
+    print(f"  synthetic data   {paths.synthetic}/ (samples.npz, images/, manifest.csv)")
+    print(f"  augmented data   {paths.augmented}/train.npz")
+    print(f"  metrics          {paths.metrics}/eval.json, {paths.metrics}/per_class.csv")
+    if results.get("run_id"):
+        print(
+            f"  MLflow run       {results['run_id']} (mlflow ui --backend-store-uri sqlite:///mlflow.db)"
+        )
+    print("Stage seconds: " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Everything MLflow lives here, so every stage also runs with tracking off.
+
+Stages receive a `Tracker`. With tracking off they get `NULL_TRACKER`, whose methods do nothing.
+`MlflowTracker` talks to the store through `MlflowClient` and an explicit run id rather than the
+fluent API's thread-local "active run": Prefect runs tasks in worker threads, where the flow's active
+run is invisible.
+
+One MLflow run per pipeline run: `ganpipe run` and the Prefect flow open one and pass it to every
+stage; under `dvc repro`, where each stage is its own process, the train stage opens it and leaves its
+id in `<model_dir>/mlflow_run.json`, and the later stages log into the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ganpipe.config import Params, TrackingParams
+from ganpipe.io import write_json
+
+RUN_FILE = "mlflow_run.json"
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    """No-op base; MlflowTracker records for real. Stages never import mlflow themselves."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Log a file or a whole directory."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_generator(self, model_path: str | os.PathLike[str]) -> None:
+        """Log (and register, if configured) the generator saved at `model_path`."""
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+NULL_TRACKER = Tracker()
+
+
+def resolve_uri(params: TrackingParams) -> str:
+    """The tracking URI: the param, else $MLFLOW_TRACKING_URI, else an absolute SQLite file in the
+    working directory (absolute, so DVC's temporary experiment copies share one store)."""
+    if params.uri:
+        return params.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Beside a local SQLite store, keep artifacts in `mlartifacts/` next to the database file."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+class MlflowTracker(Tracker):
+    def __init__(
+        self, params: TrackingParams, run_id: str | None = None, run_name: str = ""
+    ) -> None:
+        from mlflow import MlflowClient
+
+        self.params = params
+        self.uri = resolve_uri(params)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        if run_id is None:
+            exp = self.client.get_experiment_by_name(params.experiment)
+            exp_id = (
+                exp.experiment_id
+                if exp
+                else self.client.create_experiment(
+                    params.experiment, artifact_location=_artifact_root(self.uri)
+                )
+            )
+            run_id = self.client.create_run(exp_id, run_name=run_name or None).info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        # A resumed run already has the params; MLflow refuses to change a logged value.
+        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i : i + 100], synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_generator(self, model_path: str | os.PathLike[str]) -> None:
+        import keras
+        import mlflow
+        import mlflow.keras
+
+        model = keras.models.load_model(model_path, compile=False)
+        mlflow.set_tracking_uri(self.uri)
+        name = self.params.model_name if self.params.register_model else None
+        # Explicit requirements: MLflow's inference reloads the model in a subprocess (slow).
+        reqs = [f"keras=={keras.__version__}"]
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.keras.log_model(
+                model, name="generator", registered_model_name=name, pip_requirements=reqs
+            )
+        if name:
+            version = info.registered_model_version
+            self.set_tags({"registered_model": f"{name}/{version}"})
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def start_tracker(
+    params: Params, run_name: str = "pipeline", resume_from: Path | None = None
+) -> Tracker:
+    """A tracker for `params.tracking`: NULL_TRACKER when off; else a new MLflow run, or the run
+    recorded in `resume_from` (a run file written by `save_run_file`) when it names this store."""
+    if not params.tracking.enabled:
+        return NULL_TRACKER
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    run_id = None
+    if resume_from is not None and Path(resume_from).exists():
+        saved = json.loads(Path(resume_from).read_text())
+        if saved.get("tracking_uri") == resolve_uri(params.tracking):
+            run_id = saved.get("run_id")
+    tracker = MlflowTracker(params.tracking, run_id=run_id, run_name=run_name)
+    if run_id is None:
+        tracker.log_params(params.flat())
+    return tracker
+
+
+def save_run_file(tracker: Tracker, model_dir: str | os.PathLike[str]) -> None:
+    """Leave the run id beside the model so later stages (other processes) log into the same run."""
+    if isinstance(tracker, MlflowTracker):
+        write_json(
+            Path(model_dir) / RUN_FILE, {"run_id": tracker.run_id, "tracking_uri": tracker.uri}
+        )
