@@ -1,0 +1,177 @@
+"""The `prepare` stage: load the configured source, validate, split, write the prepared dataset.
+
+Everything is built and checked in memory first, then written into a temporary directory that
+replaces `out_dir` as a whole: a failure leaves any previous output untouched.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ganpipe.config import DataParams
+from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
+from ganpipe.data.sources import load_source
+from ganpipe.errors import ConfigError, DataError
+from ganpipe.io import atomic_dir
+
+OUTPUT_FILES = {"train.npz", "test.npz", "summary.json"}
+
+
+def prepare(params: DataParams, out_dir: str | Path, origin: str = "<params>") -> dict[str, Any]:
+    """Write `<out_dir>/train.npz`, `test.npz` and `summary.json`; return the summary.
+
+    `origin` names the params file in ConfigError messages. Raises ConfigError or DataError
+    before anything is written.
+    """
+    out = Path(out_dir)
+    _check_replaceable(out)
+    prepared = build_prepared(params, origin)
+    with atomic_dir(out) as tmp:
+        save_prepared(tmp, prepared)
+    return prepared.summary
+
+
+def build_prepared(params: DataParams, origin: str = "<params>") -> Prepared:
+    """Load, convert, split, cap, resize and validate, all in memory."""
+    if params.path and params.source in ("mnist_5k", "digits"):
+        warnings.warn(f"data.path is ignored for data.source {params.source!r}", stacklevel=2)
+    src = load_source(params, origin)
+    names = src.class_names
+    images = to_uint8_images(src.images, "images")
+    labels = to_labels(src.labels, len(images), len(names), "labels")
+    rng = np.random.default_rng(params.seed)
+    if src.test is None:
+        train_idx, test_idx = stratified_split(labels, names, params.test_fraction, rng)
+        train = Split(images[train_idx], labels[train_idx])
+        test = Split(images[test_idx], labels[test_idx])
+    else:
+        test_images = to_uint8_images(src.test[0], "test images")
+        test_labels = to_labels(src.test[1], len(test_images), len(names), "test labels")
+        train, test = Split(images, labels), Split(test_images, test_labels)
+    if params.max_per_class is not None:
+        train = cap_per_class(train, params.max_per_class, rng)
+    if params.image_size is not None:
+        train, test = resize(train, params.image_size), resize(test, params.image_size)
+    validate(train, test, names)
+    return Prepared(train, test, make_summary(train, test, names, params.source))
+
+
+def _check_replaceable(out: Path) -> None:
+    # atomic_dir replaces the whole directory, so never point it at one holding anything else.
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"{out}: output path exists and is not a directory")
+    others = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
+    if others:
+        raise ConfigError(
+            f"{out}: output directory holds files other than a prepared dataset "
+            f"({', '.join(others[:3])}); refusing to replace it"
+        )
+
+
+def to_uint8_images(x: Any, what: str) -> np.ndarray:
+    """Numeric N x H x W [x C] with values 0-255 -> uint8 N x H x W x C (C = 1 or 3)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "uif":
+        raise DataError(f"{what}: expected numeric pixels, got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) == 0:
+        raise DataError(f"{what}: expected N x H x W or N x H x W x C (C = 1 or 3), got {x.shape}")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{what}: contains NaN or infinite pixel values")
+    lo, hi = x.min(), x.max()
+    if lo < 0 or hi > 255:
+        raise DataError(f"{what}: pixel values must lie in 0-255, found {lo}..{hi}")
+    if x.dtype.kind == "f" and hi <= 1.0:
+        warnings.warn(f"{what}: all pixel values are within 0-1; 0-255 is expected", stacklevel=3)
+    return np.rint(x).astype(np.uint8) if x.dtype.kind == "f" else x.astype(np.uint8)
+
+
+def to_labels(y: Any, n: int, k: int, what: str) -> np.ndarray:
+    """Integer class indices 0..k-1 as int64 (an N x 1 column, as cifar10 has, is flattened)."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{what}: expected {n} labels, got shape {y.shape}")
+    if y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0):
+        y = y.astype(np.int64)
+    if y.dtype.kind not in "ui":
+        raise DataError(f"{what}: expected integer class indices, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= k:
+        raise DataError(f"{what}: class indices must lie in 0..{k - 1}, found {y.min()}..{y.max()}")
+    return y.astype(np.int64)
+
+
+def stratified_split(
+    labels: np.ndarray, names: list[str], test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled (train, test) indices holding `test_fraction` of each class (at least 1 each)."""
+    train, test = [], []
+    for c, name in enumerate(names):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if len(idx) < 2:
+            raise DataError(
+                f"class {name!r} has {len(idx)} image(s); at least 2 are needed "
+                "to put one in each of train and test"
+            )
+        n_test = min(max(1, int(len(idx) * test_fraction + 0.5)), len(idx) - 1)
+        test.append(idx[:n_test])
+        train.append(idx[n_test:])
+    # Shuffle across classes: sources like mnist_5k arrive sorted by label.
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def cap_per_class(split: Split, max_per_class: int, rng: np.random.Generator) -> Split:
+    """Keep a seeded random `max_per_class` images of each class, in their original order."""
+    keep = [
+        rng.permutation(np.flatnonzero(split.labels == c))[:max_per_class]
+        for c in np.unique(split.labels)
+    ]
+    idx = np.sort(np.concatenate(keep))
+    return Split(split.images[idx], split.labels[idx])
+
+
+def resize(split: Split, size: int) -> Split:
+    """Bilinear resize to size x size (a no-op if already that size)."""
+    if split.images.shape[1:3] == (size, size):
+        return split
+    gray = split.images.shape[-1] == 1
+    out = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(img[..., 0] if gray else img).resize(
+                    (size, size), Image.Resampling.BILINEAR
+                )
+            )
+            for img in split.images
+        ]
+    )
+    return Split(out[..., np.newaxis] if gray else out, split.labels)
+
+
+def validate(train: Split, test: Split, names: list[str]) -> None:
+    """The checks every later stage relies on."""
+    if len(names) < 2:
+        raise DataError(f"need at least 2 classes, found {len(names)} ({', '.join(names)})")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(
+            f"train images are {train.images.shape[1:]} but test images are "
+            f"{test.images.shape[1:]}; set data.image_size to resize both"
+        )
+    k = len(names)
+    empty = [names[c] for c in np.flatnonzero(np.bincount(train.labels, minlength=k) == 0)]
+    if empty:
+        raise DataError(f"no training images for class(es) {', '.join(map(repr, empty))}")
+    missing = [names[c] for c in np.flatnonzero(np.bincount(test.labels, minlength=k) == 0)]
+    if missing:
+        warnings.warn(f"no test images for class(es) {', '.join(map(repr, missing))}", stacklevel=3)
