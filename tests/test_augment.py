@@ -1,0 +1,162 @@
+"""augment: per-class ratio, flags, ratio 0, shortages, shape/class checks, test split copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ganpipe.augment import augment, synthetic_counts
+from ganpipe.config import AugmentParams
+from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
+from ganpipe.errors import DataError
+from ganpipe.io import read_json, save_npz, write_json
+
+CLASS_NAMES = ["zero", "one", "two"]
+REAL_COUNTS = [8, 4, 3]
+SHAPE = (4, 4, 1)
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), REAL_COUNTS).astype(np.int64)
+    # Real images are < 128, synthetic ones >= 128, so each row's origin can be told.
+    train = Split(rng.integers(0, 128, (len(labels), *SHAPE), dtype=np.uint8), labels)
+    test = Split(rng.integers(0, 128, (5, *SHAPE), dtype=np.uint8), np.arange(5) % 3)
+    d = tmp_path / "prepared"
+    save_prepared(d, Prepared(train, test, make_summary(train, test, CLASS_NAMES, "test")))
+    return d
+
+
+def make_synthetic(path: Path, per_class: int, shape=SHAPE, class_names=CLASS_NAMES) -> Path:
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(len(class_names)), per_class).astype(np.int64)
+    images = rng.integers(128, 256, (len(labels), *shape), dtype=np.uint8)
+    images[:, 0, 0, 0] = 128 + np.arange(len(labels)) % 128  # distinct rows
+    save_npz(path / "samples.npz", images=images, labels=labels)
+    write_json(
+        path / "summary.json",
+        {"class_names": class_names, "generator_version": "abc123def456", "seed": 1},
+    )
+    return path
+
+
+def load_train(out: Path):
+    with np.load(out / "train.npz") as f:
+        return f["images"], f["labels"], f["is_synthetic"]
+
+
+def test_ratio_counts_and_flags(data_dir, tmp_path):
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10)
+    out = tmp_path / "augmented"
+    summary = augment(AugmentParams(synthetic_ratio=0.5, seed=3), data_dir, syn, out)
+
+    images, labels, is_syn = load_train(out)
+    expected_syn = [4, 2, 2]  # round(0.5 * [8, 4, 3]), halves up
+    assert images.dtype == np.uint8 and images.shape == (15 + 8, *SHAPE)
+    assert labels.dtype == np.int64 and is_syn.dtype == bool
+    assert np.bincount(labels[~is_syn], minlength=3).tolist() == REAL_COUNTS
+    assert np.bincount(labels[is_syn], minlength=3).tolist() == expected_syn
+    # the flag matches where each image came from, and synthetic rows are distinct picks
+    np.testing.assert_array_equal(images.reshape(len(images), -1).max(axis=1) >= 128, is_syn)
+    assert (images[is_syn, 0, 0, 0] >= 128).all()
+    assert len(np.unique(images[is_syn].reshape(is_syn.sum(), -1), axis=0)) == is_syn.sum()
+    assert not (is_syn[: is_syn.sum()]).all()  # shuffled, not real-then-synthetic
+
+    real = load_prepared(data_dir)
+    for k in range(3):  # every real image is there, with its label
+        got = images[~is_syn & (labels == k)]
+        want = real.train.images[real.train.labels == k]
+        assert sorted(map(bytes, got)) == sorted(map(bytes, want))
+
+    assert summary["real_counts"] == REAL_COUNTS
+    assert summary["synthetic_counts"] == expected_syn
+    assert summary["counts_by_class"]["zero"] == {"real": 8, "synthetic": 4}
+    assert summary["synthetic_ratio"] == 0.5 and summary["num_synthetic"] == 8
+    assert summary["sources"]["synthetic"]["generator_version"] == "abc123def456"
+    assert summary["sources"]["real"]["content_hash"] == real.content_hash
+    assert read_json(out / "summary.json") == summary
+    # the output is itself prepared data
+    aug = load_prepared(out)
+    assert len(aug.train) == 23 and aug.summary["train_counts"] == [12, 6, 5]
+    assert (out / "test.npz").read_bytes() == (data_dir / "test.npz").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_seeded_selection(data_dir, tmp_path):
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10)
+    augment(AugmentParams(synthetic_ratio=1.0, seed=0), data_dir, syn, tmp_path / "a")
+    augment(AugmentParams(synthetic_ratio=1.0, seed=0), data_dir, syn, tmp_path / "b")
+    augment(AugmentParams(synthetic_ratio=1.0, seed=1), data_dir, syn, tmp_path / "c")
+    a, b, c = (load_train(tmp_path / n) for n in "abc")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_ratio_zero_is_real_copy(data_dir, tmp_path):
+    out = tmp_path / "augmented"
+    # no synthetic samples are needed at ratio 0
+    summary = augment(AugmentParams(synthetic_ratio=0), data_dir, tmp_path / "missing", out)
+    images, labels, is_syn = load_train(out)
+    real = load_prepared(data_dir)
+    np.testing.assert_array_equal(images, real.train.images)
+    np.testing.assert_array_equal(labels, real.train.labels)
+    assert not is_syn.any()
+    assert summary["num_synthetic"] == 0 and summary["synthetic_counts"] == [0, 0, 0]
+    assert summary["content_hash"] == real.content_hash
+    assert (out / "test.npz").read_bytes() == (data_dir / "test.npz").read_bytes()
+
+
+def test_not_enough_synthetic(data_dir, tmp_path):
+    syn = make_synthetic(tmp_path / "synthetic", per_class=5)
+    out = tmp_path / "augmented"
+    with pytest.raises(
+        DataError, match=r"'zero': needs 8, has 5.*generate\.per_class to at least 8"
+    ):
+        augment(AugmentParams(synthetic_ratio=1.0), data_dir, syn, out)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_missing_synthetic(data_dir, tmp_path):
+    with pytest.raises(DataError, match="samples.npz: not found.*ganpipe generate"):
+        augment(AugmentParams(), data_dir, tmp_path / "nothing", tmp_path / "out")
+
+
+def test_shape_mismatch(data_dir, tmp_path):
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10, shape=(8, 8, 1))
+    with pytest.raises(DataError, match=r"images are \(8, 8, 1\).*\(4, 4, 1\)"):
+        augment(AugmentParams(), data_dir, syn, tmp_path / "out")
+
+
+def test_class_mismatch(data_dir, tmp_path):
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10, class_names=["a", "b", "c"])
+    with pytest.raises(DataError, match="differ from the real classes"):
+        augment(AugmentParams(), data_dir, syn, tmp_path / "out")
+
+
+def test_failure_keeps_previous_output(data_dir, tmp_path, monkeypatch):
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10)
+    out = tmp_path / "augmented"
+    augment(AugmentParams(synthetic_ratio=0.5), data_dir, syn, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    import ganpipe.augment as aug_mod
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(aug_mod.shutil, "copyfile", broken)
+    with pytest.raises(OSError, match="disk full"):
+        augment(AugmentParams(synthetic_ratio=1.0), data_dir, syn, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_synthetic_counts_rounding():
+    assert synthetic_counts(0.5, np.array([8, 4, 3, 1, 0])).tolist() == [4, 2, 2, 1, 0]
+    assert synthetic_counts(2.0, np.array([3])).tolist() == [6]
+    assert synthetic_counts(0.0, np.array([3])).tolist() == [0]
