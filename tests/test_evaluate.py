@@ -1,0 +1,234 @@
+"""The domain classifier cache and the evaluate stage, end to end on sklearn's 8x8 digits."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from ganpipe.config import EvaluateParams
+from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared, save_split
+from ganpipe.errors import DataError
+from ganpipe.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
+from ganpipe.tracking import Tracker
+
+PARAMS = EvaluateParams(
+    classifier_epochs=15,
+    classifier_batch_size=64,
+    max_samples=1000,
+    kid_subsets=10,
+    kid_subset_size=200,
+)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> tuple[Path, Prepared]:
+    """sklearn digits as prepared data: uint8 8x8x1, 80/20 split."""
+    d = load_digits()
+    images = np.rint(d.images * (255 / 16)).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int64)
+    idx = np.random.default_rng(0).permutation(len(labels))
+    cut = int(0.8 * len(idx))
+    train = Split(images[idx[:cut]], labels[idx[:cut]])
+    test = Split(images[idx[cut:]], labels[idx[cut:]])
+    names = [str(i) for i in range(10)]
+    prepared = Prepared(train, test, make_summary(train, test, names, "digits"))
+    out = tmp_path_factory.mktemp("prepared")
+    save_prepared(out, prepared)
+    return out, prepared
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One evaluator cache for the module: the classifier is trained once, as in the pipeline."""
+    return tmp_path_factory.mktemp("evaluator")
+
+
+def write_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    save_split(path / "samples.npz", Split(images, labels.astype(np.int64)))
+    return path
+
+
+class RecordingTracker(Tracker):
+    def __init__(self) -> None:
+        self.metrics: list[dict] = []
+        self.artifacts: list[tuple[str, str | None]] = []
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append(dict(metrics))
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append((str(path), artifact_path))
+
+
+# ---- classifier cache -----------------------------------------------------------------------------
+
+
+def test_get_classifier_trains_once_and_retrains_on_change(digits, tmp_path, monkeypatch):
+    from ganpipe.models import classifier as clf
+
+    data_dir, prepared = digits
+    calls = []
+    real_train = clf._train
+
+    def counting_train(prep, params):
+        calls.append(params)
+        return real_train(prep, params)
+
+    monkeypatch.setattr(clf, "_train", counting_train)
+    params = EvaluateParams(classifier_epochs=1, classifier_batch_size=128)
+    model, meta = clf.get_classifier(data_dir, params, tmp_path)
+    assert len(calls) == 1
+    assert (tmp_path / "classifier.keras").exists() and (tmp_path / "meta.json").exists()
+    assert 0.0 <= meta["test_accuracy"] <= 1.0
+    assert meta["key"]["content_hash"] == prepared.content_hash
+    mtime = os.stat(tmp_path / "classifier.keras").st_mtime_ns
+
+    again, meta2 = clf.get_classifier(data_dir, params, tmp_path)
+    assert len(calls) == 1, "second call must load, not retrain"
+    assert meta2 == meta
+    assert os.stat(tmp_path / "classifier.keras").st_mtime_ns == mtime
+    x = prepared.test.images[:16].astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(
+        np.asarray(again(x, training=False)), np.asarray(model(x, training=False)), atol=1e-5
+    )
+
+    # metric-only params do not invalidate the network
+    clf.get_classifier(data_dir, params.model_copy(update={"kid_subsets": 7}), tmp_path)
+    assert len(calls) == 1
+    # classifier params do
+    _, meta3 = clf.get_classifier(
+        data_dir, params.model_copy(update={"classifier_epochs": 2}), tmp_path
+    )
+    assert len(calls) == 2 and meta3["key"]["classifier_epochs"] == 2
+
+
+def test_get_classifier_retrains_when_model_file_is_damaged(digits, tmp_path, monkeypatch):
+    from ganpipe.models import classifier as clf
+
+    data_dir, _ = digits
+    params = EvaluateParams(classifier_epochs=1)
+    clf.get_classifier(data_dir, params, tmp_path)
+    (tmp_path / "classifier.keras").write_bytes(b"not a zip")
+    calls = []
+    real_train = clf._train
+    monkeypatch.setattr(clf, "_train", lambda p, q: calls.append(1) or real_train(p, q))
+    clf.get_classifier(data_dir, params, tmp_path)
+    assert calls == [1]
+
+
+def test_classifier_features_layer_and_extract(digits, cache_dir):
+    from ganpipe.metrics import extract
+    from ganpipe.models.classifier import feature_extractor, get_classifier
+
+    data_dir, prepared = digits
+    model, meta = get_classifier(data_dir, PARAMS, cache_dir)
+    assert meta["test_accuracy"] > 0.85
+    ext = feature_extractor(model)
+    imgs = prepared.test.images[:300]
+    f1, p1 = extract(ext, imgs, batch_size=64)
+    f2, p2 = extract(ext, imgs, batch_size=300)
+    assert f1.shape == (300, 128) and p1.shape == (300, 10)
+    np.testing.assert_allclose(f1, f2, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(p1.sum(axis=1), 1.0, atol=1e-5)
+    f0, p0 = extract(ext, imgs[:0])
+    assert f0.shape == (0, 128) and p0.shape == (0, 10)
+
+
+# ---- evaluate -------------------------------------------------------------------------------------
+
+
+def test_evaluate_realistic_beats_noise(digits, cache_dir, tmp_path):
+    data_dir, prepared = digits
+    rng = np.random.default_rng(1)
+    test = prepared.test
+    noisy = np.clip(test.images + rng.normal(0, 10, test.images.shape), 0, 255).astype(np.uint8)
+    good_dir = write_samples(tmp_path / "good", noisy, test.labels)
+    noise = rng.integers(0, 256, size=(400, 8, 8, 1), dtype=np.uint8)
+    noise_dir = write_samples(tmp_path / "noise", noise, np.arange(400) % 10)
+
+    tracker = RecordingTracker()
+    with pytest.warns(UserWarning):  # small data: KID subsets shrink, per-class covs singular
+        good = evaluate(PARAMS, data_dir, good_dir, tmp_path / "m_good", cache_dir, tracker)
+    with pytest.warns(UserWarning):
+        bad = evaluate(PARAMS, data_dir, noise_dir, tmp_path / "m_noise", cache_dir)
+
+    keys = {
+        "classifier_fd",
+        "classifier_fd_floor",
+        "kid_mean",
+        "kid_std",
+        "conditional_accuracy",
+        "classifier_score",
+        "evaluator_test_accuracy",
+        "num_synthetic",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+    }
+    on_disk = json.loads((tmp_path / "m_good" / "eval.json").read_text())
+    assert keys <= set(on_disk) and on_disk == good
+    assert all(math.isfinite(v) for v in good.values())
+    assert good["num_synthetic"] == len(test)
+    assert good["classifier_fd"] < bad["classifier_fd"]
+    assert good["kid_mean"] < bad["kid_mean"]
+    assert good["conditional_accuracy"] > 0.8 > bad["conditional_accuracy"]
+    assert good["classifier_score"] > bad["classifier_score"]
+    assert good["precision"] > bad["precision"] and good["coverage"] > bad["coverage"]
+    assert good["evaluator_test_accuracy"] > 0.85
+    # the floor uses the same code on real test images: the noisy copy sits close to it
+    assert good["classifier_fd"] < 2 * good["classifier_fd_floor"] + 1.0
+    assert good["classifier_fd_floor"] < 0.1 * bad["classifier_fd"]
+    assert bad["classifier_fd_floor"] == pytest.approx(good["classifier_fd_floor"])
+
+    lines = (tmp_path / "m_good" / "per_class.csv").read_text().splitlines()
+    assert lines[0].split(",") == list(PER_CLASS_COLUMNS)
+    assert len(lines) == 1 + prepared.num_classes
+    assert tracker.metrics == [good]
+    assert tracker.artifacts == [(str(tmp_path / "m_good" / "per_class.csv"), "evaluate")]
+
+
+def test_evaluate_caps_synthetic_samples(digits, cache_dir, tmp_path):
+    data_dir, prepared = digits
+    train = prepared.train
+    syn = write_samples(tmp_path / "syn", train.images, train.labels)
+    params = PARAMS.model_copy(update={"max_samples": 200})
+    with pytest.warns(UserWarning):
+        out = evaluate(params, data_dir, syn, tmp_path / "m", cache_dir)
+    assert out["num_synthetic"] == 200
+
+
+def test_evaluate_missing_samples_is_data_error(digits, cache_dir, tmp_path):
+    data_dir, _ = digits
+    with pytest.raises(DataError, match=r"samples\.npz.*ganpipe generate"):
+        evaluate(PARAMS, data_dir, tmp_path / "nothing", tmp_path / "m", cache_dir)
+    assert not (tmp_path / "m").exists()
+
+
+def test_evaluate_shape_mismatch_is_data_error(digits, cache_dir, tmp_path):
+    data_dir, _ = digits
+    syn = write_samples(tmp_path / "syn", np.zeros((20, 9, 9, 1), np.uint8), np.arange(20) % 10)
+    with pytest.raises(DataError, match=r"samples\.npz.*9x9x1.*8x8x1"):
+        evaluate(PARAMS, data_dir, syn, tmp_path / "m", cache_dir)
+    syn = write_samples(tmp_path / "syn2", np.zeros((20, 8, 8, 1), np.uint8), np.full(20, 12))
+    with pytest.raises(DataError, match="labels must be in 0..9"):
+        evaluate(PARAMS, data_dir, syn, tmp_path / "m", cache_dir)
+
+
+def test_stratified_subsample_keeps_class_shares():
+    labels = np.repeat([0, 1, 2], [600, 300, 100])
+    idx = stratified_subsample(labels, 100, np.random.default_rng(0))
+    assert len(idx) == 100 and len(np.unique(idx)) == 100
+    assert np.bincount(labels[idx]).tolist() == [60, 30, 10]
+    again = stratified_subsample(labels, 100, np.random.default_rng(0))
+    np.testing.assert_array_equal(idx, again)
+    assert len(stratified_subsample(labels, 5000, np.random.default_rng(0))) == 1000
+    odd = stratified_subsample(np.repeat([0, 1, 2], [5, 5, 5]), 7, np.random.default_rng(1))
+    assert len(odd) == 7
