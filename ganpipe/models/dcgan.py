@@ -1,0 +1,117 @@
+"""A small class-conditional DCGAN, sized from the data shape.
+
+Backend-neutral Keras 3, functional API, built-in layers only: `keras.models.load_model` reads the
+saved models with no custom objects, on any backend.
+
+Layout rule. The generator starts at h0 x w0 = H / 2**k x W / 2**k and upsamples k times with
+stride-2 transposed convolutions. k is the largest number (at most MAX_UPSAMPLINGS) such that H
+and W are both divisible by 2**k and the start is still at least MIN_START pixels on each side:
+28x28 -> 7x7 (k=2), 32x32 -> 4x4 (k=3), 8x8 -> 4x4 (k=1), 64x64 -> 4x4 (k=4), 12x12 -> 3x3 (k=2).
+Tiny even sizes whose half is below MIN_START (4x4, 4x6) fall back to k=1 (start 2x2). Sizes that
+cannot be halved even once (odd H or W, or below 4) have no layout: a ValueError says so.
+The discriminator mirrors it with max(k, 2) stride-2 convolutions, and sees the label twice: as an
+extra input channel (embedding -> Dense(H*W) -> H x W x 1) and as a projection term on its features.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from ganpipe.config import ModelParams
+
+MIN_START = 3
+MAX_UPSAMPLINGS = 5
+
+
+def upsamplings(image_shape: tuple[int, int, int]) -> int:
+    """The number k of stride-2 upsamplings for `image_shape` (see the module docstring)."""
+    h, w, c = (int(d) for d in image_shape)
+    if c < 1:
+        raise ValueError(f"image shape {h}x{w}x{c}: needs at least one channel")
+    k = 0
+    while (
+        k < MAX_UPSAMPLINGS
+        and h % 2 ** (k + 1) == 0
+        and w % 2 ** (k + 1) == 0
+        and min(h, w) // 2 ** (k + 1) >= MIN_START
+    ):
+        k += 1
+    if k == 0 and h % 2 == 0 and w % 2 == 0 and min(h, w) >= 4:
+        k = 1  # 4x4-ish images: start from 2x2
+    if k == 0:
+        raise ValueError(
+            f"image size {h}x{w} has no generator layout: height and width must both be even and "
+            f"at least 4 (e.g. 8x8, 28x28, 32x32); resize the data (data.image_size)"
+        )
+    return k
+
+
+def _label_input() -> keras.KerasTensor:
+    return keras.Input(shape=(), dtype="int32", name="label")
+
+
+def build_generator(
+    image_shape: tuple[int, int, int], num_classes: int, params: ModelParams
+) -> keras.Model:
+    """(z: N x latent_dim float, label: N int) -> N x H x W x C float32 in [-1, 1]."""
+    h, w, c = (int(d) for d in image_shape)
+    k = upsamplings(image_shape)
+    h0, w0, f = h // 2**k, w // 2**k, params.filters
+
+    z = keras.Input(shape=(params.latent_dim,), name="z")
+    label = _label_input()
+    e = layers.Embedding(num_classes, params.embed_dim, name="g_embed")(label)
+    x = layers.Concatenate(name="g_concat")([z, e])
+    x = layers.Dense(h0 * w0 * f, use_bias=False, name="g_dense")(x)
+    x = layers.BatchNormalization(name="g_dense_bn")(x)
+    x = layers.ReLU(name="g_dense_relu")(x)
+    x = layers.Reshape((h0, w0, f), name="g_reshape")(x)
+    for i in range(1, k):
+        x = layers.Conv2DTranspose(
+            max(f >> i, 8), 4, strides=2, padding="same", use_bias=False, name=f"g_up{i}"
+        )(x)
+        x = layers.BatchNormalization(name=f"g_up{i}_bn")(x)
+        x = layers.ReLU(name=f"g_up{i}_relu")(x)
+    # The last upsampling goes straight to C channels: cheap at full resolution.
+    x = layers.Conv2DTranspose(c, 4, strides=2, padding="same", name=f"g_up{k}")(x)
+    out = layers.Activation("tanh", dtype="float32", name="image")(x)
+    return keras.Model([z, label], out, name="generator")
+
+
+def build_discriminator(
+    image_shape: tuple[int, int, int], num_classes: int, params: ModelParams
+) -> keras.Model:
+    """(image: N x H x W x C float in [-1, 1], label: N int) -> N x 1 logits (real > 0)."""
+    h, w, c = (int(d) for d in image_shape)
+    n_blocks = max(upsamplings(image_shape), 2)
+    f = params.filters
+
+    image = keras.Input(shape=(h, w, c), name="image")
+    label = _label_input()
+    e = layers.Embedding(num_classes, params.embed_dim, name="d_embed")(label)
+    e = layers.Dense(h * w, name="d_label_map")(e)
+    e = layers.Reshape((h, w, 1), name="d_label_reshape")(e)
+    x = layers.Concatenate(name="d_concat")([image, e])
+    for i in range(n_blocks):
+        # No bias: TF's grappler fails (noisily, on stderr) to fuse Conv2D+BiasAdd+LeakyReLU in
+        # the gradient graph; without the bias the graph is as fast and the log stays clean.
+        x = layers.Conv2D(
+            max(f >> (n_blocks - 1 - i), 8),
+            4,
+            strides=2,
+            padding="same",
+            use_bias=False,
+            name=f"d_down{i + 1}",
+        )(x)
+        x = layers.LeakyReLU(0.2, name=f"d_down{i + 1}_lrelu")(x)
+    x = layers.Flatten(name="d_flatten")(x)
+    # Projection (Miyato & Koyama 2018): logits = dense(x) + <embed(label), x>. The label channel
+    # alone lets D ignore the label for hundreds of steps (samples ignore their class); with the
+    # projection, samples match their labels within a few epochs.
+    unconditional = layers.Dense(1, name="d_dense")(x)
+    projection = layers.Dot(axes=1, name="d_projection")(
+        [x, layers.Embedding(num_classes, x.shape[-1], name="d_proj_embed")(label)]
+    )
+    logits = layers.Add(dtype="float32", name="logits")([unconditional, projection])
+    return keras.Model([image, label], logits, name="discriminator")

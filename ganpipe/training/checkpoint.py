@@ -1,0 +1,131 @@
+"""Resumable training state: one `.npz` per checkpoint in `<checkpoint_root>/<run_key>/`.
+
+The run key hashes everything that shapes the training trajectory: the model params, the train
+params except `epochs`, `sample_every` and `checkpoint_every`, and the data's content hash. So a
+rerun with the same params and data resumes where the last one stopped, a run with more epochs
+continues it (fewer epochs than a checkpoint already covers: the trainer starts that key afresh),
+and any other change starts fresh in a directory of its own.
+
+A checkpoint holds every variable of the generator and the discriminator (BatchNorm moving
+statistics included), both optimizers' variables, the step and the history rows so far.
+Backend-neutral: values are read with `Variable.numpy()`, written back with `Variable.assign`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ganpipe.config import Params
+from ganpipe.io import save_npz
+
+# Bump when the models or the step change in a way that makes old checkpoints unusable.
+FORMAT_VERSION = 1
+# Train params that do not change what is learnt, only how long or how often things are written.
+NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every"})
+HISTORY_COLUMNS = ("step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec")
+
+_NAME = re.compile(r"^ckpt_(\d+)\.npz$")
+
+VariableGroups = Mapping[str, Sequence[keras.Variable]]
+
+
+def run_key(params: Params, content_hash: str) -> str:
+    """A short hash naming this (model, train, data) combination; see the module docstring."""
+    blob = json.dumps(
+        {
+            "format": FORMAT_VERSION,
+            "model": params.model.model_dump(),
+            "train": params.train.model_dump(exclude=set(NOT_IN_KEY)),
+            "data": content_hash,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+class Checkpoints:
+    """The checkpoints of one run key, newest last; keeps the last `keep`."""
+
+    def __init__(self, directory: str | Path, keep: int = 2) -> None:
+        self.dir = Path(directory)
+        self.keep = keep
+
+    @property
+    def samples_dir(self) -> Path:
+        """Sample grids written during training live here, so a resumed run keeps earlier ones."""
+        return self.dir / "samples"
+
+    def paths(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def latest_step(self) -> int | None:
+        paths = self.paths()
+        return int(_NAME.match(paths[-1].name).group(1)) if paths else None
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def save(self, step: int, groups: VariableGroups, history: np.ndarray) -> Path:
+        arrays = {
+            f"{group}.{i:05d}": v.numpy()
+            for group, variables in groups.items()
+            for i, v in enumerate(variables)
+        }
+        path = self.dir / f"ckpt_{step:07d}.npz"
+        save_npz(path, step=np.int64(step), history=np.asarray(history, np.float64), **arrays)
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def restore(self, groups: VariableGroups) -> tuple[int, np.ndarray] | None:
+        """Load the newest usable checkpoint into `groups`; returns (step, history) or None.
+
+        A checkpoint that cannot be read or does not match the variables is skipped (with a note
+        on why) in favour of the one before it."""
+        for path in reversed(self.paths()):
+            try:
+                step, history, values = _read(path, groups)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+                print(f"skipping unusable checkpoint {path}: {e}")
+                continue
+            for group, variables in groups.items():
+                for v, value in zip(variables, values[group], strict=True):
+                    v.assign(value)
+            return step, history
+        return None
+
+
+def _read(
+    path: Path, groups: VariableGroups
+) -> tuple[int, np.ndarray, dict[str, list[np.ndarray]]]:
+    with np.load(path) as f:
+        step = int(f["step"])
+        history = f["history"]
+        if history.shape != (step, len(HISTORY_COLUMNS)):
+            raise ValueError(
+                f"history has shape {history.shape}, expected ({step}, {len(HISTORY_COLUMNS)})"
+            )
+        values: dict[str, list[np.ndarray]] = {}
+        for group, variables in groups.items():
+            count = sum(1 for k in f.files if k.startswith(f"{group}."))
+            if count != len(variables):
+                raise ValueError(f"{group}: {count} arrays for {len(variables)} variables")
+            values[group] = []
+            for i, v in enumerate(variables):
+                value = f[f"{group}.{i:05d}"]
+                if tuple(value.shape) != tuple(v.shape):
+                    raise ValueError(f"{group}.{i} ({v.path}): shape {value.shape} != {v.shape}")
+                values[group].append(value)
+    return step, history, values

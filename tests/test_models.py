@@ -1,0 +1,101 @@
+"""Generator and discriminator: shapes, range, conditioning, save/load; the PNG grid writer."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganpipe.config import ModelParams
+from ganpipe.images import grid, readable_scale, save_grid
+from ganpipe.models import build_discriminator, build_generator, upsamplings
+
+TINY = ModelParams(latent_dim=8, embed_dim=4, filters=16)
+
+
+def _inputs(n: int, num_classes: int, latent_dim: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, latent_dim)).astype(np.float32)
+    labels = (np.arange(n) % num_classes).astype(np.int32)
+    return z, labels
+
+
+@pytest.mark.parametrize(
+    ("shape", "k"),
+    [((28, 28, 1), 2), ((8, 8, 1), 1), ((32, 32, 3), 3), ((64, 48, 3), 4), ((12, 12, 1), 2),
+     ((4, 4, 1), 1), ((6, 10, 1), 1)],
+)  # fmt: skip
+def test_upsampling_rule(shape, k):
+    assert upsamplings(shape) == k
+
+
+@pytest.mark.parametrize("shape", [(7, 7, 1), (27, 28, 1), (2, 2, 1), (28, 28, 0)])
+def test_sizes_without_a_layout_are_refused(shape):
+    with pytest.raises(ValueError, match="image"):
+        upsamplings(shape)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (8, 8, 1), (32, 32, 3)])
+def test_shapes_and_range(shape):
+    g = build_generator(shape, 10, TINY)
+    d = build_discriminator(shape, 10, TINY)
+    z, labels = _inputs(6, 10)
+    images = keras.ops.convert_to_numpy(g([z, labels], training=False))
+    assert images.shape == (6, *shape)
+    assert images.dtype == np.float32
+    assert np.all(images >= -1) and np.all(images <= 1)
+    logits = keras.ops.convert_to_numpy(d([images, labels], training=False))
+    assert logits.shape == (6, 1)
+    assert np.all(np.isfinite(logits))
+
+
+def test_labels_condition_both_models():
+    shape = (8, 8, 1)
+    g = build_generator(shape, 3, TINY)
+    d = build_discriminator(shape, 3, TINY)
+    z, _ = _inputs(3, 3)
+    z = np.repeat(z[:1], 3, axis=0)  # same noise, three labels
+    labels = np.arange(3, dtype=np.int32)
+    images = keras.ops.convert_to_numpy(g([z, labels], training=False))
+    assert not np.allclose(images[0], images[1]) and not np.allclose(images[1], images[2])
+    same = np.repeat(images[:1], 3, axis=0)
+    logits = keras.ops.convert_to_numpy(d([same, labels], training=False))[:, 0]
+    assert len(set(np.round(logits, 6).tolist())) == 3
+
+
+def test_saved_models_load_without_custom_objects(tmp_path):
+    shape = (28, 28, 1)
+    g = build_generator(shape, 10, TINY)
+    d = build_discriminator(shape, 10, TINY)
+    g.save(tmp_path / "generator.keras")
+    d.save(tmp_path / "discriminator.keras")
+    g2 = keras.models.load_model(tmp_path / "generator.keras")
+    d2 = keras.models.load_model(tmp_path / "discriminator.keras")
+    z, labels = _inputs(5, 10)
+    a = keras.ops.convert_to_numpy(g([z, labels], training=False))
+    b = keras.ops.convert_to_numpy(g2([z, labels], training=False))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(d([a, labels], training=False)),
+        keras.ops.convert_to_numpy(d2([a, labels], training=False)),
+    )
+
+
+def test_grid_layout_and_png(tmp_path):
+    images = np.arange(7 * 8 * 8 * 1, dtype=np.uint32).reshape(7, 8, 8, 1).astype(np.uint8)
+    g = grid(images, rows=2, pad=2, scale=3)
+    # 2 rows, ceil(7/2) = 4 columns of 24-pixel images with 2-pixel gaps around them.
+    assert g.shape == (2 * (24 + 2) + 2, 4 * (24 + 2) + 2, 1)
+    np.testing.assert_array_equal(g[2:26, 2:26, 0], images[0, :, :, 0].repeat(3, 0).repeat(3, 1))
+    save_grid(tmp_path / "gray.png", images, rows=2, scale=3)
+    with Image.open(tmp_path / "gray.png") as im:
+        assert im.mode == "L" and im.size == (g.shape[1], g.shape[0])
+    rgb = np.zeros((4, 5, 6, 3), np.uint8)
+    save_grid(tmp_path / "rgb.png", rgb, rows=4, pad=1)
+    with Image.open(tmp_path / "rgb.png") as im:
+        assert im.mode == "RGB" and im.size == (1 * (6 + 1) + 1, 4 * (5 + 1) + 1)
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+    with pytest.raises(ValueError, match="uint8"):
+        grid(images.astype(np.float32), rows=1)
+    assert readable_scale((8, 8, 1)) == 4 and readable_scale((28, 28, 1)) == 1

@@ -1,0 +1,228 @@
+"""The trainer on 8x8 digits with a tiny model: outputs, validation, resume, divergence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from ganpipe.config import Params
+from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
+from ganpipe.errors import ConfigError, TrainingError
+from ganpipe.io import read_json
+from ganpipe.tracking import Tracker
+from ganpipe.training import step_tf, train
+from ganpipe.training.checkpoint import Checkpoints, run_key
+
+N_TRAIN, BATCH = 200, 32
+STEPS_PER_EPOCH = N_TRAIN // BATCH  # 6
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    train_split = Split(images[:N_TRAIN], labels[:N_TRAIN])
+    test_split = Split(images[N_TRAIN : N_TRAIN + 50], labels[N_TRAIN : N_TRAIN + 50])
+    out = tmp_path_factory.mktemp("prepared")
+    names = [str(i) for i in range(10)]
+    save_prepared(
+        out,
+        Prepared(train_split, test_split, make_summary(train_split, test_split, names, "digits")),
+    )
+    return out
+
+
+def tiny(**train) -> Params:
+    return Params.model_validate(
+        {
+            "model": {"latent_dim": 8, "embed_dim": 4, "filters": 16},
+            "train": {"epochs": 1, "batch_size": BATCH, "sample_every": 4, "checkpoint_every": 4}
+            | train,
+        }
+    )
+
+
+class RecordingTracker(Tracker):
+    def __init__(self) -> None:
+        self.metrics: list[tuple[dict, int | None]] = []
+        self.artifacts: list[tuple[Path, str | None]] = []
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((dict(metrics), step))
+
+    def log_artifact(self, path, artifact_path=None):
+        assert Path(path).exists()
+        self.artifacts.append((Path(path), artifact_path))
+
+    def log_generator(self, model_path):  # the pipeline's job, not the trainer's
+        raise AssertionError("train() must not log the generator")
+
+
+def test_writes_all_outputs(tmp_path, data_dir):
+    tracker = RecordingTracker()
+    params = tiny(epochs=4)
+    total = 4 * STEPS_PER_EPOCH
+    summary = train(params, data_dir, tmp_path / "model", tmp_path / "ck", tracker, progress=False)
+
+    model = tmp_path / "model"
+    names = {p.name for p in model.iterdir()}
+    assert names == {
+        "generator.keras",
+        "discriminator.keras",
+        "history.csv",
+        "samples",
+        "train_summary.json",
+    }
+    assert summary == read_json(model / "train_summary.json")
+    assert summary["steps"] == total and summary["resumed_from_step"] == 0
+    assert summary["images_per_sec"] > 0
+
+    hist = pd.read_csv(model / "history.csv")
+    assert list(hist.columns) == [
+        "step",
+        "epoch",
+        "d_loss",
+        "g_loss",
+        "d_real",
+        "d_fake",
+        "images_per_sec",
+    ]
+    assert hist["step"].tolist() == list(range(1, total + 1))
+    assert hist["epoch"].tolist() == [1 + i // STEPS_PER_EPOCH for i in range(total)]
+    assert np.isfinite(hist.drop(columns=["step", "epoch"]).to_numpy()).all()
+    assert hist[["d_real", "d_fake"]].stack().between(0, 1).all()
+
+    samples = sorted(p.name for p in (model / "samples").iterdir())
+    assert samples == ["final.png", "step_000004.png", "step_000008.png", "step_000012.png",
+                       "step_000016.png", "step_000020.png", "step_000024.png"]  # fmt: skip
+    with Image.open(model / "samples" / "final.png") as im:
+        # one row per class, 10 columns, 8x8 digits scaled x4, 2-pixel padding
+        assert im.size == (10 * (32 + 2) + 2, 10 * (32 + 2) + 2)
+
+    g = keras.models.load_model(model / "generator.keras")
+    out = g.predict([np.zeros((2, 8), np.float32), np.array([1, 2], np.int32)], verbose=0)
+    assert out.shape == (2, 8, 8, 1)
+
+    logged_steps = [step for m, step in tracker.metrics if "d_loss" in m]
+    assert logged_steps == [20, 24]
+    assert tracker.metrics[-1][0].keys() == {"train_seconds", "train_images_per_sec"}
+    assert [a for _, a in tracker.artifacts] == ["samples"] * 7
+
+    ckpts = Checkpoints(Path(summary["checkpoint_dir"])).paths()
+    assert [p.name for p in ckpts] == ["ckpt_0000020.npz", "ckpt_0000024.npz"]  # the last two
+
+
+def test_batch_larger_than_data_is_refused(tmp_path, data_dir):
+    params = tiny(batch_size=N_TRAIN + 1)
+    with pytest.raises(
+        ConfigError, match=r"train\.batch_size: 201 is larger than the training set"
+    ):
+        train(params, data_dir, tmp_path / "model", tmp_path / "ck", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_image_size_without_layout_is_refused(tmp_path):
+    odd = Split(np.zeros((20, 7, 7, 1), np.uint8), np.arange(20) % 2)
+    save_prepared(tmp_path / "data", Prepared(odd, odd, make_summary(odd, odd, ["a", "b"], "x")))
+    with pytest.raises(ConfigError, match=r"data\.image_size: image size 7x7"):
+        train(tiny(batch_size=4), tmp_path / "data", tmp_path / "model", tmp_path / "ck")
+    assert not (tmp_path / "model").exists()
+
+
+def test_more_epochs_resume_and_match_an_uninterrupted_run(tmp_path, data_dir, capsys):
+    ck = tmp_path / "ck"
+    first = train(tiny(epochs=1), data_dir, tmp_path / "m1", ck, progress=False)
+    assert "starting fresh in" in capsys.readouterr().out
+
+    second = train(tiny(epochs=2), data_dir, tmp_path / "m2", ck, progress=False)
+    assert f"resuming from step {STEPS_PER_EPOCH} in {ck}" in capsys.readouterr().out
+    assert second["run_key"] == first["run_key"]
+    assert second["resumed_from_step"] == STEPS_PER_EPOCH
+    assert second["steps_trained"] == STEPS_PER_EPOCH
+    resumed = pd.read_csv(tmp_path / "m2" / "history.csv")
+    assert len(resumed) == 2 * STEPS_PER_EPOCH
+
+    straight = train(
+        tiny(epochs=2), data_dir, tmp_path / "m3", tmp_path / "ck_other", progress=False
+    )
+    assert straight["resumed_from_step"] == 0
+    expected = pd.read_csv(tmp_path / "m3" / "history.csv")
+    cols = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake"]
+    pd.testing.assert_frame_equal(resumed[cols], expected[cols], rtol=1e-4)
+
+    # Nothing left to do: the outputs are rewritten from the checkpoint, which holds everything
+    # (BatchNorm statistics included), so the generator is the one the resumed run saved.
+    again = train(tiny(epochs=2), data_dir, tmp_path / "m4", ck, progress=False)
+    assert "nothing to do" in capsys.readouterr().out
+    assert again["steps_trained"] == 0 and again["images_per_sec"] is None
+    z = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    labels = np.arange(4, dtype=np.int32)
+    a, b = (
+        keras.models.load_model(tmp_path / m / "generator.keras").predict([z, labels], verbose=0)
+        for m in ("m2", "m4")
+    )
+    np.testing.assert_array_equal(a, b)
+
+    # Fewer epochs than the checkpoints cover: that run is discarded and training starts afresh.
+    shorter = train(tiny(epochs=1), data_dir, tmp_path / "m5", ck, progress=False)
+    assert "is past the 6 steps asked for" in capsys.readouterr().out
+    assert shorter["resumed_from_step"] == 0
+    assert [p.name for p in Checkpoints(ck / first["run_key"]).paths()] == [
+        "ckpt_0000004.npz",
+        "ckpt_0000006.npz",
+    ]
+
+
+def test_other_params_start_fresh_in_their_own_dir(tmp_path, data_dir):
+    base = tiny()
+    assert run_key(base, "h") == run_key(tiny(epochs=5, sample_every=1, checkpoint_every=9), "h")
+    assert run_key(base, "h") != run_key(tiny(g_learning_rate=1e-3), "h")
+    assert run_key(base, "h") != run_key(base, "other data")
+    first = train(base, data_dir, tmp_path / "m1", tmp_path / "ck", progress=False)
+    other = train(
+        tiny(d_learning_rate=1e-3), data_dir, tmp_path / "m2", tmp_path / "ck", progress=False
+    )
+    assert other["resumed_from_step"] == 0
+    assert other["run_key"] != first["run_key"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == sorted(
+        [first["run_key"], other["run_key"]]
+    )
+
+
+def test_diverging_loss_stops_and_keeps_earlier_outputs(tmp_path, data_dir, monkeypatch):
+    model, ck = tmp_path / "model", tmp_path / "ck"
+    train(tiny(), data_dir, model, ck, progress=False)
+    before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+
+    real_make = step_tf.make_train_step
+
+    def make_diverging(*args):
+        step = real_make(*args)
+        calls = 0
+
+        def run(*batch):
+            nonlocal calls
+            calls += 1
+            out = step(*batch)
+            return out | ({"g_loss": math.nan} if calls == 3 else {})
+
+        return run
+
+    monkeypatch.setattr(step_tf, "make_train_step", make_diverging)
+    with pytest.raises(
+        TrainingError, match=r"loss became nan at step 9 \(d_loss=.*g_loss=nan\)"
+    ) as e:
+        train(tiny(epochs=3), data_dir, model, ck, progress=False)
+    assert "the last good checkpoint is kept in" in str(e.value)
+    assert "ckpt_0000008.npz" in str(e.value)
+    after = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
