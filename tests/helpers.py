@@ -1,0 +1,37 @@
+"""Running the real `ganpipe` console script, as users and dvc.yaml do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+GANPIPE = str(Path(sys.executable).parent / "ganpipe")
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", **extra}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    exe = GANPIPE if cmd[0] == "ganpipe" else shutil.which(cmd[0], path=Path(sys.executable).parent)
+    return subprocess.run(
+        [exe or cmd[0], *cmd[1:]], cwd=cwd, env=quiet_env(), capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def tiny_project(root: Path, tracking: bool = False) -> Path:
+    """A working directory holding the tiny params as params.yaml."""
+    root.mkdir(parents=True, exist_ok=True)
+    text = TINY.read_text()
+    if tracking:
+        text = text.replace("enabled: false", "enabled: true")
+    (root / "params.yaml").write_text(text)
+    return root

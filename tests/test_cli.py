@@ -1,0 +1,90 @@
+"""The CLI end to end on the tiny config, its errors, and what MLflow records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import run, tiny_project
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    root = tiny_project(tmp_path_factory.mktemp("cli"), tracking=True)
+    result = run(["ganpipe", "run"], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result
+
+
+def test_run_writes_every_output_and_prints_metrics(tracked_run):
+    root, result = tracked_run
+    for rel in [
+        "data/prepared/train.npz",
+        "data/prepared/summary.json",
+        "models/generator.keras",
+        "models/history.csv",
+        "models/samples/final.png",
+        "data/synthetic/samples.npz",
+        "data/synthetic/manifest.csv",
+        "data/augmented/train.npz",
+        "evaluator/classifier.keras",
+        "metrics/eval.json",
+        "metrics/per_class.csv",
+    ]:
+        assert (root / rel).exists(), rel
+    metrics = json.loads((root / "metrics/eval.json").read_text())
+    assert "Metrics" in result.stdout and "conditional_accuracy" in result.stdout
+    assert 0.0 <= metrics["conditional_accuracy"] <= 1.0
+    assert np.isfinite(metrics["classifier_fd"])
+    with np.load(root / "data/synthetic/samples.npz") as f:
+        assert f["images"].shape == (120, 8, 8, 1) and f["images"].dtype == np.uint8
+
+
+def test_mlflow_holds_one_run_with_params_metrics_images_and_registered_generator(tracked_run):
+    from mlflow import MlflowClient
+
+    root, _ = tracked_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("ganpipe")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run_ = runs[0]
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["train.epochs"] == "2"
+    assert run_.data.params["data.source"] == "digits"
+    summary = json.loads((root / "data/prepared/summary.json").read_text())
+    assert run_.data.tags["data.content_hash"] == summary["content_hash"]
+    for key in ("classifier_fd", "conditional_accuracy", "d_loss", "g_loss"):
+        assert key in run_.data.metrics, key
+    assert len(client.get_metric_history(run_.info.run_id, "d_loss")) > 1  # per-step losses
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id, "samples")}
+    assert "samples/final.png" in artifacts
+    versions = client.search_model_versions("name='ganpipe-generator'")
+    assert [v.run_id for v in versions] == [run_.info.run_id]
+
+    # A stage run on its own (as dvc repro runs it) logs into the same run.
+    again = run(["ganpipe", "evaluate"], cwd=root)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(client.search_runs([exp.experiment_id])) == 1
+
+
+def test_bad_param_stops_before_any_work(tmp_path):
+    root = tiny_project(tmp_path)
+    result = run(["ganpipe", "prepare", "--set", "train.epochs=-1"], cwd=root)
+    assert result.returncode == 2
+    assert "params.yaml: train.epochs: Input should be greater than or equal to 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (root / "data").exists()
+
+
+def test_missing_inputs_and_oversized_batch_are_clear_errors(tmp_path):
+    root = tiny_project(tmp_path)
+    result = run(["ganpipe", "train"], cwd=root)
+    assert result.returncode == 2 and "run `ganpipe prepare` first" in result.stderr
+    assert run(["ganpipe", "prepare"], cwd=root).returncode == 0
+    result = run(["ganpipe", "train", "--set", "train.batch_size=100000"], cwd=root)
+    assert result.returncode == 2
+    assert "params.yaml: train.batch_size: 100000 is larger than the training set" in result.stderr
+    assert not (root / "models").exists()

@@ -1,0 +1,126 @@
+"""`dvc repro`, its no-op rerun, metrics, experiments and data versioning, in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from ganpipe.config import load_params
+from tests.helpers import REPO, TINY, run
+
+
+def git(cwd: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=cwd, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+def full_params(path: Path, *overrides: str) -> str:
+    """Every key written out: DVC requires each param that dvc.yaml names to be in the file."""
+    return yaml.safe_dump(load_params(path, list(overrides)).model_dump(), sort_keys=False)
+
+
+def make_repo(root: Path, params: str) -> Path:
+    """A user's project: the repo's dvc.yaml and code, the given params, committed."""
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(
+        REPO / "ganpipe", root / "ganpipe", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    (root / "data" / "raw").mkdir(parents=True)
+    shutil.copy(REPO / "data/raw/README.md", root / "data/raw/README.md")
+    (root / "params.yaml").write_text(params)
+    git(root, "init", "-q")
+    assert run(["dvc", "init", "-q"], cwd=root).returncode == 0
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "init")
+    return root
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    root = make_repo(tmp_path_factory.mktemp("dvc"), full_params(TINY, "tracking.enabled=true"))
+    result = run(["dvc", "repro"], cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root
+
+
+def test_repro_runs_every_stage_into_one_mlflow_run(repro):
+    from mlflow import MlflowClient
+
+    assert (repro / "dvc.lock").exists()
+    assert json.loads((repro / "metrics/eval.json").read_text())["num_synthetic"] == 120
+    client = MlflowClient(tracking_uri=f"sqlite:///{repro / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("ganpipe").experiment_id])
+    assert len(runs) == 1  # train opened it; generate and evaluate rejoined it
+    assert {"d_loss", "generated_samples", "classifier_fd"} <= set(runs[0].data.metrics)
+
+
+def test_second_repro_is_a_no_op(repro):
+    before = (repro / "models/generator.keras").stat().st_mtime_ns
+    result = run(["dvc", "repro"], cwd=repro)
+    assert result.returncode == 0
+    assert "Running stage" not in result.stdout
+    assert (repro / "models/generator.keras").stat().st_mtime_ns == before
+
+
+def test_metrics_show(repro):
+    result = run(["dvc", "metrics", "show", "--json"], cwd=repro)
+    assert result.returncode == 0
+    assert "conditional_accuracy" in result.stdout and "classifier_fd" in result.stdout
+
+
+def test_experiment_with_a_changed_param(repro):
+    git(repro, "add", "-A")
+    git(repro, "commit", "-qm", "baseline")
+    result = run(["dvc", "exp", "run", "-S", "train.epochs=3"], cwd=repro)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = (repro / "models/history.csv").read_text().strip().splitlines()
+    assert len(rows) - 1 == 3 * (400 // 32)  # 40 per class x 10 classes, 80% for training
+    shown = run(["dvc", "exp", "show", "--json"], cwd=repro)
+    assert shown.returncode == 0 and '"epochs": 3' in shown.stdout  # the experiment is listed
+
+
+def write_pngs(folder: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(
+                folder / cls / f"{i}.png"
+            )
+
+
+def test_dataset_versions_round_trip(tmp_path):
+    overrides = ("data.source=folder", "data.path=data/raw/shapes", "data.test_fraction=0.34")
+    root = make_repo(tmp_path, full_params(TINY, *overrides))
+    raw = root / "data/raw/shapes"
+
+    def version(message: str) -> str:
+        assert run(["dvc", "add", "data/raw/shapes"], cwd=root).returncode == 0
+        result = run(["dvc", "repro", "prepare"], cwd=root)
+        assert result.returncode == 0, result.stderr[-2000:]
+        git(root, "add", "-A")
+        git(root, "commit", "-qm", message)
+        return json.loads((root / "data/prepared/summary.json").read_text())["content_hash"]
+
+    write_pngs(raw, seed=1)
+    v1 = version("data v1")
+    shutil.rmtree(raw)
+    write_pngs(raw, seed=2)
+    v2 = version("data v2")
+    assert v1 != v2
+
+    git(root, "checkout", "-q", "HEAD~1")
+    # Only prepare ever ran here, so check out its outputs and the raw data, not every stage's.
+    assert run(["dvc", "checkout", "data/raw/shapes.dvc", "prepare"], cwd=root).returncode == 0
+    assert json.loads((root / "data/prepared/summary.json").read_text())["content_hash"] == v1
+    assert run(["dvc", "status", "prepare"], cwd=root).stdout.strip().endswith("up to date.")

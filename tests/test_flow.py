@@ -1,0 +1,69 @@
+"""The Prefect flow on the tiny config, under one test harness for the whole test run."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import TINY
+
+prefect = pytest.importorskip("prefect")
+
+
+@pytest.fixture(scope="session")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def read_report() -> str:
+    """The latest `ganpipe-report` artifact, read over the REST API. (Prefect 3.8.8's own client
+    sends explicit nulls for unset filter fields, which its server under fastapi 0.154 rejects.)"""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"key": {"any_": ["ganpipe-report"]}}, "limit": 1, "sort": "CREATED_DESC"}
+    response = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body, timeout=30)
+    response.raise_for_status()
+    found = response.json()
+    assert found, "no ganpipe-report artifact"
+    return str(found[0]["data"])
+
+
+def test_flow_runs_all_stages_and_publishes_a_report(harness, tmp_path, monkeypatch):
+    import flows.pipeline as fp
+
+    calls: list[str] = []
+    real = fp.run_stage
+
+    def flaky(name, *args, **kwargs):
+        calls.append(name)
+        if name == "generate" and calls.count("generate") == 1:
+            raise OSError("disk hiccup")  # transient: the task retries
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(fp, "run_stage", flaky)
+    result = fp.pipeline(params_file=str(TINY), root=str(tmp_path))
+    assert calls.count("generate") == 2
+    assert (tmp_path / "metrics/eval.json").exists()
+    assert 0.0 <= result["evaluate"]["conditional_accuracy"] <= 1.0
+    report = read_report()
+    assert "conditional_accuracy" in report
+    assert str(tmp_path / "models" / "generator.keras") in report
+
+
+def test_bad_data_fails_without_retry(harness, tmp_path, monkeypatch):
+    import flows.pipeline as fp
+    from ganpipe.errors import DataError
+
+    calls: list[str] = []
+
+    def broken(name, *args, **kwargs):
+        calls.append(name)
+        raise DataError("data/raw/x.png: not an image")
+
+    monkeypatch.setattr(fp, "run_stage", broken)
+    with pytest.raises(DataError, match="not an image"):
+        fp.pipeline(params_file=str(TINY), root=str(tmp_path))
+    assert calls == ["prepare"]
