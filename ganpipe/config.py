@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -43,6 +43,10 @@ class DataParams(Section):
 
 
 class ModelParams(Section):
+    # conditional: ours, sized from the data (label channel + projection discriminator).
+    # dcgan_tutorial: the TensorFlow DCGAN tutorial's layers, 28x28x1 only, minimal conditioning
+    # (see ganpipe/models/tutorial.py); `filters` does not apply to it.
+    arch: Literal["conditional", "dcgan_tutorial"] = "conditional"
     latent_dim: int = Field(64, ge=1)
     embed_dim: int = Field(32, ge=1)
     # Width of the widest convolution; the others halve from it.
@@ -58,6 +62,11 @@ class TrainParams(Section):
     sample_every: int = Field(200, ge=1)
     checkpoint_every: int = Field(200, ge=1)
     seed: int = 0
+    # Only checks Keras's backend, which is fixed at import by $KERAS_BACKEND (auto: whichever).
+    backend: Literal["auto", "tensorflow", "jax"] = "auto"
+    # Keras dtype policy for both models; the models' last layers stay float32. mixed_float16 also
+    # wraps both optimizers in a LossScaleOptimizer.
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
 
 
 class GenerateParams(Section):
@@ -83,6 +92,32 @@ class EvaluateParams(Section):
     kid_subsets: int = Field(100, ge=1)
     kid_subset_size: int = Field(1000, ge=2)
     seed: int = 0
+    # Features for the distances: the domain classifier (classifier_fd), ImageNet InceptionV3
+    # pool features (fid), or a layer of your own .keras model (classifier_fd).
+    extractor: Literal["classifier", "inception", "keras_model"] = "classifier"
+    # Local InceptionV3 no-top weights (.h5 / .weights.h5); null: Keras's "imagenet" download.
+    inception_weights: str | None = None
+    # extractor keras_model: the .keras file, the layer whose output is the feature vector, and the
+    # input range that model expects.
+    model_path: str | None = None
+    layer: str | None = None
+    model_input_range: Literal["-1..1", "0..1", "0..255"] = "-1..1"
+    # Downstream utility (CAS, augmentation uplift): trains several classifiers, so off by default.
+    utility: bool = False
+    utility_epochs: int = Field(3, ge=1)
+    uplift_fractions: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = (0.01, 0.1)
+    uplift_seeds: int = Field(3, ge=1)
+
+    @model_validator(mode="after")
+    def _keras_model_needs_path_and_layer(self) -> EvaluateParams:
+        if self.extractor == "keras_model":
+            missing = [k for k in ("model_path", "layer") if not getattr(self, k)]
+            if missing:
+                raise ValueError(
+                    f"evaluate.{' and evaluate.'.join(missing)} required when evaluate.extractor "
+                    "is 'keras_model'"
+                )
+        return self
 
 
 class TrackingParams(Section):

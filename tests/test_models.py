@@ -9,7 +9,13 @@ from PIL import Image
 
 from ganpipe.config import ModelParams
 from ganpipe.images import grid, readable_scale, save_grid
-from ganpipe.models import build_discriminator, build_generator, upsamplings
+from ganpipe.models import (
+    build_discriminator,
+    build_generator,
+    build_models,
+    check_shape,
+    upsamplings,
+)
 
 TINY = ModelParams(latent_dim=8, embed_dim=4, filters=16)
 
@@ -99,3 +105,51 @@ def test_grid_layout_and_png(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         grid(images.astype(np.float32), rows=1)
     assert readable_scale((8, 8, 1)) == 4 and readable_scale((28, 28, 1)) == 1
+
+
+def test_tutorial_arch_has_the_tutorial_layers():
+    params = ModelParams(arch="dcgan_tutorial", latent_dim=100, embed_dim=8)
+    g, d = build_models((28, 28, 1), 10, params)
+    shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in g.layers}
+    assert shapes["g_concat"] == (108,)  # z + label embedding
+    assert shapes["g_dense"] == (7 * 7 * 256,)
+    assert shapes["g_reshape"] == (7, 7, 256)
+    assert shapes["g_up1"] == (7, 7, 128) and shapes["g_up2"] == (14, 14, 64)
+    assert shapes["image"] == (28, 28, 1)
+    convs = [g.get_layer(n) for n in ("g_up1", "g_up2", "image")]
+    assert [c.kernel_size for c in convs] == [(5, 5)] * 3
+    assert [c.strides for c in convs] == [(1, 1), (2, 2), (2, 2)]
+    assert not any(c.use_bias for c in convs) and not g.get_layer("g_dense").use_bias
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in g.layers) == 3
+
+    shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in d.layers}
+    assert shapes["d_concat"] == (28, 28, 2)  # image + label plane
+    assert shapes["d_down1"] == (14, 14, 64) and shapes["d_down2"] == (7, 7, 128)
+    assert [d.get_layer(f"d_down{i}_dropout").rate for i in (1, 2)] == [0.3, 0.3]
+    assert shapes["d_flatten"] == (7 * 7 * 128,) and shapes["logits"] == (1,)
+
+    z, labels = _inputs(3, 10, latent_dim=100)
+    images = keras.ops.convert_to_numpy(g([z, labels], training=False))
+    assert images.shape == (3, 28, 28, 1) and np.all(np.abs(images) <= 1)
+    assert keras.ops.convert_to_numpy(d([images, labels], training=False)).shape == (3, 1)
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 3), (32, 32, 1)])
+def test_tutorial_arch_is_28x28x1_only(shape):
+    params = ModelParams(arch="dcgan_tutorial")
+    with pytest.raises(ValueError, match="28x28x1 images only"):
+        check_shape(shape, params)
+    with pytest.raises(ValueError, match="28x28x1 images only"):
+        build_models(shape, 10, params)
+
+
+def test_mixed_precision_keeps_outputs_float32():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        for arch in ("conditional", "dcgan_tutorial"):
+            g, d = build_models((28, 28, 1), 10, ModelParams(arch=arch, filters=16))
+            assert g.get_layer("g_dense").compute_dtype == "bfloat16"
+            assert g.output.dtype == "float32" and d.output.dtype == "float32"
+    finally:
+        keras.config.set_dtype_policy(previous)

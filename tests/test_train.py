@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from ganpipe.config import Params
+from ganpipe.config import Params, load_params
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
 from ganpipe.errors import ConfigError, TrainingError
 from ganpipe.io import read_json
@@ -226,3 +226,40 @@ def test_diverging_loss_stops_and_keeps_earlier_outputs(tmp_path, data_dir, monk
     after = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
     assert after == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_tutorial_arch_needs_28x28x1(tmp_path, data_dir):
+    params = Params.model_validate(
+        {"model": {"arch": "dcgan_tutorial"}, "train": {"batch_size": BATCH}}
+    )
+    with pytest.raises(ConfigError, match=r"model\.arch: the dcgan_tutorial .* \(got 8x8x1\)"):
+        train(params, data_dir, tmp_path / "model", tmp_path / "ck", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("precision", "float16"), ("precision", "bfloat16"), ("backend", "torch"),
+     ("backend", "TensorFlow")],
+)  # fmt: skip
+def test_precision_and_backend_params_are_validated(key, value):
+    with pytest.raises(ConfigError, match=rf"train\.{key}: Input should be"):
+        load_params(None, [f"train.{key}={value}"])
+
+
+def test_backend_param_must_match_keras(tmp_path, data_dir):
+    assert tiny(backend="tensorflow").train.backend == "tensorflow"
+    with pytest.raises(ConfigError, match=r"train\.backend: is 'jax' but Keras is running on"):
+        train(tiny(backend="jax"), data_dir, tmp_path / "model", tmp_path / "ck", progress=False)
+
+
+def test_mixed_bfloat16_on_tensorflow(tmp_path, data_dir):
+    summary = train(
+        tiny(precision="mixed_bfloat16"), data_dir, tmp_path / "m", tmp_path / "ck", progress=False
+    )
+    assert summary["precision"] == "mixed_bfloat16"
+    hist = pd.read_csv(tmp_path / "m" / "history.csv")
+    assert np.isfinite(hist[["d_loss", "g_loss"]].to_numpy()).all()
+    g = keras.models.load_model(tmp_path / "m" / "generator.keras")
+    assert g.get_layer("g_dense").compute_dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored

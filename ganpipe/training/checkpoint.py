@@ -1,7 +1,8 @@
 """Resumable training state: one `.npz` per checkpoint in `<checkpoint_root>/<run_key>/`.
 
 The run key hashes everything that shapes the training trajectory: the model params, the train
-params except `epochs`, `sample_every` and `checkpoint_every`, and the data's content hash. So a
+params except `epochs`, `sample_every`, `checkpoint_every` and `backend` (a check only), the Keras
+backend actually used (its noise and numerics differ) and the data's content hash. So a
 rerun with the same params and data resumes where the last one stopped, a run with more epochs
 continues it (fewer epochs than a checkpoint already covers: the trainer starts that key afresh),
 and any other change starts fresh in a directory of its own.
@@ -28,9 +29,10 @@ from ganpipe.config import Params
 from ganpipe.io import save_npz
 
 # Bump when the models or the step change in a way that makes old checkpoints unusable.
-FORMAT_VERSION = 1
-# Train params that do not change what is learnt, only how long or how often things are written.
-NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every"})
+FORMAT_VERSION = 2
+# Train params that do not change what is learnt, only how long or how often things are written
+# (`backend` only checks $KERAS_BACKEND; the backend in use is part of the key by itself).
+NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every", "backend"})
 HISTORY_COLUMNS = ("step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec")
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
@@ -38,11 +40,13 @@ _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
 VariableGroups = Mapping[str, Sequence[keras.Variable]]
 
 
-def run_key(params: Params, content_hash: str) -> str:
-    """A short hash naming this (model, train, data) combination; see the module docstring."""
+def run_key(params: Params, content_hash: str, backend: str | None = None) -> str:
+    """A short hash naming this (model, train, backend, data) combination; see the module
+    docstring. `backend` defaults to Keras's."""
     blob = json.dumps(
         {
             "format": FORMAT_VERSION,
+            "backend": backend or keras.backend.backend(),
             "model": params.model.model_dump(),
             "train": params.train.model_dump(exclude=set(NOT_IN_KEY)),
             "data": content_hash,

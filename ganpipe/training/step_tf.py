@@ -1,7 +1,8 @@
 """The GAN train step on the TensorFlow backend: one `tf.function`, two gradient tapes.
 
-The trainer knows nothing of TensorFlow beyond `make_train_step`; a JAX step can sit beside this
-file with the same signature.
+The trainer knows nothing of TensorFlow beyond `make_train_step` (wrapped in its HostRunner);
+`step_jax.py` has the JAX counterpart. Under mixed_float16 the optimizers are LossScaleOptimizers:
+the losses are scaled before differentiation (`scale_loss`) and `apply_gradients` unscales.
 """
 
 from __future__ import annotations
@@ -33,17 +34,20 @@ def make_train_step(
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = generator([noise, labels], training=True)
             logits = discriminator(
-                [tf.concat([real, fake], 0), tf.concat([labels, labels], 0)], training=True
+                [tf.concat([tf.cast(real, fake.dtype), fake], 0), tf.concat([labels, labels], 0)],
+                training=True,
             )
-            real_logits, fake_logits = tf.split(logits, 2)
+            real_logits, fake_logits = tf.split(tf.cast(logits, tf.float32), 2)
             d_loss = tf.reduce_mean(tf.nn.softplus(-real_logits)) + tf.reduce_mean(
                 tf.nn.softplus(fake_logits)
             )
             g_loss = tf.reduce_mean(tf.nn.softplus(-fake_logits))
+            d_scaled = d_optimizer.scale_loss(d_loss)  # the loss itself unless loss-scaling
+            g_scaled = g_optimizer.scale_loss(g_loss)
         g_vars = generator.trainable_variables
         d_vars = discriminator.trainable_variables
-        g_grads = g_tape.gradient(g_loss, g_vars)
-        d_grads = d_tape.gradient(d_loss, d_vars)
+        g_grads = g_tape.gradient(g_scaled, g_vars)
+        d_grads = d_tape.gradient(d_scaled, d_vars)
         d_optimizer.apply_gradients(zip(d_grads, d_vars, strict=True))
         g_optimizer.apply_gradients(zip(g_grads, g_vars, strict=True))
         return tf.stack(

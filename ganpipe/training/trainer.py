@@ -1,9 +1,18 @@
 """The train stage: prepared data in, `generator.keras` and friends out.
 
-The loop is backend-neutral: NumPy batches in, a backend-specific step (`step_tf.py`) per batch,
-losses back as floats. Everything is driven by one step counter, and every random draw is seeded
-from (train.seed, epoch) for the shuffle and (train.seed, step) for the noise, so a run resumed from
-a checkpoint draws exactly what an uninterrupted run would have drawn.
+The loop is backend-neutral; a runner per Keras backend does the steps (`make_runner`):
+- TensorFlow (`HostRunner` + `step_tf.py`): NumPy batches gathered on the host, NumPy noise drawn
+  from default_rng([train.seed, step]), losses back as floats.
+- JAX (`step_jax.DeviceRunner`): the data lives on the device, batches are gathered and noise
+  drawn (from fold_in(key(train.seed), step)) inside one jitted, donated step; the Keras variables
+  are synced from the device state only for checkpoints, sample grids and the final save.
+Everything is driven by one step counter, and every random draw is seeded from (train.seed, epoch)
+for the shuffle and (train.seed, step) for the noise, so a run resumed from a checkpoint draws
+exactly what an uninterrupted run would have drawn (on the same backend: the run key includes it).
+Losses are fetched from the device in batches (every LOG_EVERY steps, and before every checkpoint
+and sample grid), not every step; a NaN is reported with the step it first appeared at, and no
+checkpoint is written past it. `train.precision` sets the Keras dtype policy while the models are
+built (mixed_float16 adds loss scaling); `train.backend` only checks $KERAS_BACKEND.
 
 Outputs in `model_dir`, swapped in as a whole at the end (nothing partial on failure):
 `generator.keras`, `discriminator.keras`, `history.csv` (one row per step), `samples/` (a grid every
@@ -14,12 +23,12 @@ Outputs in `model_dir`, swapped in as a whole at the end (nothing partial on fai
 from __future__ import annotations
 
 import math
+import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -31,7 +40,7 @@ from ganpipe.data.prepared import load_prepared, to_float, to_uint8
 from ganpipe.errors import TrainingError
 from ganpipe.images import readable_scale, save_grid
 from ganpipe.io import atomic_dir, write_json
-from ganpipe.models.dcgan import build_discriminator, build_generator, upsamplings
+from ganpipe.models import build_models, check_shape
 from ganpipe.tracking import NULL_TRACKER, Tracker
 from ganpipe.training.checkpoint import HISTORY_COLUMNS, Checkpoints, run_key
 
@@ -40,13 +49,156 @@ SAMPLE_COLUMNS = 10
 SAMPLE_SEED = 0x5A3E  # the sample grid's fixed noise: default_rng([train.seed, SAMPLE_SEED])
 
 
-def _make_step(backend: str) -> Callable[..., Callable[..., dict[str, float]]]:
-    if backend == "tensorflow":
-        from ganpipe.training import step_tf
+BACKENDS = ("tensorflow", "jax")
+METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
 
-        return step_tf.make_train_step
-    raise TrainingError(
-        f"no train step for the Keras backend {backend!r} yet; set KERAS_BACKEND=tensorflow"
+
+class Runner(Protocol):
+    """Runs training steps for the loop; see HostRunner and step_jax.DeviceRunner."""
+
+    def begin_epoch(self, perm: np.ndarray) -> None:
+        """This epoch's permutation of the training set (called again after a resume)."""
+
+    def step(self, step: int) -> Any:
+        """Train on batch `step % steps_per_epoch` of the permutation; returns a handle on the
+        metrics that `fetch` turns into numbers."""
+
+    def fetch(self, handles: list[Any]) -> np.ndarray:
+        """len(handles) x 4 float64: d_loss, g_loss, d_real, d_fake."""
+
+    def sync_to_keras(self) -> None:
+        """Make the Keras variables current (before reading or saving them)."""
+
+
+class HostRunner:
+    """Host-side batching for a step function (real, labels, noise) -> dict of floats
+    (`step_tf.make_train_step`): batches gathered from NumPy arrays, noise from
+    default_rng([seed, step])."""
+
+    def __init__(
+        self,
+        step_fn: Any,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        latent_dim: int,
+        seed: int,
+    ) -> None:
+        self.step_fn, self.images, self.labels = step_fn, images, labels
+        self.batch_size, self.latent_dim, self.seed = batch_size, latent_dim, seed
+        self.steps_per_epoch = len(labels) // batch_size
+        self.perm: np.ndarray | None = None
+
+    def begin_epoch(self, perm: np.ndarray) -> None:
+        self.perm = perm
+
+    def step(self, step: int) -> tuple[float, ...]:
+        bs, b = self.batch_size, step % self.steps_per_epoch
+        idx = self.perm[b * bs : (b + 1) * bs]
+        noise = np.random.default_rng([self.seed, step]).standard_normal(
+            (bs, self.latent_dim), dtype=np.float32
+        )
+        out = self.step_fn(self.images[idx], self.labels[idx], noise)
+        return tuple(out[k] for k in METRICS)
+
+    def fetch(self, handles: list[tuple[float, ...]]) -> np.ndarray:
+        return np.asarray(handles, np.float64).reshape(len(handles), len(METRICS))
+
+    def sync_to_keras(self) -> None:
+        pass
+
+
+def check_backend(params: Params) -> str:
+    """Keras's backend, or ConfigError if no runner exists for it or train.backend names
+    another (the backend is fixed when keras is first imported: $KERAS_BACKEND)."""
+    backend = keras.backend.backend()
+    wanted = params.train.backend
+    if wanted != "auto" and wanted != backend:
+        raise params.error(
+            "train.backend",
+            f"is {wanted!r} but Keras is running on {backend!r}, which is fixed when keras is "
+            f"imported: set KERAS_BACKEND={wanted} in the environment (or train.backend: auto)",
+        )
+    if backend not in BACKENDS:
+        raise params.error(
+            "train.backend",
+            f"no train step for the Keras backend {backend!r}; set KERAS_BACKEND=jax or "
+            "KERAS_BACKEND=tensorflow",
+        )
+    return backend
+
+
+def make_optimizers(
+    params: Params, generator: keras.Model, discriminator: keras.Model
+) -> tuple[keras.optimizers.Optimizer, keras.optimizers.Optimizer]:
+    """Built Adam optimizers for G and D; LossScaleOptimizer-wrapped under mixed_float16."""
+    tp = params.train
+    opts = []
+    for lr, model in ((tp.g_learning_rate, generator), (tp.d_learning_rate, discriminator)):
+        opt = keras.optimizers.Adam(lr, beta_1=tp.beta_1)
+        if tp.precision == "mixed_float16":
+            opt = keras.optimizers.LossScaleOptimizer(opt)
+        opt.build(model.trainable_variables)
+        opts.append(opt)
+    return opts[0], opts[1]
+
+
+def seed_everything(seed: int) -> None:
+    """`keras.utils.set_random_seed`, minus its `tf.random.set_seed` off TensorFlow: it imports
+    TensorFlow whenever it is installed, and the JAX path must not need (or load) it."""
+    if keras.backend.backend() == "tensorflow":
+        keras.utils.set_random_seed(seed)
+        return
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_for_training(
+    params: Params, image_shape: tuple[int, int, int], num_classes: int
+) -> tuple[keras.Model, keras.Model, keras.optimizers.Optimizer, keras.optimizers.Optimizer]:
+    """Seeded (generator, discriminator, g_opt, d_opt), built under the `train.precision` dtype
+    policy (the global policy is restored afterwards; the layers keep theirs)."""
+    seed_everything(params.train.seed)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(params.train.precision)
+    try:
+        generator, discriminator = build_models(image_shape, num_classes, params.model)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return generator, discriminator, *make_optimizers(params, generator, discriminator)
+
+
+def make_runner(
+    backend: str,
+    params: Params,
+    models: tuple[keras.Model, keras.Model, keras.optimizers.Optimizer, keras.optimizers.Optimizer],
+    images_uint8: np.ndarray,
+    labels: np.ndarray,
+    start_step: int,
+) -> Runner:
+    """The runner the trainer (and benchmarks/train_throughput.py) uses on `backend`."""
+    tp, mp = params.train, params.model
+    if backend == "jax":
+        from ganpipe.training import step_jax
+
+        return step_jax.DeviceRunner(
+            *models, images_uint8, labels, tp.batch_size, mp.latent_dim, tp.seed, start_step
+        )
+    from ganpipe.training import step_tf
+
+    return HostRunner(
+        step_tf.make_train_step(*models),
+        to_float(images_uint8),
+        labels.astype(np.int32),
+        tp.batch_size,
+        mp.latent_dim,
+        tp.seed,
     )
 
 
@@ -88,23 +240,17 @@ def train(
         )
     shape, num_classes = data.image_shape, data.num_classes
     try:
-        upsamplings(shape)
+        check_shape(shape, mp)
     except ValueError as e:
-        raise params.error("data.image_size", str(e)) from None
-    backend = keras.backend.backend()
-    make_step = _make_step(backend)
+        key = "model.arch" if mp.arch == "dcgan_tutorial" else "data.image_size"
+        raise params.error(key, str(e)) from None
+    backend = check_backend(params)
 
     steps_per_epoch = n // bs
     total = tp.epochs * steps_per_epoch
 
     # --- models, optimizers, state ---
-    keras.utils.set_random_seed(tp.seed)
-    generator = build_generator(shape, num_classes, mp)
-    discriminator = build_discriminator(shape, num_classes, mp)
-    g_opt = keras.optimizers.Adam(tp.g_learning_rate, beta_1=tp.beta_1)
-    d_opt = keras.optimizers.Adam(tp.d_learning_rate, beta_1=tp.beta_1)
-    g_opt.build(generator.trainable_variables)
-    d_opt.build(discriminator.trainable_variables)
+    generator, discriminator, g_opt, d_opt = build_for_training(params, shape, num_classes)
     groups = {
         "g": generator.variables,
         "d": discriminator.variables,
@@ -112,7 +258,7 @@ def train(
         "d_opt": d_opt.variables,
     }
 
-    ckpt = Checkpoints(Path(checkpoint_root) / run_key(params, data.content_hash))
+    ckpt = Checkpoints(Path(checkpoint_root) / run_key(params, data.content_hash, backend))
     start, history = 0, np.zeros((0, len(HISTORY_COLUMNS)))
     latest = ckpt.latest_step()
     if latest is not None and latest > total:
@@ -131,11 +277,17 @@ def train(
         print(f"starting fresh in {ckpt.dir} ({total} steps)")
 
     # --- the loop ---
-    step_fn = make_step(generator, discriminator, g_opt, d_opt)
-    x_train = to_float(data.train.images)
-    y_train = data.train.labels.astype(np.int32)
+    runner = make_runner(
+        backend,
+        params,
+        (generator, discriminator, g_opt, d_opt),
+        data.train.images,
+        data.train.labels,
+        start,
+    )
     rows = [tuple(r) for r in history.tolist()]
     window: list[tuple[float, float, float]] = []
+    pending: list[tuple[int, int, Any]] = []  # (step done, epoch, metrics handle), not fetched yet
     scale = readable_scale(shape)
 
     def write_samples(path: Path) -> Path:
@@ -143,42 +295,51 @@ def train(
         save_grid(path, images, rows=num_classes, scale=scale)
         return path
 
-    bar = tqdm(total=total, initial=start, disable=not progress, file=sys.stderr, unit="step")
-    loop_start = time.perf_counter()
-    perm, perm_epoch = None, -1
-    try:
-        for step in range(start, total):
-            epoch, b = divmod(step, steps_per_epoch)
-            if epoch != perm_epoch:
-                perm, perm_epoch = np.random.default_rng([tp.seed, epoch]).permutation(n), epoch
-            idx = perm[b * bs : (b + 1) * bs]
-            noise = np.random.default_rng([tp.seed, step]).standard_normal(
-                (bs, mp.latent_dim), dtype=np.float32
-            )
-            t = time.perf_counter()
-            out = step_fn(x_train[idx], y_train[idx], noise)
-            ips = bs / max(time.perf_counter() - t, 1e-9)
-            done = step + 1
-
-            bad = [k for k in ("d_loss", "g_loss") if not math.isfinite(out[k])]
-            if bad:
+    def flush(now: float, since: float) -> None:
+        """Fetch the pending metrics in one go; check them; append history rows. images/s is
+        the mean over the flushed steps (the device runs ahead of the host between fetches)."""
+        values = runner.fetch([h for _, _, h in pending])
+        ips = len(pending) * bs / max(now - since, 1e-9)
+        for (done, epoch, _), (d_loss, g_loss, d_real, d_fake) in zip(
+            pending, values.tolist(), strict=True
+        ):
+            if not (math.isfinite(d_loss) and math.isfinite(g_loss)):
                 kept = ckpt.paths()
                 where = (
                     f"the last good checkpoint is kept in {kept[-1]}"
                     if kept
                     else f"no checkpoint was written yet (checkpoint dir {ckpt.dir})"
                 )
+                bad = d_loss if not math.isfinite(d_loss) else g_loss
                 raise TrainingError(
-                    f"loss became {out[bad[0]]} at step {done} (d_loss={out['d_loss']:.4g}, "
-                    f"g_loss={out['g_loss']:.4g}); {where}. Try lower learning rates."
+                    f"loss became {bad} at step {done} (d_loss={d_loss:.4g}, "
+                    f"g_loss={g_loss:.4g}); {where}. Try lower learning rates."
                 )
+            rows.append((done, epoch, d_loss, g_loss, d_real, d_fake, ips))
+            window.append((d_loss, g_loss, ips))
+        pending.clear()
 
-            rows.append(
-                (done, epoch + 1, out["d_loss"], out["g_loss"], out["d_real"], out["d_fake"], ips)
-            )
-            window.append((out["d_loss"], out["g_loss"], ips))
+    bar = tqdm(total=total, initial=start, disable=not progress, file=sys.stderr, unit="step")
+    loop_start = last_flush = time.perf_counter()
+    perm_epoch = -1
+    try:
+        for step in range(start, total):
+            epoch = step // steps_per_epoch
+            if epoch != perm_epoch:
+                runner.begin_epoch(np.random.default_rng([tp.seed, epoch]).permutation(n))
+                perm_epoch = epoch
+            done = step + 1
+            pending.append((done, epoch + 1, runner.step(step)))
             bar.update(1)
-            if done % LOG_EVERY == 0 or done == total:
+
+            log_now = done % LOG_EVERY == 0 or done == total
+            sample_now = done % tp.sample_every == 0
+            ckpt_now = done % tp.checkpoint_every == 0 or done == total
+            if log_now or sample_now or ckpt_now:
+                now = time.perf_counter()
+                flush(now, last_flush)
+                last_flush = now
+            if log_now:
                 d_mean, g_mean, ips_mean = np.mean(window, axis=0).tolist()
                 window.clear()
                 tracker.log_metrics(
@@ -192,11 +353,15 @@ def train(
                     },
                     refresh=False,
                 )
-            if done % tp.sample_every == 0:
+            if sample_now or ckpt_now:
+                runner.sync_to_keras()
+            if sample_now:
                 png = write_samples(ckpt.samples_dir / f"step_{done:06d}.png")
                 tracker.log_artifact(png, "samples")
-            if done % tp.checkpoint_every == 0 or done == total:
+            if ckpt_now:
                 ckpt.save(done, groups, np.asarray(rows, np.float64))
+            if sample_now or ckpt_now:
+                last_flush = time.perf_counter()  # writing files is not training time
     finally:
         bar.close()
     loop_seconds = time.perf_counter() - loop_start
@@ -222,6 +387,8 @@ def train(
         "run_key": ckpt.dir.name,
         "checkpoint_dir": str(ckpt.dir),
         "backend": backend,
+        "arch": mp.arch,
+        "precision": tp.precision,
         "image_shape": list(shape),
         "num_classes": num_classes,
         "data_content_hash": data.content_hash,

@@ -1,0 +1,215 @@
+"""The GAN train step on the JAX backend: stateless Keras calls, one `jax.jit` for G and D.
+
+The whole training state (both models' trainable and non-trainable variables, both optimizers'
+variables) is a tuple of lists of arrays threaded through the jitted step and donated, so XLA
+updates it in place. The Keras variables are stale while training runs: `sync_to_keras()` writes
+the state back (before a checkpoint, a sample grid and the final save).
+
+Two ways in:
+- `JaxGanStep.step(real, labels, noise)`: host (or device) arrays in, the metrics as a device array
+  out, not fetched. `make_train_step` wraps it in step_tf's contract (floats out, synced).
+- `DeviceRunner`, what the trainer uses: the training set lives on the device (uint8, uploaded
+  once), each epoch's permutation is uploaded once, and the step counter lives on the device, so
+  a step copies nothing from the host. The batch is gathered and the noise drawn inside the jitted
+  step, from `fold_in(key(train.seed), step)`: a resumed run draws what an uninterrupted one would.
+
+Losses: the non-saturating GAN loss of step_tf.py, from one generator and one discriminator pass;
+`jax.vjp` of (d_loss, g_loss) is pulled back twice, once per optimizer (XLA drops the halves
+of each pullback nobody uses). Loss scaling (mixed_float16: LossScaleOptimizer) multiplies the
+cotangent by the optimizer's current scale; `stateless_apply` unscales and skips nonfinite steps.
+
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
+
+State = tuple[list[jax.Array], ...]
+
+
+def _loss_scale(optimizer: keras.optimizers.Optimizer, opt_vars: list[jax.Array]) -> jax.Array:
+    """The optimizer's current loss scale (1 unless it scales losses), read from `opt_vars`."""
+    with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, opt_vars, strict=True))):
+        scale = optimizer.scale_loss(jnp.ones((), jnp.float32))
+    return jnp.asarray(scale, jnp.float32)
+
+
+class JaxGanStep:
+    """Holds the training state of (generator, discriminator, g_optimizer, d_optimizer) as JAX
+    arrays and advances it with a jitted, donated step. The optimizers must be built."""
+
+    def __init__(
+        self,
+        generator: keras.Model,
+        discriminator: keras.Model,
+        g_optimizer: keras.optimizers.Optimizer,
+        d_optimizer: keras.optimizers.Optimizer,
+    ) -> None:
+        self.generator, self.discriminator = generator, discriminator
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        self._keras_vars = (
+            generator.trainable_variables,
+            generator.non_trainable_variables,
+            discriminator.trainable_variables,
+            discriminator.non_trainable_variables,
+            g_optimizer.variables,
+            d_optimizer.variables,
+        )
+        self.state: State = self._read_keras()
+        self._step = jax.jit(self.update, donate_argnums=0)
+
+    def _read_keras(self) -> State:
+        # Copies: the state is donated every step, and must never alias a Keras variable's buffer.
+        return tuple([jnp.array(v.value, copy=True) for v in vs] for vs in self._keras_vars)
+
+    def sync_to_keras(self) -> None:
+        """Write the current state into the Keras variables (one device->host transfer)."""
+        for variables, values in zip(self._keras_vars, jax.device_get(self.state), strict=True):
+            for v, value in zip(variables, values, strict=True):
+                v.assign(value)
+
+    def reload_from_keras(self) -> None:
+        """Take the state from the Keras variables again (after they were changed outside)."""
+        self.state = self._read_keras()
+
+    def update(
+        self, state: State, real: jax.Array, labels: jax.Array, noise: jax.Array
+    ) -> tuple[State, jax.Array]:
+        """Pure: (state, batch) -> (new state, [d_loss, g_loss, d_real, d_fake] float32)."""
+        g_tv, g_ntv, d_tv, d_ntv, g_ov, d_ov = state
+        g, d = self.generator, self.discriminator
+
+        def losses(g_tv, d_tv):
+            fake, new_g_ntv = g.stateless_call(g_tv, g_ntv, [noise, labels], training=True)
+            both = jnp.concatenate([real.astype(fake.dtype), fake], 0)
+            logits, new_d_ntv = d.stateless_call(
+                d_tv, d_ntv, [both, jnp.concatenate([labels, labels], 0)], training=True
+            )
+            real_logits, fake_logits = jnp.split(logits.astype(jnp.float32), 2)
+            d_loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(
+                jax.nn.softplus(fake_logits)
+            )
+            g_loss = jnp.mean(jax.nn.softplus(-fake_logits))
+            probs = (
+                jnp.mean(jax.nn.sigmoid(real_logits)),
+                jnp.mean(jax.nn.sigmoid(fake_logits)),
+            )
+            return (d_loss, g_loss), (new_g_ntv, new_d_ntv, probs)
+
+        (d_loss, g_loss), pullback, (new_g_ntv, new_d_ntv, (d_real, d_fake)) = jax.vjp(
+            losses, g_tv, d_tv, has_aux=True
+        )
+        zero = jnp.zeros((), jnp.float32)
+        _, d_grads = pullback((_loss_scale(self.d_optimizer, d_ov), zero))
+        g_grads, _ = pullback((zero, _loss_scale(self.g_optimizer, g_ov)))
+        new_d_tv, new_d_ov = self.d_optimizer.stateless_apply(d_ov, d_grads, d_tv)
+        new_g_tv, new_g_ov = self.g_optimizer.stateless_apply(g_ov, g_grads, g_tv)
+        metrics = jnp.stack([d_loss, g_loss, d_real, d_fake]).astype(jnp.float32)
+        new_state = (
+            list(new_g_tv),
+            list(new_g_ntv),
+            list(new_d_tv),
+            list(new_d_ntv),
+            list(new_g_ov),
+            list(new_d_ov),
+        )
+        return new_state, metrics
+
+    def step(self, real: Any, labels: Any, noise: Any) -> jax.Array:
+        """One step on this batch; returns the metrics as a device array (not fetched)."""
+        self.state, metrics = self._step(self.state, real, labels, noise)
+        return metrics
+
+
+def make_train_step(
+    generator: keras.Model,
+    discriminator: keras.Model,
+    g_optimizer: keras.optimizers.Optimizer,
+    d_optimizer: keras.optimizers.Optimizer,
+) -> Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, float]]:
+    """step_tf's contract on JAX: (real, labels, noise) -> losses as floats, Keras variables kept
+    in sync after every step. Simple but slow (a sync per step); the trainer uses DeviceRunner."""
+    inner = JaxGanStep(generator, discriminator, g_optimizer, d_optimizer)
+
+    def run(real: np.ndarray, labels: np.ndarray, noise: np.ndarray) -> dict[str, float]:
+        values = np.asarray(inner.step(real, labels, noise)).tolist()
+        inner.sync_to_keras()
+        return dict(zip(METRICS, values, strict=True))
+
+    return run
+
+
+class DeviceRunner:
+    """The trainer's JAX step: data, permutation, step counter and noise all on the device.
+
+    `begin_epoch(perm)` uploads the epoch's permutation; `step(step)` runs one training step and
+    returns its metrics as a device array; `fetch(handles)` brings a list of them to the host in
+    one transfer (k x 4 float64); `sync_to_keras()` writes the state into the Keras variables."""
+
+    def __init__(
+        self,
+        generator: keras.Model,
+        discriminator: keras.Model,
+        g_optimizer: keras.optimizers.Optimizer,
+        d_optimizer: keras.optimizers.Optimizer,
+        images_uint8: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        latent_dim: int,
+        seed: int,
+        start_step: int,
+    ) -> None:
+        self.inner = JaxGanStep(generator, discriminator, g_optimizer, d_optimizer)
+        self.batch_size = batch_size
+        self.steps_per_epoch = len(labels) // batch_size
+        self._images = jax.device_put(np.ascontiguousarray(images_uint8, np.uint8))
+        self._labels = jax.device_put(np.asarray(labels, np.int32))
+        self._perm: jax.Array | None = None
+        self._counter = jax.device_put(np.int32(start_step))
+        self._host_step = start_step
+        key = jax.random.key(seed)
+        bs, spe, inner = batch_size, self.steps_per_epoch, self.inner
+
+        def device_step(state, counter, images, all_labels, perm):
+            b = counter % spe
+            idx = jax.lax.dynamic_slice(perm, (b * bs,), (bs,))
+            real = jnp.take(images, idx, axis=0).astype(jnp.float32) / 127.5 - 1.0
+            labels = jnp.take(all_labels, idx, axis=0)
+            noise = jax.random.normal(
+                jax.random.fold_in(key, counter), (bs, latent_dim), jnp.float32
+            )
+            state, metrics = inner.update(state, real, labels, noise)
+            return state, counter + 1, metrics
+
+        self._device_step = jax.jit(device_step, donate_argnums=(0, 1))
+
+    def begin_epoch(self, perm: np.ndarray) -> None:
+        self._perm = jax.device_put(np.asarray(perm, np.int32))
+
+    def step(self, step: int) -> jax.Array:
+        if step != self._host_step:
+            raise RuntimeError(f"DeviceRunner is at step {self._host_step}, asked for {step}")
+        if self._perm is None:
+            raise RuntimeError("begin_epoch() first")
+        self.inner.state, self._counter, metrics = self._device_step(
+            self.inner.state, self._counter, self._images, self._labels, self._perm
+        )
+        self._host_step += 1
+        return metrics
+
+    def fetch(self, handles: list[jax.Array]) -> np.ndarray:
+        if not handles:
+            return np.zeros((0, len(METRICS)))
+        return np.asarray(jax.device_get(handles), np.float64)  # one batched transfer
+
+    def sync_to_keras(self) -> None:
+        self.inner.sync_to_keras()

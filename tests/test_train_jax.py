@@ -1,0 +1,198 @@
+"""The trainer on the JAX backend (CPU), checked in one subprocess: Keras's backend is fixed when
+keras is first imported, and this test session runs on TensorFlow (conftest.py).
+
+The subprocess trains tiny models on the 8x8 digits and reports what it saw as JSON: the outputs
+of a run, resume exactness, finite losses under mixed precision, the backend check, and which heavy
+modules got imported (none of TensorFlow, MLflow, Prefect, DVC, mlxtend, scikit-learn), with
+TensorFlow made unimportable as on the GPU machines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ganpipe.errors import ConfigError
+from ganpipe.training import train
+from tests.test_train import STEPS_PER_EPOCH, data_dir, tiny  # noqa: F401 (fixture)
+
+pytest.importorskip("jax")
+
+CHECKS = r"""
+import json, sys
+from pathlib import Path
+
+import importlib.abc
+
+import keras  # before ganpipe: what keras alone imports is not ganpipe's doing
+
+baseline = set(sys.modules)
+import numpy as np
+import pandas as pd
+
+from ganpipe.config import Params
+from ganpipe.errors import ConfigError
+from ganpipe.training import step_jax, train
+
+HEAVY = ("tensorflow", "mlflow", "prefect", "dvc", "mlxtend", "sklearn")
+imported_by_import = sorted(m for m in HEAVY if m in sys.modules and m not in baseline)
+
+
+# The GPU machines have no TensorFlow: make it unimportable here too. (Where TensorFlow is
+# installed, Keras itself imports it on any backend, e.g. in Model.save to probe for
+# tf.TensorShape, and in set_random_seed; with it absent Keras skips that.)
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
+        return None
+
+
+assert "tensorflow" not in sys.modules
+sys.meta_path.insert(0, NoTensorFlow())
+
+data_dir, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+out = {"backend": keras.backend.backend()}
+
+
+def tiny(**train_params):
+    return Params.model_validate({
+        "model": {"latent_dim": 8, "embed_dim": 4, "filters": 16},
+        "train": {"epochs": 1, "batch_size": 32, "sample_every": 4, "checkpoint_every": 4}
+        | train_params,
+    })
+
+
+def generator_weights(model_dir):
+    g = keras.models.load_model(model_dir / "generator.keras")
+    return [np.asarray(w) for w in g.get_weights()]
+
+
+# A run's outputs, and resume exactness: 1 epoch, then resumed to 2 == straight 2 epochs.
+s1 = train(tiny(epochs=1), data_dir, tmp / "m1", tmp / "ck", progress=False)
+s2 = train(tiny(epochs=2), data_dir, tmp / "m2", tmp / "ck", progress=False)
+s3 = train(tiny(epochs=2), data_dir, tmp / "m3", tmp / "ck_other", progress=False)
+out["summaries"] = [s1, s2, s3]
+a, b = generator_weights(tmp / "m2"), generator_weights(tmp / "m3")
+out["resume_max_abs_diff"] = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+h2 = pd.read_csv(tmp / "m2" / "history.csv")
+h3 = pd.read_csv(tmp / "m3" / "history.csv")
+cols = ["d_loss", "g_loss", "d_real", "d_fake"]
+out["history_max_abs_diff"] = float(np.max(np.abs(h2[cols].to_numpy() - h3[cols].to_numpy())))
+
+# Mixed precision: finite losses.
+for precision in ("mixed_bfloat16", "mixed_float16"):
+    s = train(tiny(precision=precision), data_dir, tmp / precision, tmp / "ck", progress=False)
+    hist = pd.read_csv(tmp / precision / "history.csv")
+    out[precision] = {
+        "finite": bool(np.isfinite(hist[cols].to_numpy()).all()),
+        "rows": len(hist),
+        "precision": s["precision"],
+    }
+
+# The backend check.
+try:
+    train(tiny(backend="tensorflow"), data_dir, tmp / "mx", tmp / "ck", progress=False)
+    out["backend_error"] = None
+except ConfigError as e:
+    out["backend_error"] = str(e)
+
+out["imported_by_import"] = imported_by_import
+out["imported"] = sorted(m for m in HEAVY if m in sys.modules and m not in baseline)
+out["tensorflow_in_sys_modules"] = "tensorflow" in sys.modules
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def jax_run(data_dir, tmp_path_factory) -> tuple[dict, Path]:  # noqa: F811
+    tmp = tmp_path_factory.mktemp("jax")
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", CHECKS, str(data_dir), str(tmp)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), tmp
+
+
+def test_jax_run_writes_what_the_tensorflow_run_writes(jax_run, data_dir, tmp_path):  # noqa: F811
+    result, tmp = jax_run
+    assert result["backend"] == "jax"
+    tf_summary = train(tiny(epochs=2), data_dir, tmp_path / "tf", tmp_path / "ck", progress=False)
+    jax_summary = result["summaries"][2]
+    assert jax_summary["backend"] == "jax" and tf_summary["backend"] == "tensorflow"
+    assert jax_summary.keys() == tf_summary.keys()
+    assert jax_summary["steps"] == tf_summary["steps"] == 2 * STEPS_PER_EPOCH
+    assert jax_summary["run_key"] != tf_summary["run_key"]  # the backend is part of the key
+
+    def listing(root: Path) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+    assert listing(tmp / "m3") == listing(tmp_path / "tf")
+    h_jax = pd.read_csv(tmp / "m3" / "history.csv")
+    h_tf = pd.read_csv(tmp_path / "tf" / "history.csv")
+    assert list(h_jax.columns) == list(h_tf.columns)
+    pd.testing.assert_frame_equal(h_jax[["step", "epoch"]], h_tf[["step", "epoch"]])
+    assert np.isfinite(h_jax.drop(columns=["step", "epoch"]).to_numpy()).all()
+    assert h_jax[["d_real", "d_fake"]].stack().between(0, 1).all()
+
+    # The JAX-trained generator loads and runs here, on TensorFlow.
+    import keras
+
+    g = keras.models.load_model(tmp / "m3" / "generator.keras")
+    images = g.predict([np.zeros((2, 8), np.float32), np.array([1, 2], np.int32)], verbose=0)
+    assert images.shape == (2, 8, 8, 1) and np.all(np.abs(images) <= 1)
+
+
+def test_jax_resume_is_exact(jax_run):
+    result, _ = jax_run
+    first, resumed, straight = result["summaries"]
+    assert first["resumed_from_step"] == 0
+    assert resumed["resumed_from_step"] == STEPS_PER_EPOCH
+    assert resumed["run_key"] == first["run_key"]
+    assert straight["resumed_from_step"] == 0
+    assert result["history_max_abs_diff"] <= 1e-6
+    assert result["resume_max_abs_diff"] <= 1e-6
+
+
+def test_jax_mixed_precision_gives_finite_losses(jax_run):
+    result, _ = jax_run
+    for precision in ("mixed_bfloat16", "mixed_float16"):
+        assert result[precision] == {
+            "finite": True,
+            "rows": STEPS_PER_EPOCH,
+            "precision": precision,
+        }
+
+
+def test_jax_path_imports_no_tensorflow(jax_run):
+    result, _ = jax_run
+    assert result["imported_by_import"] == []  # importing the trainer and step_jax: nothing heavy
+    assert result["tensorflow_in_sys_modules"] is False  # whole runs with TensorFlow uninstallable
+    assert result["imported"] == []
+
+
+def test_backend_param_is_checked_both_ways(jax_run, data_dir, tmp_path):  # noqa: F811
+    result, _ = jax_run
+    assert "train.backend: is 'tensorflow' but Keras is running on 'jax'" in result["backend_error"]
+    with pytest.raises(ConfigError, match=r"train\.backend: .*set KERAS_BACKEND=jax"):
+        train(tiny(backend="jax"), data_dir, tmp_path / "m", tmp_path / "ck", progress=False)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "ck").exists()
