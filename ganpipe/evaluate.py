@@ -1,18 +1,26 @@
-"""Stage `evaluate`: score the synthetic samples with the cached domain classifier.
+"""Stage `evaluate`: score the synthetic samples against the real data.
 
-One feature pass per image set (real train subsample, real test, synthetic subsample), then every
-registered metric over those arrays. Writes `<out_dir>/eval.json` (the headline numbers, for
-`dvc metrics show`) and `<out_dir>/per_class.csv`.
+One feature pass per image set (real train subsample, real test, synthetic subsample; the real ones
+come from the reference statistics cache after the first evaluation of a dataset), then every
+registered metric over those arrays, and optionally the downstream utility (CAS, augmentation
+uplift). Writes to `<out_dir>/`:
 
-Headline metrics:
-  classifier_fd            Fréchet distance, synthetic vs real train, in the classifier's features
-  classifier_fd_floor      the same for real test vs real train: what a perfect generator scores
+  eval.json                the headline numbers (for `dvc metrics show`)
+  per_class.csv            per class: counts, conditional accuracy, Fréchet distance
+  per_class_accuracy.png   bar chart of the per-class conditional accuracy and distance
+  feature_space.png        real and synthetic features on the real set's two principal axes
+
+Headline metrics (the Fréchet key is `fid` with evaluate.extractor=inception, else classifier_fd):
+  classifier_fd | fid      Fréchet distance, synthetic vs real train, in the extractor's features
+  ..._floor                the same for real test vs real train: what a perfect generator scores
                            (at the test set's sample size; the distance is biased by sample size)
   kid_mean, kid_std        kernel distance (unbiased MMD^2, cubic kernel), synthetic vs real train
-  conditional_accuracy     how often the classifier assigns a sample the label it was generated for
+  precision, recall, density, coverage   k-NN manifold metrics in the extractor's features
+  conditional_accuracy     how often the domain classifier assigns a sample its generated label
   classifier_score         exp(E KL(p(y|x) || p(y))) over synthetic samples; 1..num_classes
-  evaluator_test_accuracy  the classifier's accuracy on the real test set (sanity check)
-  num_synthetic            synthetic samples evaluated (after the max_samples cap)
+  evaluator_test_accuracy  the domain classifier's accuracy on the real test set (sanity check)
+  num_synthetic, num_real  samples evaluated (after the max_samples cap)
+  cas_accuracy, real_accuracy, uplift_*   with evaluate.utility only (ganpipe.metrics.utility)
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Split, load_prepared, load_split
 from ganpipe.errors import DataError
 from ganpipe.io import atomic_path, write_json
-from ganpipe.metrics import MetricInputs, compute_metrics, feature_set, per_class_table
+from ganpipe.metrics import MetricInputs, compute_metrics, per_class_table
+from ganpipe.metrics.reference import real_reference, stratified_subsample
 from ganpipe.tracking import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
@@ -45,30 +54,18 @@ PER_CLASS_COLUMNS = (
     "conditional_accuracy",
     "classifier_fd",
 )
-EXTRACT_BATCH = 256
+PER_CLASS_PLOT = "per_class_accuracy.png"
+FEATURE_PLOT = "feature_space.png"
+# The reference statistics cache, beside the classifier's cache directory rather than inside it: under
+# DVC `evaluator/` is the classifier stage's output, and files the evaluate stage added there would
+# change that output's hash (so `dvc repro` would never be a no-op). `.ganpipe_cache/` is gitignored.
+REFERENCE_CACHE = Path(".ganpipe_cache") / "reference"
 # Below this the classifier is too weak for its features and predictions to mean much.
 MIN_EVALUATOR_ACCURACY = 0.5
+# Points per set in the feature-space figure.
+PLOT_POINTS = 2000
 
-
-def stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of `n` samples (all if fewer) keeping each class's share of `labels`.
-
-    Quotas are floor(n * share), the remainder going to the largest fractional parts; within a
-    class the samples are drawn uniformly without replacement.
-    """
-    labels = np.asarray(labels)
-    if n >= len(labels):
-        return np.arange(len(labels))
-    classes, counts = np.unique(labels, return_counts=True)
-    exact = n * counts / counts.sum()
-    quota = np.floor(exact).astype(int)
-    short = n - quota.sum()
-    quota[np.argsort(-(exact - quota), kind="stable")[:short]] += 1
-    picked = [
-        rng.choice(np.flatnonzero(labels == c), q, replace=False)
-        for c, q in zip(classes, quota, strict=True)
-    ]
-    return np.sort(np.concatenate(picked))
+__all__ = ["PER_CLASS_COLUMNS", "evaluate", "load_synthetic", "stratified_subsample"]
 
 
 def load_synthetic(
@@ -99,15 +96,24 @@ def load_synthetic(
     return split
 
 
-def _subset(split: Split, n: int, rng: np.random.Generator) -> Split:
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    """Independent seeded streams per set, so caching one set never shifts another's sample."""
+    return np.random.default_rng([seed, stream])
+
+
+def _subsample(split: Split, n: int, rng: np.random.Generator, what: str) -> np.ndarray:
     idx = stratified_subsample(split.labels, n, rng)
-    return Split(split.images[idx], split.labels[idx])
+    if len(idx) < len(split):
+        log.info(
+            "evaluate: %s: %d of %d samples (evaluate.max_samples)", what, len(idx), len(split)
+        )
+    return idx
 
 
-def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_per_class(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PER_CLASS_COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
                 writer.writerow(
@@ -118,6 +124,84 @@ def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
                 )
 
 
+# ---- plots -----------------------------------------------------------------------------------------
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def plot_per_class(path: Path, rows: list[dict[str, Any]], fd_key: str) -> None:
+    """Bar charts of per-class conditional accuracy and Fréchet distance (Agg, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [str(r["class_name"]) for r in rows]
+    acc = [r["conditional_accuracy"] for r in rows]
+    fd = [r[fd_key] for r in rows]
+    fig = Figure(figsize=(max(6.0, 0.5 * len(rows) + 2), 6.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    x = np.arange(len(rows))
+    top.bar(x, np.nan_to_num(acc), color="tab:blue")
+    top.set_ylim(0, 1)
+    top.set_ylabel("conditional accuracy")
+    top.set_title("per class: does a sample look like its label? (higher is better)")
+    bottom.bar(x, np.nan_to_num(fd), color="tab:orange")
+    bottom.set_ylabel(fd_key)
+    bottom.set_title("per class: Fréchet distance to the real class (lower is better)")
+    bottom.set_xticks(x, names, rotation=45 if len(rows) > 12 else 0)
+    _save_figure(fig, path)
+
+
+def plot_feature_space(
+    path: Path, real: np.ndarray, real_labels: np.ndarray, syn: np.ndarray, syn_labels: np.ndarray
+) -> None:
+    """Real and synthetic features projected on the real set's first two principal axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(0)
+    r_idx = rng.permutation(len(real))[:PLOT_POINTS]
+    s_idx = rng.permutation(len(syn))[:PLOT_POINTS]
+    r = real[r_idx].astype(np.float64)
+    centre = r.mean(axis=0)
+    _, _, vt = np.linalg.svd(r - centre, full_matrices=False)
+    axes = vt[:2].T
+    pr, ps = (r - centre) @ axes, (syn[s_idx] - centre) @ axes
+    k = int(max(real_labels.max(initial=0), syn_labels.max(initial=0))) + 1
+    colours = {"cmap": "tab10" if k <= 10 else "tab20" if k <= 20 else "viridis"}
+    colours.update(vmin=-0.5, vmax=k - 0.5)  # the same colour for a class in both panels
+    fig = Figure(figsize=(11.0, 5.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, pts, lab, title in (
+        (left, pr, real_labels[r_idx], "real (train)"),
+        (right, ps, syn_labels[s_idx], "synthetic"),
+    ):
+        sc = ax.scatter(pts[:, 0], pts[:, 1], c=lab, s=4, alpha=0.6, **colours)
+        ax.set_title(f"{title}, {len(pts)} points")
+        ax.set_xlabel("PC 1 of real features")
+    left.set_ylabel("PC 2 of real features")
+    fig.colorbar(sc, ax=[left, right], label="class")
+    _save_figure(fig, path)
+
+
+def _plots(out: Path, rows: list[dict[str, Any]], fd_key: str, real: Any, syn: Any) -> list[Path]:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        warnings.warn("matplotlib is not installed: no evaluation plots", stacklevel=3)
+        return []
+    plot_per_class(out / PER_CLASS_PLOT, rows, fd_key)
+    plot_feature_space(out / FEATURE_PLOT, real.features, real.labels, syn.features, syn.labels)
+    return [out / PER_CLASS_PLOT, out / FEATURE_PLOT]
+
+
+# ---- the stage -------------------------------------------------------------------------------------
+
+
 def evaluate(
     params: EvaluateParams,
     data_dir: str | os.PathLike[str],
@@ -125,12 +209,16 @@ def evaluate(
     out_dir: str | os.PathLike[str] = "metrics",
     cache_dir: str | os.PathLike[str] = "evaluator",
     tracker: Tracker | None = None,
+    reference_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Score `<synthetic_dir>/samples.npz` against the prepared data in `data_dir`.
 
-    Writes `<out_dir>/eval.json` and `<out_dir>/per_class.csv`, logs both to `tracker`, and returns
-    the headline metrics (a flat dict of floats, plus the int num_synthetic).
+    The domain classifier is cached in `cache_dir`; the real sets' features and statistics in
+    `reference_dir` (default `.ganpipe_cache/reference` beside `cache_dir`: see REFERENCE_CACHE).
+    Writes eval.json, per_class.csv and the plots to `out_dir`, logs them to `tracker`, and returns
+    the headline metrics (a flat dict of floats, plus ints for the sample counts).
     """
+    from ganpipe.metrics.extractors import build_extractor, load_feature_network
     from ganpipe.models.classifier import feature_extractor, get_classifier
 
     tracker = tracker or NULL_TRACKER
@@ -143,6 +231,8 @@ def evaluate(
             )
     synthetic = load_synthetic(synthetic_dir, prepared.image_shape, prepared.num_classes)
 
+    # the user's network (weights, model file, layer) is checked before the classifier is trained
+    network = load_feature_network(params, prepared.image_shape)
     classifier, meta = get_classifier(data_dir, params, cache_dir)
     if meta.get("test_accuracy", 1.0) < MIN_EVALUATOR_ACCURACY:
         warnings.warn(
@@ -150,44 +240,61 @@ def evaluate(
             "set; its distances and accuracies say little (raise evaluate.classifier_epochs)",
             stacklevel=2,
         )
-    extractor = feature_extractor(classifier)
+    extractor = build_extractor(network, feature_extractor(classifier), meta)
 
-    rng = np.random.default_rng(params.seed)
-    sets = {
-        "real": _subset(prepared.train, params.max_samples, rng),
-        "real_test": _subset(prepared.test, params.max_samples, rng),
-        "synthetic": _subset(synthetic, params.max_samples, rng),
-    }
-    feats = {
-        name: feature_set(extractor, s.images, s.labels, EXTRACT_BATCH) for name, s in sets.items()
-    }
+    ref_dir = Path(reference_dir or Path(cache_dir).parent / REFERENCE_CACHE)
+    refs = {}
+    for stream, (name, split) in enumerate((("train", prepared.train), ("test", prepared.test))):
+        idx = _subsample(split, params.max_samples, _rng(params.seed, stream), f"real {name}")
+        refs[name] = real_reference(
+            ref_dir, prepared.content_hash, name, split.images, split.labels, idx, extractor
+        )
+    syn_idx = _subsample(synthetic, params.max_samples, _rng(params.seed, 2), "synthetic")
+    if len(syn_idx) < len(synthetic):
+        synthetic = Split(synthetic.images[syn_idx], synthetic.labels[syn_idx])
+    syn = extractor.feature_set(synthetic.images, synthetic.labels)
+
+    real, real_test = refs["train"], refs["test"]
     inputs = MetricInputs(
-        synthetic=feats["synthetic"],
-        real=feats["real"],
-        real_test=feats["real_test"],
+        synthetic=syn,
+        real=real.features,
+        real_test=real_test.features,
         kid_subsets=params.kid_subsets,
         kid_subset_size=params.kid_subset_size,
         seed=params.seed,
+        fd_key=extractor.fd_key,
+        real_stats=real.stats,
+        real_test_stats=real_test.stats,
     )
     headline: dict[str, Any] = {k: float(v) for k, v in compute_metrics(inputs).items()}
-    headline["num_synthetic"] = len(feats["synthetic"])
+    headline["num_synthetic"] = len(syn)
+    headline["num_real"] = len(real.features)
+    if params.utility:
+        from ganpipe.metrics.utility import downstream_utility
+
+        headline.update(downstream_utility(prepared, synthetic, params).metrics)
     for k, v in headline.items():
         if not math.isfinite(v):
             raise ValueError(f"metric {k} is not finite ({v}); the features are degenerate")
 
+    fd_key = extractor.fd_key
     rows = per_class_table(
-        feats["synthetic"].features,
-        feats["synthetic"].labels,
-        feats["synthetic"].predictions,
-        feats["real"].features,
-        feats["real"].labels,
+        syn.features,
+        syn.labels,
+        syn.predictions,
+        real.features.features,
+        real.features.labels,
         prepared.class_names,
     )
+    for row in rows:
+        row[fd_key] = row.pop("classifier_fd")
     out = Path(out_dir)
-    _write_per_class(out / "per_class.csv", rows)
+    _write_per_class(out / "per_class.csv", rows, PER_CLASS_COLUMNS[:-1] + (fd_key,))
+    plots = _plots(out, rows, fd_key, real.features, syn)
     write_json(out / "eval.json", headline)
 
     tracker.log_metrics(headline)
-    tracker.log_artifact(out / "per_class.csv", "evaluate")
+    for path in (out / "per_class.csv", *plots):
+        tracker.log_artifact(path, "evaluate")
     log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
     return headline

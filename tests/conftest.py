@@ -21,3 +21,23 @@ def mnist_npz() -> Path:
     if not path.exists():
         pytest.skip("full MNIST .npz not available (set GANPIPE_MNIST_NPZ)")
     return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Prepared 8x8 digits for the trainer tests: N_TRAIN to train on, 50 to test."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
+    from tests.train_fixtures import N_TRAIN
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+    labels = digits.target.astype(np.int64)
+    train = Split(images[:N_TRAIN], labels[:N_TRAIN])
+    test = Split(images[N_TRAIN : N_TRAIN + 50], labels[N_TRAIN : N_TRAIN + 50])
+    out = tmp_path_factory.mktemp("prepared")
+    names = [str(i) for i in range(10)]
+    save_prepared(out, Prepared(train, test, make_summary(train, test, names, "digits")))
+    return out

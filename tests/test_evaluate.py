@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared, save_split
-from ganpipe.errors import DataError
+from ganpipe.errors import ConfigError, DataError
 from ganpipe.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
 from ganpipe.tracking import Tracker
 
@@ -188,11 +188,20 @@ def test_evaluate_realistic_beats_noise(digits, cache_dir, tmp_path):
     assert good["classifier_fd_floor"] < 0.1 * bad["classifier_fd"]
     assert bad["classifier_fd_floor"] == pytest.approx(good["classifier_fd_floor"])
 
+    assert good["num_real"] == min(PARAMS.max_samples, len(prepared.train))
+    assert not [k for k in good if k.startswith(("cas_", "real_acc", "uplift_"))]  # utility is off
+
     lines = (tmp_path / "m_good" / "per_class.csv").read_text().splitlines()
     assert lines[0].split(",") == list(PER_CLASS_COLUMNS)
     assert len(lines) == 1 + prepared.num_classes
     assert tracker.metrics == [good]
-    assert tracker.artifacts == [(str(tmp_path / "m_good" / "per_class.csv"), "evaluate")]
+    outputs = ["per_class.csv", "per_class_accuracy.png", "feature_space.png"]
+    assert tracker.artifacts == [(str(tmp_path / "m_good" / f), "evaluate") for f in outputs]
+    for png in outputs[1:]:
+        assert (tmp_path / "m_good" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "m_good").iterdir()) == sorted(
+        ["eval.json", *outputs]
+    )
 
 
 def test_evaluate_caps_synthetic_samples(digits, cache_dir, tmp_path):
@@ -232,3 +241,139 @@ def test_stratified_subsample_keeps_class_shares():
     assert len(stratified_subsample(labels, 5000, np.random.default_rng(0))) == 1000
     odd = stratified_subsample(np.repeat([0, 1, 2], [5, 5, 5]), 7, np.random.default_rng(1))
     assert len(odd) == 7
+
+
+# ---- reference cache, extractors, utility ---------------------------------------------------------
+
+
+def test_second_generator_reuses_the_real_reference(digits, cache_dir, tmp_path, monkeypatch):
+    from ganpipe.metrics.extractors import Extractor
+
+    data_dir, prepared = digits
+    extracted = []
+    real_feature_set = Extractor.feature_set
+
+    def counting(self, images, labels):
+        extracted.append(len(images))
+        return real_feature_set(self, images, labels)
+
+    monkeypatch.setattr(Extractor, "feature_set", counting)
+    ref_dir = tmp_path / "reference"
+    rng = np.random.default_rng(5)
+    gens = []
+    for i in range(2):  # two generators of the same data: their samples differ
+        idx = rng.choice(len(prepared.train), 300, replace=False)
+        gens.append(write_samples(tmp_path / f"gen{i}", *_noisy(prepared.train, idx, rng)))
+    with pytest.warns(UserWarning):
+        first = evaluate(
+            PARAMS, data_dir, gens[0], tmp_path / "m0", cache_dir, reference_dir=ref_dir
+        )
+    assert extracted == [PARAMS.max_samples, len(prepared.test), 300]
+    assert len(list(ref_dir.glob("classifier-*.npz"))) == 2
+    with pytest.warns(UserWarning):
+        second = evaluate(
+            PARAMS, data_dir, gens[1], tmp_path / "m1", cache_dir, reference_dir=ref_dir
+        )
+    assert extracted[3:] == [300], "the real sets must come from the reference cache"
+    assert second["classifier_fd_floor"] == first["classifier_fd_floor"]
+    assert second["classifier_fd"] != first["classifier_fd"]
+    # another sample of the real data (seed, max_samples) is another reference
+    params = PARAMS.model_copy(update={"max_samples": 250})
+    with pytest.warns(UserWarning):
+        evaluate(params, data_dir, gens[1], tmp_path / "m2", cache_dir, reference_dir=ref_dir)
+    assert extracted[4:] == [250, 250, 250]
+    # by default the cache lives beside the classifier's directory, not in it (a DVC output)
+    classifier_files = sorted(p.name for p in cache_dir.iterdir())
+    with pytest.warns(UserWarning):
+        evaluate(PARAMS, data_dir, gens[1], tmp_path / "m3", cache_dir)
+    assert list((cache_dir.parent / ".ganpipe_cache/reference").glob("classifier-train-*.npz"))
+    assert sorted(p.name for p in cache_dir.iterdir()) == classifier_files
+
+
+def _noisy(
+    split: Split, idx: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    noise = rng.normal(0, 8, split.images[idx].shape)
+    return np.clip(split.images[idx] + noise, 0, 255).astype(np.uint8), split.labels[idx]
+
+
+def test_utility_keys_only_when_enabled(digits, cache_dir, tmp_path):
+    data_dir, prepared = digits
+    syn = write_samples(
+        tmp_path / "syn", *_noisy(prepared.train, np.arange(400), np.random.default_rng(2))
+    )
+    params = PARAMS.model_copy(
+        update={
+            "utility": True,
+            "utility_epochs": 1,
+            "uplift_fractions": (0.1,),
+            "uplift_seeds": 2,
+            "max_samples": 400,
+        }
+    )
+    with pytest.warns(UserWarning):
+        out = evaluate(params, data_dir, syn, tmp_path / "m", cache_dir)
+    on_disk = json.loads((tmp_path / "m" / "eval.json").read_text())
+    utility = {
+        "cas_accuracy",
+        "real_accuracy",
+        "uplift_10pct_real_mean",
+        "uplift_10pct_real_std",
+        "uplift_10pct_aug_mean",
+        "uplift_10pct_aug_std",
+        "uplift_10pct_delta",
+        "uplift_10pct_num_real",
+    }
+    assert utility <= set(on_disk) and on_disk == out
+    assert all(0.0 <= out[k] <= 1.0 for k in utility if not k.endswith(("delta", "num_real")))
+    assert -1.0 <= out["uplift_10pct_delta"] <= 1.0
+
+
+def test_inception_without_weights_refuses_before_any_training(digits, tmp_path, monkeypatch):
+    from ganpipe.metrics import extractors
+
+    data_dir, prepared = digits
+    syn = write_samples(tmp_path / "syn", prepared.test.images, prepared.test.labels)
+
+    def offline(weights):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None")
+
+    monkeypatch.setattr(extractors, "_inception_v3", offline)
+    params = PARAMS.model_copy(update={"extractor": "inception"})
+    with pytest.raises(ConfigError, match="inception_weights"):
+        evaluate(params, data_dir, syn, tmp_path / "m", tmp_path / "evaluator")
+    assert not (tmp_path / "evaluator").exists() and not (tmp_path / "m").exists()
+
+
+def test_inception_features_are_reported_as_fid(digits, cache_dir, tmp_path, monkeypatch):
+    """The Inception path end to end, with a small stand-in network (no weights to download)."""
+    import keras
+
+    from ganpipe.metrics import extractors
+
+    def stand_in(weights):
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [
+                keras.Input((299, 299, 3)),
+                keras.layers.Conv2D(8, 5, strides=5, activation="relu"),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(16, activation="tanh"),
+            ]
+        )
+
+    monkeypatch.setattr(extractors, "_inception_v3", stand_in)
+    monkeypatch.setattr(extractors, "INCEPTION_DIM", 16)
+    data_dir, prepared = digits
+    syn = write_samples(tmp_path / "syn", prepared.test.images, prepared.test.labels)
+    params = PARAMS.model_copy(update={"extractor": "inception", "max_samples": 150})
+    with pytest.warns(UserWarning):
+        out = evaluate(
+            params, data_dir, syn, tmp_path / "m", cache_dir, reference_dir=tmp_path / "r"
+        )
+    assert {"fid", "fid_floor", "kid_mean", "conditional_accuracy"} <= set(out)
+    assert "classifier_fd" not in out and out["fid"] >= 0
+    assert out["conditional_accuracy"] > 0.8  # probabilities still from the domain classifier
+    header = (tmp_path / "m" / "per_class.csv").read_text().splitlines()[0].split(",")
+    assert header[-1] == "fid"
+    assert len(list((tmp_path / "r").glob("inception-*.npz"))) == 2

@@ -139,6 +139,22 @@ def test_inception_weights_file_errors(tmp_path):
         ex.load_inception(str(other))
 
 
+def test_partly_loaded_weights_are_refused(tmp_path, monkeypatch):
+    """Keras 3 only warns for some mismatches and keeps random weights: that is a refusal too."""
+    path = tmp_path / "old.weights.h5"
+    path.write_bytes(b"stand-in")
+
+    def partial(weights):
+        warnings.warn(
+            "Affected layers will retain their freshly-initialized weights.", stacklevel=1
+        )
+        return object()
+
+    monkeypatch.setattr(ex, "_inception_v3", partial)
+    with pytest.raises(ConfigError, match="weights only partly loaded"):
+        ex.load_inception(str(path))
+
+
 def test_inception_from_local_weights_file(tmp_path):
     """A local weights file (here: InceptionV3's random init, saved) gives 2048-d pool features."""
     path = tmp_path / "inception.weights.h5"
@@ -160,7 +176,7 @@ def test_keras_model_layer_features(tiny_model_path):
     assert net.dim == 16 and net.identity["layer"] == "embedding"
     x = images(5)
     model = keras.saving.load_model(tiny_model_path, compile=False)
-    sub = keras.Model(model.inputs, model.get_layer("embedding").output)
+    sub = keras.Model(model.inputs[0], model.get_layer("embedding").output)
     np.testing.assert_allclose(net.features(x), np.asarray(sub(to_float(x))), rtol=1e-5, atol=1e-6)
     # a conv layer is flattened; another input range is another identity (and other features)
     conv = ex.load_keras_model(str(tiny_model_path), "conv", "0..1", (8, 8, 1))
@@ -284,6 +300,7 @@ def test_load_or_compute_reuses_and_invalidates(tmp_path):
     assert load_or_compute(tmp_path, parts, compute, "x-train").from_cache
 
 
+@pytest.mark.filterwarnings("ignore::ganpipe.metrics.SingularCovarianceWarning")
 def test_real_reference_counts_extractions(tmp_path, classifier):
     meta = {"key": {"content_hash": "abc"}, "trained_at": "t1"}
     extractor = ex.build_extractor(None, classifier, meta)

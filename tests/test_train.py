@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from sklearn.datasets import load_digits
 
 from ganpipe.config import Params, load_params
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
@@ -19,35 +18,7 @@ from ganpipe.io import read_json
 from ganpipe.tracking import Tracker
 from ganpipe.training import step_tf, train
 from ganpipe.training.checkpoint import Checkpoints, run_key
-
-N_TRAIN, BATCH = 200, 32
-STEPS_PER_EPOCH = N_TRAIN // BATCH  # 6
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    digits = load_digits()
-    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)[..., None]
-    labels = digits.target.astype(np.int64)
-    train_split = Split(images[:N_TRAIN], labels[:N_TRAIN])
-    test_split = Split(images[N_TRAIN : N_TRAIN + 50], labels[N_TRAIN : N_TRAIN + 50])
-    out = tmp_path_factory.mktemp("prepared")
-    names = [str(i) for i in range(10)]
-    save_prepared(
-        out,
-        Prepared(train_split, test_split, make_summary(train_split, test_split, names, "digits")),
-    )
-    return out
-
-
-def tiny(**train) -> Params:
-    return Params.model_validate(
-        {
-            "model": {"latent_dim": 8, "embed_dim": 4, "filters": 16},
-            "train": {"epochs": 1, "batch_size": BATCH, "sample_every": 4, "checkpoint_every": 4}
-            | train,
-        }
-    )
+from tests.train_fixtures import BATCH, N_TRAIN, STEPS_PER_EPOCH, tiny
 
 
 class RecordingTracker(Tracker):

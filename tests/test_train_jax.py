@@ -8,6 +8,7 @@ TensorFlow made unimportable as on the GPU machines."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,9 +21,15 @@ import pytest
 
 from ganpipe.errors import ConfigError
 from ganpipe.training import train
-from tests.test_train import STEPS_PER_EPOCH, data_dir, tiny  # noqa: F401 (fixture)
+from tests.train_fixtures import STEPS_PER_EPOCH, tiny
 
 pytest.importorskip("jax")
+
+# Comparisons with a TensorFlow run need TensorFlow in this process (not on the GPU machines).
+requires_tf = pytest.mark.skipif(
+    importlib.util.find_spec("tensorflow") is None or os.environ.get("KERAS_BACKEND") == "jax",
+    reason="needs this test session on the TensorFlow backend",
+)
 
 CHECKS = r"""
 import json, sys
@@ -112,7 +119,7 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def jax_run(data_dir, tmp_path_factory) -> tuple[dict, Path]:  # noqa: F811
+def jax_run(data_dir, tmp_path_factory) -> tuple[dict, Path]:
     tmp = tmp_path_factory.mktemp("jax")
     env = {
         **os.environ,
@@ -133,7 +140,8 @@ def jax_run(data_dir, tmp_path_factory) -> tuple[dict, Path]:  # noqa: F811
     return json.loads(proc.stdout.strip().splitlines()[-1]), tmp
 
 
-def test_jax_run_writes_what_the_tensorflow_run_writes(jax_run, data_dir, tmp_path):  # noqa: F811
+@requires_tf
+def test_jax_run_writes_what_the_tensorflow_run_writes(jax_run, data_dir, tmp_path):
     result, tmp = jax_run
     assert result["backend"] == "jax"
     tf_summary = train(tiny(epochs=2), data_dir, tmp_path / "tf", tmp_path / "ck", progress=False)
@@ -190,9 +198,13 @@ def test_jax_path_imports_no_tensorflow(jax_run):
     assert result["imported"] == []
 
 
-def test_backend_param_is_checked_both_ways(jax_run, data_dir, tmp_path):  # noqa: F811
+def test_backend_param_is_checked_under_jax(jax_run):
     result, _ = jax_run
     assert "train.backend: is 'tensorflow' but Keras is running on 'jax'" in result["backend_error"]
+
+
+@requires_tf
+def test_backend_param_is_checked_under_tensorflow(data_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"train\.backend: .*set KERAS_BACKEND=jax"):
         train(tiny(backend="jax"), data_dir, tmp_path / "m", tmp_path / "ck", progress=False)
     assert not (tmp_path / "m").exists() and not (tmp_path / "ck").exists()

@@ -5,12 +5,18 @@ eval style). The registry (StyleGAN2-ADA's metric_main style) names metrics that
 `MetricInputs` -- the features and probabilities of the synthetic, real-train and real-test sets,
 each extracted once -- and return a flat dict of floats. A new metric (precision/recall,
 density/coverage) plugs in with `@register_metric("name")` and appears in eval.json.
+
+The Fréchet distance's key follows the extractor (`MetricInputs.fd_key`): `fid` over Inception
+features, `classifier_fd` otherwise; its floor is `<fd_key>_floor`. When the real sets' statistics
+come from the reference cache (`ganpipe.metrics.reference`) they are passed in and not recomputed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 from ganpipe.metrics.classifier_metrics import (
     classifier_score,
@@ -27,6 +33,11 @@ from ganpipe.metrics.frechet import (
 )
 from ganpipe.metrics.kid import kid, mmd2_unbiased
 from ganpipe.metrics.prdc import density_coverage, precision_recall
+from ganpipe.metrics.reference import mean_cov
+
+# Bytes for one block of the k-NN distance matrix (precision/recall, density/coverage): the row
+# count shrinks as the other set grows, so memory stays flat however many samples are scored.
+DISTANCE_BLOCK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,15 @@ class MetricInputs:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     seed: int = 0
+    fd_key: str = "classifier_fd"  # "fid" for Inception features
+    # Precomputed float64 (mean, covariance) of real / real_test (the reference cache); None: compute
+    real_stats: tuple[np.ndarray, np.ndarray] | None = None
+    real_test_stats: tuple[np.ndarray, np.ndarray] | None = None
+
+    def stats(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, covariance) of set `name` ("synthetic", "real", "real_test")."""
+        given = {"real": self.real_stats, "real_test": self.real_test_stats}.get(name)
+        return given if given is not None else mean_cov(getattr(self, name).features)
 
 
 Metric = Callable[[MetricInputs], dict[str, float]]
@@ -69,14 +89,15 @@ def compute_metrics(inputs: MetricInputs, names: Iterable[str] | None = None) ->
     return results
 
 
-@register_metric("classifier_fd")
-def _classifier_fd(m: MetricInputs) -> dict[str, float]:
-    return {"classifier_fd": frechet_distance(m.synthetic.features, m.real.features)}
+@register_metric("frechet")
+def _frechet(m: MetricInputs) -> dict[str, float]:
+    return {m.fd_key: frechet_distance_from_stats(*m.stats("synthetic"), *m.stats("real"))}
 
 
-@register_metric("classifier_fd_floor")
-def _classifier_fd_floor(m: MetricInputs) -> dict[str, float]:
-    return {"classifier_fd_floor": frechet_distance(m.real_test.features, m.real.features)}
+@register_metric("frechet_floor")
+def _frechet_floor(m: MetricInputs) -> dict[str, float]:
+    floor = frechet_distance_from_stats(*m.stats("real_test"), *m.stats("real"))
+    return {f"{m.fd_key}_floor": floor}
 
 
 @register_metric("kid")
@@ -97,15 +118,22 @@ def _classifier_score(m: MetricInputs) -> dict[str, float]:
     return {"classifier_score": classifier_score(m.synthetic.probs)}
 
 
+def _block_rows(*sets: FeatureSet) -> int:
+    widest = max(len(s) for s in sets)
+    return int(min(2048, max(16, DISTANCE_BLOCK_BYTES // (8 * max(widest, 1)))))
+
+
 @register_metric("precision_recall")
 def _precision_recall(m: MetricInputs) -> dict[str, float]:
-    precision, recall = precision_recall(m.real.features, m.synthetic.features, k=3)
+    rows = _block_rows(m.real, m.synthetic)
+    precision, recall = precision_recall(m.real.features, m.synthetic.features, 3, rows)
     return {"precision": precision, "recall": recall}
 
 
 @register_metric("density_coverage")
 def _density_coverage(m: MetricInputs) -> dict[str, float]:
-    density, coverage = density_coverage(m.real.features, m.synthetic.features, k=5)
+    rows = _block_rows(m.real, m.synthetic)
+    density, coverage = density_coverage(m.real.features, m.synthetic.features, 5, rows)
     return {"density": density, "coverage": coverage}
 
 
@@ -132,6 +160,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_stats",
     "kid",
+    "mean_cov",
     "mmd2_unbiased",
     "per_class_table",
     "precision_recall",

@@ -1,11 +1,13 @@
-"""One batched pass of the classifier over a set of images: features and class probabilities.
+"""Batched passes of a network over a set of images, into preallocated outputs.
 
-Every metric reads these arrays, so each image set goes through the network once (StyleGAN2-ADA's
-shared feature pass). Needs no Keras import: the model is passed in.
+Every metric reads these arrays, so each image set goes through the networks once (StyleGAN2-ADA's
+shared feature pass). Which network gives the features is `ganpipe.metrics.extractors`' business;
+this module needs no Keras import: the models are passed in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +20,8 @@ from ganpipe.data.prepared import to_float
 class FeatureSet:
     """What the metrics see of one image set."""
 
-    features: np.ndarray  # float32, N x D: the classifier's penultimate ("features") layer
-    probs: np.ndarray  # float32, N x K: softmax of its logits
+    features: np.ndarray  # float32, N x D: the extractor's features
+    probs: np.ndarray  # float32, N x K: the domain classifier's softmax
     labels: np.ndarray  # int64, N: true (real) or conditioning (synthetic) labels
 
     def __len__(self) -> int:
@@ -30,11 +32,46 @@ class FeatureSet:
         return self.probs.argmax(axis=1)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def run_batched(
+    fn: Callable[[np.ndarray], Sequence[Any]],
+    images: np.ndarray,
+    dims: Sequence[int | None],
+    batch_size: int = 256,
+) -> list[np.ndarray]:
+    """Apply `fn` to `images` (uint8, N x ...) `batch_size` at a time; one N x dims[i] float32 array
+    per output of `fn`, each output flattened per sample.
+
+    The outputs are allocated once (at the first batch, when a dimension is None), so memory does
+    not grow with N beyond them; `fn` sees one batch at a time (it converts and preprocesses).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(images)
+    outs: list[np.ndarray] | None = None
+    if all(d is not None for d in dims):
+        outs = [np.empty((n, int(d)), dtype=np.float32) for d in dims]  # type: ignore[arg-type]
+    elif n == 0:
+        raise ValueError("output dimensions unknown and no images to infer them from")
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        results = [np.asarray(r).reshape(stop - start, -1) for r in fn(images[start:stop])]
+        if len(results) != len(dims):
+            raise ValueError(f"expected {len(dims)} outputs per batch, got {len(results)}")
+        if outs is None:
+            outs = [np.empty((n, r.shape[1]), dtype=np.float32) for r in results]
+        for out, r in zip(outs, results, strict=True):
+            if r.shape[1] != out.shape[1]:
+                raise ValueError(f"output width changed from {out.shape[1]} to {r.shape[1]}")
+            out[start:stop] = r
+    assert outs is not None
+    return outs
 
 
 def extract(model: Any, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -44,18 +81,14 @@ def extract(model: Any, images: np.ndarray, batch_size: int = 256) -> tuple[np.n
     Runs in batches of `batch_size` (converted to [-1, 1] floats one batch at a time), writing into
     preallocated float32 outputs, so memory does not grow beyond them.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(images)
     feat_dim = int(model.outputs[0].shape[-1])
     num_classes = int(model.outputs[1].shape[-1])
-    features = np.empty((n, feat_dim), dtype=np.float32)
-    probs = np.empty((n, num_classes), dtype=np.float32)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        f, logits = model(to_float(images[start:stop]), training=False)
-        features[start:stop] = np.asarray(f)
-        probs[start:stop] = _softmax(np.asarray(logits))
+
+    def batch(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, logits = model(to_float(x), training=False)
+        return np.asarray(f), softmax(np.asarray(logits))
+
+    features, probs = run_batched(batch, images, (feat_dim, num_classes), batch_size)
     return features, probs
 
 
