@@ -120,7 +120,7 @@ def print_report(results: dict, paths: Paths) -> None:
     print(f"  generator        {paths.models}/generator.keras (samples in {paths.models}/samples/)")
     print(f"  synthetic data   {paths.synthetic}/ (samples.npz, images/, manifest.csv)")
     print(f"  augmented data   {paths.augmented}/train.npz")
-    print(f"  metrics          {paths.metrics}/eval.json, {paths.metrics}/per_class.csv")
+    print(f"  metrics          {paths.metrics}/eval.json, per_class.csv, per_class_accuracy.png")
     if results.get("run_id"):
         print(
             f"  MLflow run       {results['run_id']} (mlflow ui --backend-store-uri sqlite:///mlflow.db)"

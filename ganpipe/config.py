@@ -54,7 +54,7 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     g_learning_rate: float = Field(2e-4, gt=0)
     d_learning_rate: float = Field(2e-4, gt=0)
