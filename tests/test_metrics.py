@@ -69,6 +69,18 @@ def test_frechet_matches_sqrtm_reference():
     assert frechet_distance(a, b) == pytest.approx(sqrtm_reference(a, b), rel=1e-6)
 
 
+def test_frechet_matches_sqrtm_reference_on_real_features():
+    # Real images as features: sklearn's digits, whose pixel covariance is rank-deficient (border
+    # pixels are always 0), the case where sqrtm's route is fragile.
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    a, b = x[y < 5], x[y >= 5]
+    half = x[::2]
+    for p, q in ((a, b), (half, x[1::2])):
+        assert frechet_distance(p, q) == pytest.approx(sqrtm_reference(p, q), rel=1e-6)
+
+
 def test_frechet_float32_inputs_use_float64_statistics():
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(300, 20)), rng.normal(1.0, 2.0, size=(300, 20))
