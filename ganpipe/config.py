@@ -10,11 +10,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ganpipe.errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
+# DiffAugment transforms `train.diffaugment` may list (ganpipe/training/diffaugment.py).
+DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")
 
 
 class Section(BaseModel):
@@ -51,6 +61,8 @@ class ModelParams(Section):
     embed_dim: int = Field(32, ge=1)
     # Width of the widest convolution; the others halve from it.
     filters: int = Field(128, ge=8)
+    # Wrap the discriminator's convolutions and dense layers in keras.layers.SpectralNormalization.
+    spectral_norm: bool = False
 
 
 class TrainParams(Section):
@@ -67,6 +79,30 @@ class TrainParams(Section):
     # Keras dtype policy for both models; the models' last layers stay float32. mixed_float16 also
     # wraps both optimizers in a LossScaleOptimizer.
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    # bce: non-saturating GAN loss; hinge; wgan_gp: Wasserstein loss + gradient penalty
+    # (weight gp_weight, only used by wgan_gp). See ganpipe/training/losses.py.
+    loss: Literal["bce", "hinge", "wgan_gp"] = "bce"
+    gp_weight: float = Field(10.0, gt=0)
+    # Exponential moving average of the generator's weights (e.g. 0.999); null: off. When on, the
+    # EMA generator is the one exported (generator.keras) and drawn in the sample grids.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    # DiffAugment policy for D's inputs (real and fake): "" (off) or a comma-separated subset of
+    # color, translation, cutout.
+    diffaugment: str = ""
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _known_policies(cls, value: str) -> str:
+        names = [n.strip() for n in value.split(",") if n.strip()]
+        unknown = [n for n in names if n not in DIFFAUGMENT_POLICIES]
+        if unknown:
+            raise ValueError(
+                f'unknown DiffAugment policy {", ".join(map(repr, unknown))}; expected "" or a '
+                f"comma-separated subset of {', '.join(DIFFAUGMENT_POLICIES)}"
+            )
+        if len(set(names)) != len(names):
+            raise ValueError("lists a DiffAugment policy twice")
+        return ",".join(names)  # canonical: no spaces
 
 
 class GenerateParams(Section):
@@ -127,6 +163,9 @@ class TrackingParams(Section):
     experiment: str = "ganpipe"
     register_model: bool = True
     model_name: str = "ganpipe-generator"
+    # Champion promotion (Prefect flow): the metric that decides, and whether lower or higher wins.
+    champion_metric: str = "classifier_fd"
+    champion_mode: Literal["min", "max"] = "min"
 
 
 class Params(Section):

@@ -18,7 +18,15 @@ from ganpipe.io import read_json
 from ganpipe.tracking import Tracker
 from ganpipe.training import step_tf, train
 from ganpipe.training.checkpoint import Checkpoints, run_key
-from tests.train_fixtures import BATCH, N_TRAIN, STEPS_PER_EPOCH, tiny
+from tests.train_fixtures import (
+    BATCH,
+    N_TRAIN,
+    OPTION_RUNS,
+    RESUME_OPTIONS,
+    STEPS_PER_EPOCH,
+    tiny,
+    tiny_with,
+)
 
 
 class RecordingTracker(Tracker):
@@ -234,3 +242,98 @@ def test_mixed_bfloat16_on_tensorflow(tmp_path, data_dir):
     g = keras.models.load_model(tmp_path / "m" / "generator.keras")
     assert g.get_layer("g_dense").compute_dtype == "bfloat16"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+# --- training options (losses, spectral norm, EMA, DiffAugment) ---
+
+
+def _ckpt_arrays(summary: dict) -> dict[str, np.ndarray]:
+    last = Checkpoints(Path(summary["checkpoint_dir"])).paths()[-1]
+    with np.load(last) as f:
+        return {k: f[k] for k in f.files}
+
+
+@pytest.mark.parametrize("name", sorted(OPTION_RUNS))
+def test_option_runs_write_outputs_with_finite_losses(tmp_path, data_dir, name):
+    spectral_norm, options = OPTION_RUNS[name]
+    params = tiny_with(spectral_norm, **options)
+    summary = train(params, data_dir, tmp_path / "m", tmp_path / "ck", progress=False)
+    assert summary["loss"] == params.train.loss
+    assert summary["exported_generator"] == ("ema" if name == "ema" else "live")
+    assert summary["run_key"] != run_key(tiny(), summary["data_content_hash"])
+    hist = pd.read_csv(tmp_path / "m" / "history.csv")
+    assert len(hist) == STEPS_PER_EPOCH
+    assert np.isfinite(hist.drop(columns=["step", "epoch"]).to_numpy()).all()
+    assert (tmp_path / "m" / "samples" / "final.png").exists()
+    d = keras.models.load_model(tmp_path / "m" / "discriminator.keras")
+    has_sn = any(isinstance(x, keras.layers.SpectralNormalization) for x in d.layers)
+    assert has_sn == spectral_norm
+    g = keras.models.load_model(tmp_path / "m" / "generator.keras")
+    out = g.predict([np.zeros((2, 8), np.float32), np.array([1, 2], np.int32)], verbose=0)
+    assert out.shape == (2, 8, 8, 1) and np.isfinite(out).all()
+
+
+def test_ema_generator_is_exported(tmp_path, data_dir):
+    summary = train(tiny(ema_decay=0.9), data_dir, tmp_path / "m", tmp_path / "ck", progress=False)
+    arrays = _ckpt_arrays(summary)  # the final checkpoint: live G ("g") and its EMA ("g_ema")
+    exported = keras.models.load_model(tmp_path / "m" / "generator.keras")
+    live = {v.path: i for i, v in enumerate(exported.variables)}  # same layout as the live G
+    for i, v in enumerate(exported.trainable_variables):
+        value = keras.ops.convert_to_numpy(v)
+        np.testing.assert_array_equal(value, arrays[f"g_ema.{i:05d}"])
+        assert not np.allclose(value, arrays[f"g.{live[v.path]:05d}"])
+    stats = exported.non_trainable_variables
+    assert stats  # BatchNorm moving statistics: the live generator's
+    for v in stats:
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(v), arrays[f"g.{live[v.path]:05d}"]
+        )
+
+
+def test_resume_is_exact_with_ema_diffaugment_and_wgan_gp(tmp_path, data_dir):
+    ck = tmp_path / "ck"
+    train(tiny(epochs=1, **RESUME_OPTIONS), data_dir, tmp_path / "m1", ck, progress=False)
+    resumed = train(tiny(epochs=2, **RESUME_OPTIONS), data_dir, tmp_path / "m2", ck, progress=False)
+    assert resumed["resumed_from_step"] == STEPS_PER_EPOCH
+    straight = train(
+        tiny(epochs=2, **RESUME_OPTIONS),
+        data_dir,
+        tmp_path / "m3",
+        tmp_path / "ck2",
+        progress=False,
+    )
+    cols = ["d_loss", "g_loss", "d_real", "d_fake"]
+    a, b = (pd.read_csv(tmp_path / m / "history.csv")[cols] for m in ("m2", "m3"))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-4)
+    ga, gb = (keras.models.load_model(tmp_path / m / "generator.keras") for m in ("m2", "m3"))
+    for x, y in zip(ga.get_weights(), gb.get_weights(), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+    assert straight["exported_generator"] == "ema"
+
+
+def test_default_step_takes_no_aux(tmp_path, data_dir, monkeypatch):
+    """With the options off the runner passes nothing extra (the plain traced step); with them
+    on, the step's aux does not make the tf.function retrace per step."""
+    seen, steps = [], []
+    real_make = step_tf.make_train_step
+
+    def recording(*args):
+        step = real_make(*args)
+        steps.append(step)
+
+        def run(*batch):
+            seen.append(len(batch))
+            return step(*batch)
+
+        return run
+
+    monkeypatch.setattr(step_tf, "make_train_step", recording)
+    train(tiny(), data_dir, tmp_path / "m", tmp_path / "ck", progress=False)
+    assert set(seen) == {3}
+    seen.clear()
+    train(
+        tiny(ema_decay=0.5, diffaugment="cutout"),
+        data_dir, tmp_path / "m", tmp_path / "ck", progress=False,
+    )  # fmt: skip
+    assert set(seen) == {4}
+    assert [s.tf_function.experimental_get_tracing_count() for s in steps] == [1, 1]

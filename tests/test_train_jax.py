@@ -111,6 +111,113 @@ try:
 except ConfigError as e:
     out["backend_error"] = str(e)
 
+# Training options: hinge + spectral norm; resume exactness with wgan_gp + DiffAugment + EMA.
+from tests.train_fixtures import OPTION_RUNS, RESUME_OPTIONS, tiny_with
+
+sn, options = OPTION_RUNS["hinge_sn"]
+s = train(tiny_with(sn, **options), data_dir, tmp / "hinge_sn", tmp / "ck", progress=False)
+hist = pd.read_csv(tmp / "hinge_sn" / "history.csv")
+d = keras.models.load_model(tmp / "hinge_sn" / "discriminator.keras")
+out["hinge_sn"] = {
+    "finite": bool(np.isfinite(hist[cols].to_numpy()).all()),
+    "rows": len(hist),
+    "loss": s["loss"],
+    "sn_layers": sum(isinstance(x, keras.layers.SpectralNormalization) for x in d.layers),
+    "final_png": (tmp / "hinge_sn" / "samples" / "final.png").exists(),
+}
+r1 = train(tiny(epochs=1, **RESUME_OPTIONS), data_dir, tmp / "o1", tmp / "ck", progress=False)
+r2 = train(tiny(epochs=2, **RESUME_OPTIONS), data_dir, tmp / "o2", tmp / "ck", progress=False)
+r3 = train(tiny(epochs=2, **RESUME_OPTIONS), data_dir, tmp / "o3", tmp / "ck_o", progress=False)
+h2 = pd.read_csv(tmp / "o2" / "history.csv")
+h3 = pd.read_csv(tmp / "o3" / "history.csv")
+a, b = generator_weights(tmp / "o2"), generator_weights(tmp / "o3")
+ckpt = sorted(Path(r2["checkpoint_dir"]).glob("ckpt_*.npz"))[-1]
+exported = keras.models.load_model(tmp / "o2" / "generator.keras")
+index = {v.path: i for i, v in enumerate(exported.variables)}
+with np.load(ckpt) as f:
+    trainable = [np.asarray(v) for v in exported.trainable_variables]
+    ema_diff = max(
+        float(np.max(np.abs(v - f[f"g_ema.{i:05d}"]))) for i, v in enumerate(trainable)
+    )
+    live_diff = min(
+        float(np.max(np.abs(np.asarray(v) - f[f"g.{index[v.path]:05d}"])))
+        for v in exported.trainable_variables
+    )
+    stats_diff = max(
+        float(np.max(np.abs(np.asarray(v) - f[f"g.{index[v.path]:05d}"])))
+        for v in exported.non_trainable_variables
+    )
+out["options_resume"] = {
+    "resumed_from": r2["resumed_from_step"],
+    "exported": [r["exported_generator"] for r in (r1, r2, r3)],
+    "finite": bool(np.isfinite(h2[cols].to_numpy()).all()),
+    "history_max_abs_diff": float(np.max(np.abs(h2[cols].to_numpy() - h3[cols].to_numpy()))),
+    "weights_max_abs_diff": max(float(np.max(np.abs(x - y))) for x, y in zip(a, b)),
+    "ema_vs_export": ema_diff,  # 0: the exported generator's weights are the EMA state
+    "live_vs_export_min": live_diff,  # > 0: every exported weight differs from the live one
+    "stats_vs_live": stats_diff,  # 0: BatchNorm statistics are the live generator's
+}
+
+# Spectral norm in the stateless step: the kernel's assignment (kernel / sigma) and u are kept.
+from ganpipe.models import build_models
+from ganpipe.training.trainer import make_optimizers
+
+p = tiny_with(True, d_learning_rate=1e-12, g_learning_rate=1e-12)
+g, d = build_models((8, 8, 1), 10, p.model)
+g_opt, d_opt = make_optimizers(p, g, d)
+sn = d.get_layer("d_down1_sn")
+u_before, kernel_before = np.asarray(sn.vector_u.value), np.asarray(sn.kernel.value)
+expected_u, expected_kernel = (np.asarray(v) for v in sn.normalized_weights())
+jstep = step_jax.JaxGanStep(g, d, g_opt, d_opt)
+rng = np.random.default_rng(0)
+jstep.step(
+    rng.uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32),
+    np.array([0, 1, 2, 3], np.int32),
+    rng.standard_normal((4, 8)).astype(np.float32),
+)
+jstep.sync_to_keras()
+out["sn_step"] = {
+    "u_moved": not np.allclose(np.asarray(sn.vector_u.value), u_before),
+    "u_diff": float(np.max(np.abs(np.asarray(sn.vector_u.value) - expected_u))),
+    "kernel_diff": float(np.max(np.abs(np.asarray(sn.kernel.value) - expected_kernel))),
+    "kernel_moved": not np.allclose(np.asarray(sn.kernel.value), kernel_before),
+}
+
+# eps / DiffAugment draws on JAX: Uniform[0, 1).
+import jax
+
+key = jax.random.key(0)
+draws = np.concatenate(
+    [np.asarray(step_jax.step_uniforms(jax.random.fold_in(key, t), 64, 1)).ravel()
+     for t in range(100)]
+)
+out["uniforms"] = [float(draws.min()), float(draws.max()), float(draws.mean()), float(draws.var())]
+
+# wgan_gp through jax.grad on a linear D: d_loss = mean(f) - mean(r) + 10 (||w|| - 1)^2.
+import jax.numpy as jnp
+from ganpipe.training.losses import StepOptions, gan_losses
+
+w = jnp.asarray(rng.normal(size=(1, 2, 2, 1)), jnp.float32)
+real, fake = (jnp.asarray(x, jnp.float32) for x in rng.uniform(-1, 1, (2, 4, 2, 2, 1)))
+
+
+def linear_forward(images, labels, gp_rows):
+    def target(x):
+        logits = jnp.sum(x * w, axis=(1, 2, 3))[:, None]
+        return jnp.sum(logits[-gp_rows:]), logits
+    grads, logits = jax.grad(target, has_aux=True)(images)
+    return logits, grads
+
+
+d_loss, g_loss, _, _ = gan_losses(
+    StepOptions(loss="wgan_gp"), real, fake, jnp.arange(4), jnp.full((8, 1), 0.3), linear_forward
+)
+r = np.sum(np.asarray(real * w), axis=(1, 2, 3))
+f = np.sum(np.asarray(fake * w), axis=(1, 2, 3))
+out["wgan_gp_linear"] = [
+    float(d_loss), float(f.mean() - r.mean() + 10 * (np.linalg.norm(np.asarray(w)) - 1) ** 2)
+]
+
 out["imported_by_import"] = imported_by_import
 out["imported"] = sorted(m for m in HEAVY if m in sys.modules and m not in baseline)
 out["tensorflow_in_sys_modules"] = "tensorflow" in sys.modules
@@ -201,6 +308,45 @@ def test_jax_path_imports_no_tensorflow(jax_run):
 def test_backend_param_is_checked_under_jax(jax_run):
     result, _ = jax_run
     assert "train.backend: is 'tensorflow' but Keras is running on 'jax'" in result["backend_error"]
+
+
+def test_jax_training_options(jax_run):
+    result, _ = jax_run
+    assert result["hinge_sn"] == {
+        "finite": True,
+        "rows": STEPS_PER_EPOCH,
+        "loss": "hinge",
+        "sn_layers": 3,
+        "final_png": True,
+    }
+    resume = result["options_resume"]
+    assert resume["resumed_from"] == STEPS_PER_EPOCH
+    assert resume["exported"] == ["ema"] * 3 and resume["finite"]
+    assert resume["history_max_abs_diff"] <= 1e-6
+    assert resume["weights_max_abs_diff"] <= 1e-6
+
+
+def test_jax_exports_the_ema_generator(jax_run):
+    resume = jax_run[0]["options_resume"]
+    assert resume["ema_vs_export"] == 0.0
+    assert resume["stats_vs_live"] == 0.0
+    assert resume["live_vs_export_min"] > 0.0
+
+
+def test_jax_spectral_norm_keeps_the_normalised_kernel_and_u(jax_run):
+    sn = jax_run[0]["sn_step"]
+    assert sn["u_moved"] and sn["kernel_moved"]
+    assert sn["u_diff"] <= 1e-6
+    assert sn["kernel_diff"] <= 1e-6  # the learning rate is 1e-12: the kernel is kernel / sigma
+
+
+def test_jax_uniform_draws_and_gradient_penalty(jax_run):
+    result, _ = jax_run
+    lo, hi, mean, var = result["uniforms"]
+    assert 0.0 <= lo and hi < 1.0
+    assert abs(mean - 0.5) < 0.015 and abs(var - 1 / 12) < 0.006
+    got, expected = result["wgan_gp_linear"]
+    assert got == pytest.approx(expected, rel=1e-5)
 
 
 @requires_tf

@@ -18,3 +18,21 @@ def tiny(**train) -> Params:
             | train,
         }
     )
+
+
+def tiny_with(spectral_norm: bool = False, **train) -> Params:
+    """`tiny(**train)`, with model.spectral_norm."""
+    p = tiny(**train)
+    model = p.model.model_dump() | {"spectral_norm": spectral_norm}
+    return Params.model_validate({"model": model, "train": p.train.model_dump()})
+
+
+# Tiny runs with the training options on (TensorFlow and JAX tests): name -> (spectral_norm, train).
+OPTION_RUNS = {
+    "hinge_sn": (True, {"loss": "hinge"}),
+    "wgan_gp": (False, {"loss": "wgan_gp"}),
+    "ema": (False, {"ema_decay": 0.9}),
+    "diffaugment": (False, {"diffaugment": "color,translation,cutout"}),
+}
+# Resume exactness with every random path and the EMA on.
+RESUME_OPTIONS = {"loss": "wgan_gp", "ema_decay": 0.9, "diffaugment": "color,translation,cutout"}

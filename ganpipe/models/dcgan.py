@@ -11,6 +11,14 @@ Tiny even sizes whose half is below MIN_START (4x4, 4x6) fall back to k=1 (start
 cannot be halved even once (odd H or W, or below 4) have no layout: a ValueError says so.
 The discriminator mirrors it with max(k, 2) stride-2 convolutions, and sees the label twice: as an
 extra input channel (embedding -> Dense(H*W) -> H x W x 1) and as a projection term on its features.
+It has no BatchNorm (wgan_gp's per-sample gradient penalty relies on that: see training/losses.py).
+
+`model.spectral_norm: true` wraps the discriminator's convolutions and its unconditional dense
+layer in `keras.layers.SpectralNormalization` (built in: the saved model still loads without
+custom objects). Not wrapped: the label path (its Dense only makes the extra input channel, which
+does not change D's Lipschitz constant in the image) and the projection Embedding (Keras's wrapper
+casts its output to the input's dtype, int32 for labels), so the projection term is
+unnormalised, unlike Miyato & Koyama's.
 """
 
 from __future__ import annotations
@@ -49,6 +57,18 @@ def upsamplings(image_shape: tuple[int, int, int]) -> int:
 
 def _label_input() -> keras.KerasTensor:
     return keras.Input(shape=(), dtype="int32", name="label")
+
+
+def spectral(layer: layers.Layer, params: ModelParams) -> layers.Layer:
+    """`layer`, wrapped in SpectralNormalization (named `<name>_sn`) if model.spectral_norm.
+
+    The wrapper always computes in float32: under a mixed policy it would read the float32 kernel
+    autocast to bfloat16/float16, normalise it there and assign it back, rounding the float32
+    master weights to 16 bits every step (and float16 overflows in its power iteration). The
+    wrapped layer keeps its own (mixed) policy for the convolution itself."""
+    if not params.spectral_norm:
+        return layer
+    return layers.SpectralNormalization(layer, name=f"{layer.name}_sn", dtype="float32")
 
 
 def build_generator(
@@ -96,20 +116,23 @@ def build_discriminator(
     for i in range(n_blocks):
         # No bias: TF's grappler fails (noisily, on stderr) to fuse Conv2D+BiasAdd+LeakyReLU in
         # the gradient graph; without the bias the graph is as fast and the log stays clean.
-        x = layers.Conv2D(
-            max(f >> (n_blocks - 1 - i), 8),
-            4,
-            strides=2,
-            padding="same",
-            use_bias=False,
-            name=f"d_down{i + 1}",
+        x = spectral(
+            layers.Conv2D(
+                max(f >> (n_blocks - 1 - i), 8),
+                4,
+                strides=2,
+                padding="same",
+                use_bias=False,
+                name=f"d_down{i + 1}",
+            ),
+            params,
         )(x)
         x = layers.LeakyReLU(0.2, name=f"d_down{i + 1}_lrelu")(x)
     x = layers.Flatten(name="d_flatten")(x)
     # Projection (Miyato & Koyama 2018): logits = dense(x) + <embed(label), x>. The label channel
     # alone lets D ignore the label for hundreds of steps (samples ignore their class); with the
     # projection, samples match their labels within a few epochs.
-    unconditional = layers.Dense(1, name="d_dense")(x)
+    unconditional = spectral(layers.Dense(1, name="d_dense"), params)(x)
     projection = layers.Dot(axes=1, name="d_projection")(
         [x, layers.Embedding(num_classes, x.shape[-1], name="d_proj_embed")(label)]
     )

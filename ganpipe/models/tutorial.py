@@ -18,6 +18,8 @@ in training does) ignore the label, and samples follow their class less reliably
 `arch: conditional`. `model.filters` does not apply.
 
 Built-in layers only; the last layer of each model computes in float32 under a mixed policy.
+`model.spectral_norm: true` wraps D's two convolutions and its Dense in SpectralNormalization (not
+the label plane's Embedding). No BatchNorm in D (see training/losses.py on wgan_gp).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import keras
 from keras import layers
 
 from ganpipe.config import ModelParams
+from ganpipe.models.dcgan import spectral
 
 SHAPE = (28, 28, 1)
 
@@ -78,9 +81,11 @@ def build_discriminator(
     plane = layers.Reshape((h, w, 1), name="d_label_reshape")(plane)
     x = layers.Concatenate(name="d_concat")([image, plane])
     for i, filters in enumerate([64, 128], start=1):
-        x = layers.Conv2D(filters, 5, strides=2, padding="same", name=f"d_down{i}")(x)
+        x = spectral(
+            layers.Conv2D(filters, 5, strides=2, padding="same", name=f"d_down{i}"), params
+        )(x)
         x = layers.LeakyReLU(name=f"d_down{i}_lrelu")(x)
         x = layers.Dropout(0.3, name=f"d_down{i}_dropout")(x)
     x = layers.Flatten(name="d_flatten")(x)
-    logits = layers.Dense(1, dtype="float32", name="logits")(x)
+    logits = spectral(layers.Dense(1, dtype="float32", name="logits"), params)(x)
     return keras.Model([image, label], logits, name="discriminator")

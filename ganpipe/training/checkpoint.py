@@ -5,10 +5,15 @@ params except `epochs`, `sample_every`, `checkpoint_every` and `backend` (a chec
 backend actually used (its noise and numerics differ) and the data's content hash. So a
 rerun with the same params and data resumes where the last one stopped, a run with more epochs
 continues it (fewer epochs than a checkpoint already covers: the trainer starts that key afresh),
-and any other change starts fresh in a directory of its own.
+and any other change starts fresh in a directory of its own. The params added after the format
+settled (`ADDED_LATER`: loss, gp_weight, ema_decay, diffaugment, spectral_norm) are in the key only
+when they differ from their defaults, so runs from before they existed keep their keys (and
+resume); gp_weight only counts under loss wgan_gp, the only loss that uses it.
 
 A checkpoint holds every variable of the generator and the discriminator (BatchNorm moving
-statistics included), both optimizers' variables, the step and the history rows so far.
+statistics and spectral norm's power-iteration vectors included), both optimizers' variables, the
+EMA generator's weights under train.ema_decay (group `g_ema`), the step and the history rows so
+far.
 Backend-neutral: values are read with `Variable.numpy()`, written back with `Variable.assign`.
 """
 
@@ -33,6 +38,11 @@ FORMAT_VERSION = 2
 # Train params that do not change what is learnt, only how long or how often things are written
 # (`backend` only checks $KERAS_BACKEND; the backend in use is part of the key by itself).
 NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every", "backend"})
+# Params whose defaults are left out of the key (see the module docstring).
+ADDED_LATER = {
+    "model": ("spectral_norm",),
+    "train": ("loss", "gp_weight", "ema_decay", "diffaugment"),
+}
 HISTORY_COLUMNS = ("step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec")
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
@@ -43,12 +53,22 @@ VariableGroups = Mapping[str, Sequence[keras.Variable]]
 def run_key(params: Params, content_hash: str, backend: str | None = None) -> str:
     """A short hash naming this (model, train, backend, data) combination; see the module
     docstring. `backend` defaults to Keras's."""
+    sections = {
+        "model": params.model.model_dump(),
+        "train": params.train.model_dump(exclude=set(NOT_IN_KEY)),
+    }
+    for section, keys in ADDED_LATER.items():
+        defaults = type(getattr(params, section))().model_dump()
+        for key in keys:
+            if sections[section][key] == defaults[key]:
+                del sections[section][key]
+    if params.train.loss != "wgan_gp":
+        sections["train"].pop("gp_weight", None)
     blob = json.dumps(
         {
             "format": FORMAT_VERSION,
             "backend": backend or keras.backend.backend(),
-            "model": params.model.model_dump(),
-            "train": params.train.model_dump(exclude=set(NOT_IN_KEY)),
+            **sections,
             "data": content_hash,
         },
         sort_keys=True,

@@ -13,10 +13,24 @@ Two ways in:
   a step copies nothing from the host. The batch is gathered and the noise drawn inside the jitted
   step, from `fold_in(key(train.seed), step)`: a resumed run draws what an uninterrupted one would.
 
-Losses: the non-saturating GAN loss of step_tf.py, from one generator and one discriminator pass;
-`jax.vjp` of (d_loss, g_loss) is pulled back twice, once per optimizer (XLA drops the halves
+Losses: `losses.gan_losses` (shared with step_tf.py), from one generator and one discriminator
+pass; `jax.vjp` of (d_loss, g_loss) is pulled back twice, once per optimizer (XLA drops the halves
 of each pullback nobody uses). Loss scaling (mixed_float16: LossScaleOptimizer) multiplies the
 cotangent by the optimizer's current scale; `stateless_apply` unscales and skips nonfinite steps.
+
+Options (`losses.StepOptions`), all off by default (then the traced step is the plain one):
+- wgan_gp: the penalty's gradient w.r.t. D's image input is `jax.grad` inside the loss function
+  (the vjp differentiates through it).
+- DiffAugment and wgan_gp's eps read `u`, 2N x k Uniform[0, 1) drawn from
+  fold_in(fold_in(key(train.seed), step), 1): the noise's key stays what it always was.
+- EMA: the EMA generator's trainable weights are a 7th state entry, updated in the jitted step.
+- Spectral normalisation: keras.layers.SpectralNormalization assigns both its power-iteration
+  vector u (non-trainable: `stateless_call` returns it) and the kernel itself (kernel / sigma: a
+  *trainable* variable, whose assignment `stateless_call` drops). With such a layer in D, D is
+  called in a StatelessScope of our own that returns the assigned trainable values too, and the
+  optimizer updates those, as it does on TensorFlow (where the kernel variable really is
+  overwritten). One difference remains: JAX differentiates through kernel / sigma (the paper's
+  gradient), TensorFlow's tape takes the normalised kernel as the leaf.
 
 Nothing here imports TensorFlow.
 """
@@ -31,6 +45,9 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
+from ganpipe.training import ema
+from ganpipe.training.losses import StepOptions, gan_losses
+
 METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
 
 State = tuple[list[jax.Array], ...]
@@ -43,9 +60,39 @@ def _loss_scale(optimizer: keras.optimizers.Optimizer, opt_vars: list[jax.Array]
     return jnp.asarray(scale, jnp.float32)
 
 
+def step_uniforms(step_key: jax.Array, rows: int, cols: int) -> jax.Array:
+    """rows x cols float32 Uniform[0, 1) from fold_in(step_key, 1): DiffAugment's random choices
+    and wgan_gp's eps (the noise is drawn from step_key itself)."""
+    return jax.random.uniform(jax.random.fold_in(step_key, 1), (rows, cols), jnp.float32)
+
+
+def _has_spectral_norm(model: keras.Model) -> bool:
+    return any(
+        isinstance(layer, keras.layers.SpectralNormalization) for layer in model._flatten_layers()
+    )
+
+
+def stateless_call_all(
+    model: keras.Model, tv: list[Any], ntv: list[Any], inputs: Any, training: bool
+) -> tuple[Any, list[Any], list[Any]]:
+    """`model.stateless_call`, but also returning the values the call assigned to *trainable*
+    variables (what SpectralNormalization does to its kernel): (outputs, new tv, new ntv)."""
+    mapping = list(zip(model.trainable_variables, tv, strict=True)) + list(
+        zip(model.non_trainable_variables, ntv, strict=True)
+    )
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        outputs = model.call(inputs, training=training)
+    return (
+        outputs,
+        [scope.get_current_value(v) for v in model.trainable_variables],
+        [scope.get_current_value(v) for v in model.non_trainable_variables],
+    )
+
+
 class JaxGanStep:
-    """Holds the training state of (generator, discriminator, g_optimizer, d_optimizer) as JAX
-    arrays and advances it with a jitted, donated step. The optimizers must be built."""
+    """Holds the training state of (generator, discriminator, g_optimizer, d_optimizer[, the EMA
+    generator's trainable weights]) as JAX arrays and advances it with a jitted, donated step.
+    The optimizers must be built."""
 
     def __init__(
         self,
@@ -53,9 +100,15 @@ class JaxGanStep:
         discriminator: keras.Model,
         g_optimizer: keras.optimizers.Optimizer,
         d_optimizer: keras.optimizers.Optimizer,
+        options: StepOptions | None = None,
+        ema_generator: keras.Model | None = None,
     ) -> None:
         self.generator, self.discriminator = generator, discriminator
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        self.options = options or StepOptions()
+        if (self.options.ema_decay is None) != (ema_generator is None):
+            raise ValueError("ema_generator is needed exactly when options.ema_decay is set")
+        self._d_assigns_trainables = _has_spectral_norm(discriminator)
         self._keras_vars = (
             generator.trainable_variables,
             generator.non_trainable_variables,
@@ -63,7 +116,7 @@ class JaxGanStep:
             discriminator.non_trainable_variables,
             g_optimizer.variables,
             d_optimizer.variables,
-        )
+        ) + ((ema_generator.trainable_variables,) if ema_generator is not None else ())
         self.state: State = self._read_keras()
         self._step = jax.jit(self.update, donate_argnums=0)
 
@@ -82,36 +135,58 @@ class JaxGanStep:
         self.state = self._read_keras()
 
     def update(
-        self, state: State, real: jax.Array, labels: jax.Array, noise: jax.Array
+        self,
+        state: State,
+        real: jax.Array,
+        labels: jax.Array,
+        noise: jax.Array,
+        t: jax.Array | None = None,
+        u: jax.Array | None = None,
     ) -> tuple[State, jax.Array]:
-        """Pure: (state, batch) -> (new state, [d_loss, g_loss, d_real, d_fake] float32)."""
-        g_tv, g_ntv, d_tv, d_ntv, g_ov, d_ov = state
-        g, d = self.generator, self.discriminator
+        """Pure: (state, batch) -> (new state, [d_loss, g_loss, d_real, d_fake] float32).
+        `t` (the 0-based step, for the EMA warm-up) and `u` (2N x options.num_uniforms
+        Uniform[0, 1)) only where the options need them."""
+        g_tv, g_ntv, d_tv, d_ntv, g_ov, d_ov, *ema_tv = state
+        g, d, options = self.generator, self.discriminator, self.options
+        assigns = self._d_assigns_trainables
 
         def losses(g_tv, d_tv):
             fake, new_g_ntv = g.stateless_call(g_tv, g_ntv, [noise, labels], training=True)
-            both = jnp.concatenate([real.astype(fake.dtype), fake], 0)
-            logits, new_d_ntv = d.stateless_call(
-                d_tv, d_ntv, [both, jnp.concatenate([labels, labels], 0)], training=True
-            )
-            real_logits, fake_logits = jnp.split(logits.astype(jnp.float32), 2)
-            d_loss = jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(
-                jax.nn.softplus(fake_logits)
-            )
-            g_loss = jnp.mean(jax.nn.softplus(-fake_logits))
-            probs = (
-                jnp.mean(jax.nn.sigmoid(real_logits)),
-                jnp.mean(jax.nn.sigmoid(fake_logits)),
-            )
-            return (d_loss, g_loss), (new_g_ntv, new_d_ntv, probs)
+            new_d: dict[str, Any] = {}  # D's assigned variables, set by d_forward
 
-        (d_loss, g_loss), pullback, (new_g_ntv, new_d_ntv, (d_real, d_fake)) = jax.vjp(
+            def call_d(images, d_labels):
+                if assigns:
+                    return stateless_call_all(d, d_tv, d_ntv, [images, d_labels], training=True)
+                logits, ntv = d.stateless_call(d_tv, d_ntv, [images, d_labels], training=True)
+                return logits, None, ntv
+
+            def d_forward(images, d_labels, gp_rows):
+                if not gp_rows:
+                    logits, new_d["tv"], new_d["ntv"] = call_d(images, d_labels)
+                    return logits, None
+
+                def target(images):
+                    logits, tv, ntv = call_d(images, d_labels)
+                    return jnp.sum(logits[-gp_rows:].astype(jnp.float32)), (logits, tv, ntv)
+
+                # The new variable values leave jax.grad as its aux (no leaked tracers).
+                grads, (logits, new_d["tv"], new_d["ntv"]) = jax.grad(target, has_aux=True)(images)
+                return logits, grads
+
+            d_loss, g_loss, d_real, d_fake = gan_losses(options, real, fake, labels, u, d_forward)
+            # The trainable values D's call assigned (spectral norm): what the optimizer updates.
+            d_base = [jax.lax.stop_gradient(x) for x in new_d["tv"]] if assigns else None
+            return (d_loss, g_loss), (new_g_ntv, new_d["ntv"], d_base, (d_real, d_fake))
+
+        (d_loss, g_loss), pullback, (new_g_ntv, new_d_ntv, d_base, (d_real, d_fake)) = jax.vjp(
             losses, g_tv, d_tv, has_aux=True
         )
         zero = jnp.zeros((), jnp.float32)
         _, d_grads = pullback((_loss_scale(self.d_optimizer, d_ov), zero))
         g_grads, _ = pullback((zero, _loss_scale(self.g_optimizer, g_ov)))
-        new_d_tv, new_d_ov = self.d_optimizer.stateless_apply(d_ov, d_grads, d_tv)
+        new_d_tv, new_d_ov = self.d_optimizer.stateless_apply(
+            d_ov, d_grads, d_base if assigns else d_tv
+        )
         new_g_tv, new_g_ov = self.g_optimizer.stateless_apply(g_ov, g_grads, g_tv)
         metrics = jnp.stack([d_loss, g_loss, d_real, d_fake]).astype(jnp.float32)
         new_state = (
@@ -122,11 +197,14 @@ class JaxGanStep:
             list(new_g_ov),
             list(new_d_ov),
         )
+        if ema_tv:
+            decay_t = ema.decay_at(options.ema_decay, t)
+            new_state += (ema.updated(ema_tv[0], new_g_tv, decay_t),)
         return new_state, metrics
 
-    def step(self, real: Any, labels: Any, noise: Any) -> jax.Array:
+    def step(self, real: Any, labels: Any, noise: Any, t: Any = None, u: Any = None) -> jax.Array:
         """One step on this batch; returns the metrics as a device array (not fetched)."""
-        self.state, metrics = self._step(self.state, real, labels, noise)
+        self.state, metrics = self._step(self.state, real, labels, noise, t, u)
         return metrics
 
 
@@ -135,13 +213,19 @@ def make_train_step(
     discriminator: keras.Model,
     g_optimizer: keras.optimizers.Optimizer,
     d_optimizer: keras.optimizers.Optimizer,
-) -> Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, float]]:
-    """step_tf's contract on JAX: (real, labels, noise) -> losses as floats, Keras variables kept
-    in sync after every step. Simple but slow (a sync per step); the trainer uses DeviceRunner."""
-    inner = JaxGanStep(generator, discriminator, g_optimizer, d_optimizer)
+    options: StepOptions | None = None,
+    ema_generator: keras.Model | None = None,
+) -> Callable[..., dict[str, float]]:
+    """step_tf's contract on JAX: (real, labels, noise, aux=None) -> losses as floats, Keras
+    variables kept in sync after every step. Simple but slow (a sync per step); the trainer uses
+    DeviceRunner."""
+    inner = JaxGanStep(generator, discriminator, g_optimizer, d_optimizer, options, ema_generator)
 
-    def run(real: np.ndarray, labels: np.ndarray, noise: np.ndarray) -> dict[str, float]:
-        values = np.asarray(inner.step(real, labels, noise)).tolist()
+    def run(
+        real: np.ndarray, labels: np.ndarray, noise: np.ndarray, aux: dict | None = None
+    ) -> dict[str, float]:
+        aux = aux or {}
+        values = np.asarray(inner.step(real, labels, noise, aux.get("t"), aux.get("u"))).tolist()
         inner.sync_to_keras()
         return dict(zip(METRICS, values, strict=True))
 
@@ -167,8 +251,13 @@ class DeviceRunner:
         latent_dim: int,
         seed: int,
         start_step: int,
+        options: StepOptions | None = None,
+        ema_generator: keras.Model | None = None,
     ) -> None:
-        self.inner = JaxGanStep(generator, discriminator, g_optimizer, d_optimizer)
+        self.inner = JaxGanStep(
+            generator, discriminator, g_optimizer, d_optimizer, options, ema_generator
+        )
+        k = self.inner.options.num_uniforms
         self.batch_size = batch_size
         self.steps_per_epoch = len(labels) // batch_size
         self._images = jax.device_put(np.ascontiguousarray(images_uint8, np.uint8))
@@ -184,10 +273,11 @@ class DeviceRunner:
             idx = jax.lax.dynamic_slice(perm, (b * bs,), (bs,))
             real = jnp.take(images, idx, axis=0).astype(jnp.float32) / 127.5 - 1.0
             labels = jnp.take(all_labels, idx, axis=0)
-            noise = jax.random.normal(
-                jax.random.fold_in(key, counter), (bs, latent_dim), jnp.float32
-            )
-            state, metrics = inner.update(state, real, labels, noise)
+            step_key = jax.random.fold_in(key, counter)
+            noise = jax.random.normal(step_key, (bs, latent_dim), jnp.float32)
+            u = step_uniforms(step_key, 2 * bs, k) if k else None
+            t = counter.astype(jnp.float32) if ema_generator is not None else None
+            state, metrics = inner.update(state, real, labels, noise, t, u)
             return state, counter + 1, metrics
 
         self._device_step = jax.jit(device_step, donate_argnums=(0, 1))

@@ -18,6 +18,14 @@ Outputs in `model_dir`, swapped in as a whole at the end (nothing partial on fai
 `generator.keras`, `discriminator.keras`, `history.csv` (one row per step), `samples/` (a grid every
 `train.sample_every` steps and `final.png`; one row per class, fixed noise per column) and
 `train_summary.json`. Checkpoints: see `checkpoint.py`.
+
+Options (all off by default, and then no extra work per step): `train.loss` (bce | hinge |
+wgan_gp, with `train.gp_weight`; losses.py), `model.spectral_norm` (models/dcgan.py),
+`train.diffaugment` (diffaugment.py) and `train.ema_decay` (ema.py: with it, the EMA generator is
+the one in `generator.keras` and in the sample grids; `train_summary.json` says which one under
+`exported_generator`). DiffAugment's and wgan_gp's random draws come from the step's seeded RNG
+(default_rng([train.seed, step, 1]) on TensorFlow, fold_in(step key, 1) on JAX), so resuming stays
+exact with any of them on.
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ from ganpipe.images import readable_scale, save_grid
 from ganpipe.io import atomic_dir, write_json
 from ganpipe.models import build_models, check_shape
 from ganpipe.tracking import NULL_TRACKER, Tracker
+from ganpipe.training import ema
 from ganpipe.training.checkpoint import HISTORY_COLUMNS, Checkpoints, run_key
+from ganpipe.training.losses import StepOptions
 
 LOG_EVERY = 20  # steps between tracker.log_metrics calls (means over the window)
 SAMPLE_COLUMNS = 10
@@ -70,10 +80,18 @@ class Runner(Protocol):
         """Make the Keras variables current (before reading or saving them)."""
 
 
+def step_uniforms(seed: int, step: int, rows: int, cols: int) -> np.ndarray:
+    """rows x cols float32 Uniform[0, 1) for step `step`: DiffAugment's random choices and wgan_gp's
+    eps on TensorFlow (a stream of their own: the noise's is default_rng([seed, step]))."""
+    return np.random.default_rng([seed, step, 1]).random((rows, cols), dtype=np.float32)
+
+
 class HostRunner:
-    """Host-side batching for a step function (real, labels, noise) -> dict of floats
+    """Host-side batching for a step function (real, labels, noise[, aux]) -> dict of floats
     (`step_tf.make_train_step`): batches gathered from NumPy arrays, noise from
-    default_rng([seed, step])."""
+    default_rng([seed, step]); what the options need besides goes in `aux`: "t" (the step, for
+    the EMA warm-up) and "u" (2N x options.num_uniforms Uniform[0, 1) from
+    default_rng([seed, step, 1]), for DiffAugment and wgan_gp's eps). Nothing for the defaults."""
 
     def __init__(
         self,
@@ -83,11 +101,14 @@ class HostRunner:
         batch_size: int,
         latent_dim: int,
         seed: int,
+        options: StepOptions | None = None,
     ) -> None:
         self.step_fn, self.images, self.labels = step_fn, images, labels
         self.batch_size, self.latent_dim, self.seed = batch_size, latent_dim, seed
         self.steps_per_epoch = len(labels) // batch_size
         self.perm: np.ndarray | None = None
+        options = options or StepOptions()
+        self.uniforms, self.with_step = options.num_uniforms, options.ema_decay is not None
 
     def begin_epoch(self, perm: np.ndarray) -> None:
         self.perm = perm
@@ -98,7 +119,12 @@ class HostRunner:
         noise = np.random.default_rng([self.seed, step]).standard_normal(
             (bs, self.latent_dim), dtype=np.float32
         )
-        out = self.step_fn(self.images[idx], self.labels[idx], noise)
+        aux = {}
+        if self.with_step:
+            aux["t"] = np.asarray(step, np.float32)  # an array: no retracing per value
+        if self.uniforms:
+            aux["u"] = step_uniforms(self.seed, step, 2 * bs, self.uniforms)
+        out = self.step_fn(self.images[idx], self.labels[idx], noise, *([aux] if aux else []))
         return tuple(out[k] for k in METRICS)
 
     def fetch(self, handles: list[tuple[float, ...]]) -> np.ndarray:
@@ -181,24 +207,36 @@ def make_runner(
     images_uint8: np.ndarray,
     labels: np.ndarray,
     start_step: int,
+    ema_generator: keras.Model | None = None,
 ) -> Runner:
-    """The runner the trainer (and benchmarks/train_throughput.py) uses on `backend`."""
+    """The runner the trainer (and benchmarks/train_throughput.py) uses on `backend`.
+    `ema_generator` (`ema.make_ema_generator`) is needed exactly when train.ema_decay is set."""
     tp, mp = params.train, params.model
+    options = StepOptions.from_params(params)
     if backend == "jax":
         from ganpipe.training import step_jax
 
         return step_jax.DeviceRunner(
-            *models, images_uint8, labels, tp.batch_size, mp.latent_dim, tp.seed, start_step
+            *models,
+            images_uint8,
+            labels,
+            tp.batch_size,
+            mp.latent_dim,
+            tp.seed,
+            start_step,
+            options,
+            ema_generator,
         )
     from ganpipe.training import step_tf
 
     return HostRunner(
-        step_tf.make_train_step(*models),
+        step_tf.make_train_step(*models, options, ema_generator),
         to_float(images_uint8),
         labels.astype(np.int32),
         tp.batch_size,
         mp.latent_dim,
         tp.seed,
+        options,
     )
 
 
@@ -257,6 +295,11 @@ def train(
         "g_opt": g_opt.variables,
         "d_opt": d_opt.variables,
     }
+    # With train.ema_decay, the EMA generator is what gets sampled and exported.
+    ema_generator = ema.make_ema_generator(generator) if tp.ema_decay is not None else None
+    if ema_generator is not None:
+        groups["g_ema"] = ema_generator.trainable_variables
+    exported = generator if ema_generator is None else ema_generator
 
     ckpt = Checkpoints(Path(checkpoint_root) / run_key(params, data.content_hash, backend))
     start, history = 0, np.zeros((0, len(HISTORY_COLUMNS)))
@@ -284,6 +327,7 @@ def train(
         data.train.images,
         data.train.labels,
         start,
+        ema_generator,
     )
     rows = [tuple(r) for r in history.tolist()]
     window: list[tuple[float, float, float]] = []
@@ -291,7 +335,9 @@ def train(
     scale = readable_scale(shape)
 
     def write_samples(path: Path) -> Path:
-        images = sample_images(generator, num_classes, mp.latent_dim, tp.seed)
+        if ema_generator is not None:
+            ema.copy_statistics(ema_generator, generator)  # BatchNorm statistics: the live ones
+        images = sample_images(exported, num_classes, mp.latent_dim, tp.seed)
         save_grid(path, images, rows=num_classes, scale=scale)
         return path
 
@@ -389,12 +435,16 @@ def train(
         "backend": backend,
         "arch": mp.arch,
         "precision": tp.precision,
+        "loss": tp.loss,
+        "exported_generator": "ema" if ema_generator is not None else "live",
         "image_shape": list(shape),
         "num_classes": num_classes,
         "data_content_hash": data.content_hash,
     }
+    if ema_generator is not None:
+        ema.copy_statistics(ema_generator, generator)
     with atomic_dir(model_dir) as out_dir:
-        generator.save(out_dir / "generator.keras")
+        exported.save(out_dir / "generator.keras")
         discriminator.save(out_dir / "discriminator.keras")
         hist = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
         hist = hist.astype({"step": "int64", "epoch": "int64"})
