@@ -41,3 +41,13 @@ def data_dir(tmp_path_factory) -> Path:
     names = [str(i) for i in range(10)]
     save_prepared(out, Prepared(train, test, make_summary(train, test, names, "digits")))
     return out
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """One Prefect test server for the whole test run, shared by every flow test."""
+    pytest.importorskip("prefect")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

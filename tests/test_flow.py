@@ -1,4 +1,4 @@
-"""The Prefect flow on the tiny config, under one test harness for the whole test run."""
+"""The Prefect flow on the tiny config, under the session's one test harness (conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ import pytest
 from tests.helpers import TINY
 
 prefect = pytest.importorskip("prefect")
-
-
-@pytest.fixture(scope="session")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def read_report() -> str:
