@@ -28,5 +28,9 @@ format: setup
 test: lint
 	$(BIN)/pytest -q
 
+.PHONY: serve
+serve: setup  # Prefect server, MLflow server and a worker on 127.0.0.1 (README, Scheduled runs)
+	$(BIN)/ganpipe serve
+
 clean:
 	rm -rf data/prepared data/synthetic data/augmented models checkpoints evaluator metrics mlflow.db mlartifacts

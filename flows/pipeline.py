@@ -1,11 +1,20 @@
 """The Prefect flow: the same stages as `dvc repro` and `ganpipe run`, as retried Prefect tasks.
 
 Run it with `python flows/pipeline.py` (an ephemeral Prefect server starts for the run) or against a
-server with PREFECT_API_URL set. Caching is DVC's job, so the tasks never cache.
+server with PREFECT_API_URL set; `flows/deploy.py` deploys it on a cron schedule to the `ganpipe`
+process work pool that `ganpipe serve` runs a worker for.
+
+A run: pull the data when its root is in a DVC repository with a remote (`update_data`), the six
+stages, then champion promotion (`promote`, with tracking on: see ganpipe/promotion.py), and a
+markdown artifact `ganpipe-report` with the metrics beside the champion's and the decision.
+Stage-level caching is DVC's job (`dvc repro`), so the tasks never cache; what the stages cache
+themselves (the domain classifier per data hash, reference statistics, training checkpoints) they
+reuse under a flow run too.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from ganpipe.config import Params, load_params
 from ganpipe.errors import GanpipeError
 from ganpipe.pipeline import STAGES, Paths, run_stage
-from ganpipe.tracking import Tracker, start_tracker
+from ganpipe.tracking import MlflowTracker, Tracker, start_tracker
 
 
 def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -37,40 +46,144 @@ def stage(name: str, params: Params, paths: Paths, tracker: Tracker) -> dict[str
     return run_stage(name, params, paths, tracker, progress=False)
 
 
-def report_markdown(metrics: dict[str, Any], paths: Paths, run_id: str | None) -> str:
-    rows = "\n".join(
-        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-        for k, v in sorted(metrics.items())
-    )
-    return (
-        "# ganpipe run\n\n| metric | value |\n|---|---|\n"
-        f"{rows}\n\n## Outputs\n"
+def _cell(v: Any) -> str:
+    return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def report_markdown(
+    metrics: dict[str, Any],
+    paths: Paths,
+    run_id: str | None,
+    promotion: dict[str, Any] | None = None,
+    run_url: str | None = None,
+) -> str:
+    """The run's report: metrics (beside the champion's when promotion compared them), the
+    promotion decision, and where the outputs are."""
+    champ = (promotion or {}).get("champion_metrics") or {}
+    if champ:
+        label = f"champion v{promotion['champion_version']} ({promotion['basis']})"
+        head = f"| metric | this run | {label} |\n|---|---|---|\n"
+        rows = "\n".join(
+            f"| {k} | {_cell(v)} | {_cell(champ.get(k))} |" for k, v in sorted(metrics.items())
+        )
+    else:
+        head = "| metric | value |\n|---|---|\n"
+        rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in sorted(metrics.items()))
+    text = f"# ganpipe run\n\n{head}{rows}\n"
+    if promotion:
+        text += (
+            f"\n## Champion: {promotion['decision']}\n"
+            f"- model: `{promotion['model_name']}` version {promotion['version']}"
+            f" ({promotion['metric']}, {promotion['mode']} is better)\n"
+            f"- reason: {promotion['reason']}\n"
+        )
+    run = f"[{run_id}]({run_url})" if run_id and run_url else f"`{run_id or 'tracking off'}`"
+    return text + (
+        "\n## Outputs\n"
         f"- generator: `{paths.models / 'generator.keras'}` (sample grid `{paths.models / 'samples' / 'final.png'}`)\n"
-        f"- synthetic data: `{paths.synthetic}/` (samples.npz, images/, manifest.csv)\n"
+        f"- synthetic data: `{paths.synthetic}/` (samples.npz, images/, manifest.csv, grid `{paths.synthetic / 'grid.png'}`)\n"
         f"- augmented data: `{paths.augmented / 'train.npz'}`\n"
         f"- metrics: `{paths.metrics / 'eval.json'}`, `{paths.metrics / 'per_class.csv'}`\n"
-        f"- MLflow run: `{run_id or 'tracking off'}`\n"
+        f"- MLflow run: {run}\n"
     )
+
+
+def _dvc_repo(root: Path) -> Path | None:
+    for d in (root, *root.parents):
+        if (d / ".dvc").is_dir():
+            return d
+    return None
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def update_data(root: str) -> str:
+    """`dvc pull` when `root` is inside a DVC repository that has a remote; else nothing."""
+    logger = get_run_logger()
+    repo = _dvc_repo(Path(root).resolve())
+    if repo is None:
+        logger.info("data: %s is not in a DVC repository; nothing to pull", root)
+        return "no DVC repository"
+    dvc = str(Path(sys.executable).parent / "dvc")
+    remotes = subprocess.run(
+        [dvc, "remote", "list"], cwd=repo, capture_output=True, text=True, timeout=60
+    )
+    if remotes.returncode != 0 or not remotes.stdout.strip():
+        logger.info("data: no DVC remote configured in %s; nothing to pull", repo)
+        return "no DVC remote"
+    pulled = subprocess.run([dvc, "pull"], cwd=repo, capture_output=True, text=True)
+    if pulled.returncode != 0:  # e.g. the repo's lock held by another DVC command: retried
+        raise RuntimeError(f"dvc pull in {repo} failed: {pulled.stderr.strip()[-2000:]}")
+    logger.info("data: dvc pull: %s", pulled.stdout.strip()[-500:])
+    return "pulled"
+
+
+def run_url(tracker: MlflowTracker) -> str | None:
+    """The MLflow UI's page of the run, when the tracking URI is a server's."""
+    if not tracker.uri.startswith(("http://", "https://")):
+        return None
+    exp = tracker.client.get_run(tracker.run_id).info.experiment_id
+    return f"{tracker.uri.rstrip('/')}/#/experiments/{exp}/runs/{tracker.run_id}"
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_is_transient, cache_policy=NO_CACHE)
+def promote(params: Params, paths: Paths, tracker: MlflowTracker) -> dict[str, Any]:
+    """Move the `champion` alias to this run's generator if it beats the champion."""
+    from ganpipe.promotion import (
+        IDENTITY_TAG,
+        evaluation_identity,
+        promote_if_better,
+        reevaluate_champion,
+    )
+
+    identity = evaluation_identity(paths.evaluator, params.evaluate.model_dump())
+    if identity:
+        tracker.set_tags({IDENTITY_TAG: identity})
+
+    def reevaluate(model_uri: str) -> dict[str, Any]:
+        get_run_logger().info("re-evaluating the champion %s on the current data", model_uri)
+        return reevaluate_champion(tracker.uri, model_uri, params, paths.prepared, paths.evaluator)
+
+    decision = promote_if_better(
+        tracker.client,
+        tracker.run_id,
+        params.tracking.champion_metric,
+        params.tracking.champion_mode,
+        reevaluate,
+    )
+    get_run_logger().info("champion: %s: %s", decision.decision, decision.reason)
+    return decision.as_dict()
 
 
 @flow(name="ganpipe-pipeline", log_prints=True)
 def pipeline(
-    params_file: str | None = None, overrides: list[str] | None = None, root: str = "."
+    params_file: str | None = None,
+    overrides: list[str] | None = None,
+    root: str = ".",
+    update: bool = True,
+    promote_champion: bool = True,
 ) -> dict[str, Any]:
-    """prepare → train → generate → augment → classifier → evaluate, under one MLflow run."""
+    """[dvc pull] → prepare → train → generate → augment → classifier → evaluate, under one MLflow
+    run, then champion promotion (tracking and model registration on)."""
     params = load_params(params_file, overrides or [])
     paths = Paths.under(root)
+    if update:
+        update_data(root)
     tracker = start_tracker(params, run_name="prefect-pipeline")
     results: dict[str, Any] = {"run_id": tracker.run_id}
+    url = None
     try:
         for name in STAGES:
             results[name] = stage.with_options(name=name)(name, params, paths, tracker)
+        if isinstance(tracker, MlflowTracker):
+            url = run_url(tracker)
+            if promote_champion and params.tracking.register_model:
+                results["promotion"] = promote(params, paths, tracker)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish()
     create_markdown_artifact(
-        report_markdown(results["evaluate"], paths, tracker.run_id),
+        report_markdown(results["evaluate"], paths, tracker.run_id, results.get("promotion"), url),
         key="ganpipe-report",
         description="ganpipe metrics and outputs",
     )

@@ -47,11 +47,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in (*STAGES, "run"):
         sub.add_parser(name, parents=[common], help=HELP[name], description=HELP[name])
+    from ganpipe.serve import add_arguments
+
+    serve_help = "run a Prefect server, an MLflow server and a worker for scheduled runs"
+    add_arguments(sub.add_parser("serve", help=serve_help, description=serve_help))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from ganpipe.serve import main as serve
+
+        return serve(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     paths = Paths(**{k: getattr(args, f"path_{k}") for k in Paths.__dataclass_fields__})
     try:
