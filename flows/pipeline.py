@@ -7,9 +7,10 @@ process work pool that `ganpipe serve` runs a worker for.
 A run: pull the data when its root is in a DVC repository with a remote (`update_data`), the six
 stages, then champion promotion (`promote`, with tracking on: see ganpipe/promotion.py), and a
 markdown artifact `ganpipe-report` with the metrics beside the champion's and the decision.
-Stage-level caching is DVC's job (`dvc repro`), so the tasks never cache; what the stages cache
-themselves (the domain classifier per data hash, reference statistics, training checkpoints) they
-reuse under a flow run too.
+Stages whose inputs did not change are skipped by DVC's own record (ganpipe/stage_cache.py) when
+the run's root is the DVC repository and its params are that repository's params.yaml; the tasks
+never use Prefect's cache, so there is one caching mechanism. What the stages cache themselves (the
+domain classifier per data hash, reference statistics, training checkpoints) they reuse too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from prefect.cache_policies import NO_CACHE
 
 from ganpipe.config import Params, load_params
 from ganpipe.errors import GanpipeError
+from ganpipe.io import read_json
 from ganpipe.pipeline import STAGES, Paths, run_stage
+from ganpipe.stage_cache import dvc_stage_repo, is_up_to_date, record
 from ganpipe.tracking import MlflowTracker, Tracker, start_tracker
 
 
@@ -41,9 +44,24 @@ def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_is_transient, cache_policy=NO_CACHE)
-def stage(name: str, params: Params, paths: Paths, tracker: Tracker) -> dict[str, Any]:
-    get_run_logger().info("stage %s", name)
-    return run_stage(name, params, paths, tracker, progress=False)
+def stage(
+    name: str, params: Params, paths: Paths, tracker: Tracker, dvc_repo: Path | None = None
+) -> dict[str, Any]:
+    """Run one stage, or skip it when DVC vouches that its inputs and outputs did not change."""
+    logger = get_run_logger()
+    if dvc_repo is not None and is_up_to_date(dvc_repo, name):
+        logger.info("stage %s: up to date in %s (dvc status); skipped", name, dvc_repo)
+        tracker.set_tags({f"stage.{name}": "skipped: up to date (dvc status)"})
+        if name == "evaluate":  # the outputs are unchanged, and so are their metrics
+            metrics = read_json(paths.metrics / "eval.json")
+            tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+            return metrics
+        return {"skipped": True}
+    logger.info("stage %s", name)
+    result = run_stage(name, params, paths, tracker, progress=False)
+    if dvc_repo is not None:
+        record(dvc_repo, name)
+    return result
 
 
 def _cell(v: Any) -> str:
@@ -166,6 +184,7 @@ def pipeline(
     run, then champion promotion (tracking and model registration on)."""
     params = load_params(params_file, overrides or [])
     paths = Paths.under(root)
+    dvc_repo = dvc_stage_repo(root, params_file, overrides or [])
     if update:
         update_data(root)
     tracker = start_tracker(params, run_name="prefect-pipeline")
@@ -173,7 +192,7 @@ def pipeline(
     url = None
     try:
         for name in STAGES:
-            results[name] = stage.with_options(name=name)(name, params, paths, tracker)
+            results[name] = stage.with_options(name=name)(name, params, paths, tracker, dvc_repo)
         if isinstance(tracker, MlflowTracker):
             url = run_url(tracker)
             if promote_champion and params.tracking.register_model:

@@ -59,3 +59,41 @@ def test_bad_data_fails_without_retry(harness, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="not an image"):
         fp.pipeline(params_file=str(TINY), root=str(tmp_path))
     assert calls == ["prepare"]
+
+
+def test_unchanged_stages_are_skipped_by_dvc_status(harness, tmp_path, monkeypatch):
+    import yaml
+
+    import flows.pipeline as fp
+    from tests.test_dvc import full_params, make_repo
+
+    repo = make_repo(tmp_path, full_params(TINY))
+    params_file = str(repo / "params.yaml")
+    ran: list[str] = []
+    real = fp.run_stage
+
+    def counting(name, *args, **kwargs):
+        ran.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(fp, "run_stage", counting)
+    fp.pipeline(params_file=params_file, root=str(repo))
+    assert ran == list(fp.STAGES)  # first run: everything, recorded in dvc.lock
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == set(fp.STAGES)
+
+    ran.clear()
+    again = fp.pipeline(params_file=params_file, root=str(repo))
+    assert ran == []  # nothing changed: every stage skipped
+    assert again["train"] == {"skipped": True}
+    assert "conditional_accuracy" in again["evaluate"]  # the report still has the metrics
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["generate"]["per_class"] = 13
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran.clear()
+    fp.pipeline(params_file=params_file, root=str(repo))
+    assert ran == ["generate", "augment", "evaluate"]  # downstream of the change only
+
+    ran.clear()  # overrides differ from what dvc.lock records: no skipping
+    fp.pipeline(params_file=params_file, root=str(repo), overrides=["generate.seed=5"])
+    assert ran == list(fp.STAGES)
