@@ -89,6 +89,10 @@ class TrainParams(Section):
     # DiffAugment policy for D's inputs (real and fake): "" (off) or a comma-separated subset of
     # color, translation, cutout.
     diffaugment: str = ""
+    # Data parallel over the local devices (ganpipe/training/distribute.py): auto (data_parallel
+    # when there is more than one device), none, or data_parallel. batch_size is the global batch,
+    # split evenly across the devices.
+    distribute: Literal["auto", "none", "data_parallel"] = "auto"
 
     @field_validator("diffaugment")
     @classmethod

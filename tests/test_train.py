@@ -337,3 +337,17 @@ def test_default_step_takes_no_aux(tmp_path, data_dir, monkeypatch):
     )  # fmt: skip
     assert set(seen) == {4}
     assert [s.tf_function.experimental_get_tracing_count() for s in steps] == [1, 1]
+
+
+def test_distribute_param_and_key(tmp_path, data_dir):
+    """train.distribute is validated; it is not in the run key, the replica count (above 1) is;
+    on this one-CPU session auto trains on one device."""
+    with pytest.raises(ConfigError, match=r"train\.distribute: Input should be"):
+        load_params(None, ["train.distribute=mirrored"])
+    base = tiny()
+    assert run_key(base, "h") == run_key(tiny(distribute="none"), "h")
+    assert run_key(base, "h") == run_key(tiny(distribute="data_parallel"), "h", replicas=1)
+    assert run_key(base, "h") != run_key(base, "h", replicas=2)
+    summary = train(base, data_dir, tmp_path / "m", tmp_path / "ck", progress=False)
+    assert (summary["distribute"], summary["replicas"]) == ("none", 1)
+    assert summary["run_key"] == run_key(base, summary["data_content_hash"])

@@ -1,14 +1,20 @@
 """Resumable training state: one `.npz` per checkpoint in `<checkpoint_root>/<run_key>/`.
 
 The run key hashes everything that shapes the training trajectory: the model params, the train
-params except `epochs`, `sample_every`, `checkpoint_every` and `backend` (a check only), the Keras
-backend actually used (its noise and numerics differ) and the data's content hash. So a
+params except `epochs`, `sample_every`, `checkpoint_every`, `backend` (a check only) and
+`distribute`, the Keras backend actually used (its noise and numerics differ), the number of
+data-parallel replicas when above 1 (distribute.py) and the data's content hash. So a
 rerun with the same params and data resumes where the last one stopped, a run with more epochs
 continues it (fewer epochs than a checkpoint already covers: the trainer starts that key afresh),
 and any other change starts fresh in a directory of its own. The params added after the format
 settled (`ADDED_LATER`: loss, gp_weight, ema_decay, diffaugment, spectral_norm) are in the key only
 when they differ from their defaults, so runs from before they existed keep their keys (and
 resume); gp_weight only counts under loss wgan_gp, the only loss that uses it.
+
+Checkpoints and sample grids are written atomically (temp file, then rename), so a run killed at
+any moment, SIGKILL included, leaves only whole checkpoints; the next run deletes the temp files
+such a kill can leave (`remove_temps`) and resumes from the newest checkpoint, ending with the
+same weights as a run never interrupted (tests/test_kill_resume.py).
 
 A checkpoint holds every variable of the generator and the discriminator (BatchNorm moving
 statistics and spectral norm's power-iteration vectors included), both optimizers' variables, the
@@ -37,7 +43,8 @@ from ganpipe.io import save_npz
 FORMAT_VERSION = 2
 # Train params that do not change what is learnt, only how long or how often things are written
 # (`backend` only checks $KERAS_BACKEND; the backend in use is part of the key by itself).
-NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every", "backend"})
+# `distribute` resolves to a replica count, which is what goes in the key (when above 1).
+NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every", "backend", "distribute"})
 # Params whose defaults are left out of the key (see the module docstring).
 ADDED_LATER = {
     "model": ("spectral_norm",),
@@ -50,9 +57,11 @@ _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
 VariableGroups = Mapping[str, Sequence[keras.Variable]]
 
 
-def run_key(params: Params, content_hash: str, backend: str | None = None) -> str:
-    """A short hash naming this (model, train, backend, data) combination; see the module
-    docstring. `backend` defaults to Keras's."""
+def run_key(
+    params: Params, content_hash: str, backend: str | None = None, replicas: int = 1
+) -> str:
+    """A short hash naming this (model, train, backend, replicas, data) combination; see the
+    module docstring. `backend` defaults to Keras's."""
     sections = {
         "model": params.model.model_dump(),
         "train": params.train.model_dump(exclude=set(NOT_IN_KEY)),
@@ -70,6 +79,7 @@ def run_key(params: Params, content_hash: str, backend: str | None = None) -> st
             "backend": backend or keras.backend.backend(),
             **sections,
             "data": content_hash,
+            **({"replicas": replicas} if replicas > 1 else {}),
         },
         sort_keys=True,
     )
@@ -100,6 +110,19 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def remove_temps(self) -> list[Path]:
+        """Delete what an interrupted atomic write left (a run killed with SIGKILL mid-save gets no
+        `finally`): the dot-named temp files beside the checkpoints and the sample grids. Never a
+        checkpoint: those only ever appear whole, by rename. Returns what was deleted."""
+        removed = []
+        for folder in (self.dir, self.samples_dir):
+            if folder.is_dir():
+                for p in folder.glob(".*"):
+                    if p.is_file():
+                        p.unlink(missing_ok=True)
+                        removed.append(p)
+        return removed
 
     def save(self, step: int, groups: VariableGroups, history: np.ndarray) -> Path:
         arrays = {

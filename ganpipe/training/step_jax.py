@@ -32,6 +32,13 @@ Options (`losses.StepOptions`), all off by default (then the traced step is the 
   overwritten). One difference remains: JAX differentiates through kernel / sigma (the paper's
   gradient), TensorFlow's tape takes the normalised kernel as the leaf.
 
+Data parallel (`mesh`, a one-axis "batch" `jax.sharding.Mesh` from distribute.jax_mesh): the
+state, the training set and the permutation are replicated over the mesh; the batch, labels and
+noise are constrained to be sharded on the batch axis inside the jitted step, and its outputs are
+replicated. XLA partitions the step (GSPMD), inserting the all-reduces: every mean, BatchNorm's
+batch statistics included, is over the global batch, so the step computes what the one-device
+step computes (up to float summation order), and the random draws are the same values.
+
 Nothing here imports TensorFlow.
 """
 
@@ -102,8 +109,17 @@ class JaxGanStep:
         d_optimizer: keras.optimizers.Optimizer,
         options: StepOptions | None = None,
         ema_generator: keras.Model | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> None:
         self.generator, self.discriminator = generator, discriminator
+        self.mesh = mesh
+        if mesh is None:
+            self.replicated = self.batch_sharding = None
+        else:
+            self.replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self.batch_sharding = jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec("batch")
+            )
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.options = options or StepOptions()
         if (self.options.ema_decay is None) != (ema_generator is None):
@@ -118,11 +134,26 @@ class JaxGanStep:
             d_optimizer.variables,
         ) + ((ema_generator.trainable_variables,) if ema_generator is not None else ())
         self.state: State = self._read_keras()
-        self._step = jax.jit(self.update, donate_argnums=0)
+        self._step = jax.jit(self.update, donate_argnums=0, **self.out_shardings())
 
     def _read_keras(self) -> State:
         # Copies: the state is donated every step, and must never alias a Keras variable's buffer.
-        return tuple([jnp.array(v.value, copy=True) for v in vs] for vs in self._keras_vars)
+        state = tuple([jnp.array(v.value, copy=True) for v in vs] for vs in self._keras_vars)
+        return state if self.mesh is None else self.replicate(state)
+
+    def out_shardings(self) -> dict[str, Any]:
+        """jax.jit's keyword for a step: every output replicated over the mesh (none without)."""
+        return {} if self.mesh is None else {"out_shardings": self.replicated}
+
+    def replicate(self, tree: Any) -> Any:
+        """`tree` put on every device of the mesh (as is without one)."""
+        return tree if self.mesh is None else jax.device_put(tree, self.replicated)
+
+    def shard_batch(self, x: Any) -> Any:
+        """Inside the step: `x` split on its first axis across the mesh (as is without one)."""
+        if self.mesh is None or x is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, self.batch_sharding)
 
     def sync_to_keras(self) -> None:
         """Write the current state into the Keras variables (one device->host transfer)."""
@@ -148,6 +179,7 @@ class JaxGanStep:
         Uniform[0, 1)) only where the options need them."""
         g_tv, g_ntv, d_tv, d_ntv, g_ov, d_ov, *ema_tv = state
         g, d, options = self.generator, self.discriminator, self.options
+        real, labels, noise = (self.shard_batch(x) for x in (real, labels, noise))
         assigns = self._d_assigns_trainables
 
         def losses(g_tv, d_tv):
@@ -253,17 +285,19 @@ class DeviceRunner:
         start_step: int,
         options: StepOptions | None = None,
         ema_generator: keras.Model | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> None:
         self.inner = JaxGanStep(
-            generator, discriminator, g_optimizer, d_optimizer, options, ema_generator
+            generator, discriminator, g_optimizer, d_optimizer, options, ema_generator, mesh
         )
+        put = self.inner.replicate
         k = self.inner.options.num_uniforms
         self.batch_size = batch_size
         self.steps_per_epoch = len(labels) // batch_size
-        self._images = jax.device_put(np.ascontiguousarray(images_uint8, np.uint8))
-        self._labels = jax.device_put(np.asarray(labels, np.int32))
+        self._images = put(jax.device_put(np.ascontiguousarray(images_uint8, np.uint8)))
+        self._labels = put(jax.device_put(np.asarray(labels, np.int32)))
         self._perm: jax.Array | None = None
-        self._counter = jax.device_put(np.int32(start_step))
+        self._counter = put(jax.device_put(np.int32(start_step)))
         self._host_step = start_step
         key = jax.random.key(seed)
         bs, spe, inner = batch_size, self.steps_per_epoch, self.inner
@@ -280,10 +314,10 @@ class DeviceRunner:
             state, metrics = inner.update(state, real, labels, noise, t, u)
             return state, counter + 1, metrics
 
-        self._device_step = jax.jit(device_step, donate_argnums=(0, 1))
+        self._device_step = jax.jit(device_step, donate_argnums=(0, 1), **inner.out_shardings())
 
     def begin_epoch(self, perm: np.ndarray) -> None:
-        self._perm = jax.device_put(np.asarray(perm, np.int32))
+        self._perm = self.inner.replicate(jax.device_put(np.asarray(perm, np.int32)))
 
     def step(self, step: int) -> jax.Array:
         if step != self._host_step:

@@ -26,10 +26,17 @@ the one in `generator.keras` and in the sample grids; `train_summary.json` says 
 `exported_generator`). DiffAugment's and wgan_gp's random draws come from the step's seeded RNG
 (default_rng([train.seed, step, 1]) on TensorFlow, fold_in(step key, 1) on JAX), so resuming stays
 exact with any of them on.
+
+Data parallel (`train.distribute`, distribute.py): over every local device when there are several
+(auto), with `train.batch_size` the global batch split evenly across them; on TensorFlow the models
+are built under a MirroredStrategy's scope and the step runs per replica, on JAX the jitted step is
+partitioned over a device mesh. The summary says `distribute` and `replicas`, and the replica count
+is part of the run key when above 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import shutil
@@ -50,7 +57,7 @@ from ganpipe.images import readable_scale, save_grid
 from ganpipe.io import atomic_dir, write_json
 from ganpipe.models import build_models, check_shape
 from ganpipe.tracking import NULL_TRACKER, Tracker
-from ganpipe.training import ema
+from ganpipe.training import distribute, ema
 from ganpipe.training.checkpoint import HISTORY_COLUMNS, Checkpoints, run_key
 from ganpipe.training.losses import StepOptions
 
@@ -186,18 +193,25 @@ def seed_everything(seed: int) -> None:
 
 
 def build_for_training(
-    params: Params, image_shape: tuple[int, int, int], num_classes: int
+    params: Params,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    strategy: Any = None,
 ) -> tuple[keras.Model, keras.Model, keras.optimizers.Optimizer, keras.optimizers.Optimizer]:
     """Seeded (generator, discriminator, g_opt, d_opt), built under the `train.precision` dtype
-    policy (the global policy is restored afterwards; the layers keep theirs)."""
+    policy (the global policy is restored afterwards; the layers keep theirs) and, given a
+    tf.distribute `strategy` (distribute.tf_strategy), under its scope: mirrored variables."""
     seed_everything(params.train.seed)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(params.train.precision)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     try:
-        generator, discriminator = build_models(image_shape, num_classes, params.model)
+        with scope:
+            generator, discriminator = build_models(image_shape, num_classes, params.model)
+            optimizers = make_optimizers(params, generator, discriminator)
     finally:
         keras.config.set_dtype_policy(previous)
-    return generator, discriminator, *make_optimizers(params, generator, discriminator)
+    return generator, discriminator, *optimizers
 
 
 def make_runner(
@@ -208,9 +222,13 @@ def make_runner(
     labels: np.ndarray,
     start_step: int,
     ema_generator: keras.Model | None = None,
+    distribution: Any = None,
 ) -> Runner:
     """The runner the trainer (and benchmarks/train_throughput.py) uses on `backend`.
-    `ema_generator` (`ema.make_ema_generator`) is needed exactly when train.ema_decay is set."""
+    `ema_generator` (`ema.make_ema_generator`) is needed exactly when train.ema_decay is set.
+    `distribution`: None (one device), or for data parallel a tf.distribute strategy on
+    TensorFlow (`distribute.tf_strategy`, the models built under its scope) or a jax Mesh on JAX
+    (`distribute.jax_mesh`)."""
     tp, mp = params.train, params.model
     options = StepOptions.from_params(params)
     if backend == "jax":
@@ -226,11 +244,13 @@ def make_runner(
             start_step,
             options,
             ema_generator,
+            mesh=distribution,
         )
     from ganpipe.training import step_tf
 
+    dp = {"strategy": distribution} if distribution is not None else {}
     return HostRunner(
-        step_tf.make_train_step(*models, options, ema_generator),
+        step_tf.make_train_step(*models, options, ema_generator, **dp),
         to_float(images_uint8),
         labels.astype(np.int32),
         tp.batch_size,
@@ -283,12 +303,19 @@ def train(
         key = "model.arch" if mp.arch == "dcgan_tutorial" else "data.image_size"
         raise params.error(key, str(e)) from None
     backend = check_backend(params)
+    dist = distribute.plan(params, backend)  # ConfigError if the batch does not split evenly
+    distribution = (distribute.tf_strategy if backend == "tensorflow" else distribute.jax_mesh)(
+        dist
+    )
+    strategy = distribution if backend == "tensorflow" else None
 
     steps_per_epoch = n // bs
     total = tp.epochs * steps_per_epoch
 
     # --- models, optimizers, state ---
-    generator, discriminator, g_opt, d_opt = build_for_training(params, shape, num_classes)
+    generator, discriminator, g_opt, d_opt = build_for_training(
+        params, shape, num_classes, strategy
+    )
     groups = {
         "g": generator.variables,
         "d": discriminator.variables,
@@ -296,13 +323,19 @@ def train(
         "d_opt": d_opt.variables,
     }
     # With train.ema_decay, the EMA generator is what gets sampled and exported.
-    ema_generator = ema.make_ema_generator(generator) if tp.ema_decay is not None else None
+    ema_generator = None
+    if tp.ema_decay is not None:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            ema_generator = ema.make_ema_generator(generator)
     if ema_generator is not None:
         groups["g_ema"] = ema_generator.trainable_variables
     exported = generator if ema_generator is None else ema_generator
 
-    ckpt = Checkpoints(Path(checkpoint_root) / run_key(params, data.content_hash, backend))
+    ckpt = Checkpoints(
+        Path(checkpoint_root) / run_key(params, data.content_hash, backend, dist.replicas)
+    )
     start, history = 0, np.zeros((0, len(HISTORY_COLUMNS)))
+    ckpt.remove_temps()  # of a run killed mid-write
     latest = ckpt.latest_step()
     if latest is not None and latest > total:
         print(
@@ -318,6 +351,11 @@ def train(
     else:
         ckpt.clear()  # unusable leftovers and their samples
         print(f"starting fresh in {ckpt.dir} ({total} steps)")
+    if dist.distributed:
+        print(
+            f"data parallel over {dist.replicas} devices ({', '.join(dist.devices)}): "
+            f"{bs // dist.replicas} images per device per step"
+        )
 
     # --- the loop ---
     runner = make_runner(
@@ -328,6 +366,7 @@ def train(
         data.train.labels,
         start,
         ema_generator,
+        distribution,
     )
     rows = [tuple(r) for r in history.tolist()]
     window: list[tuple[float, float, float]] = []
@@ -435,6 +474,8 @@ def train(
         "backend": backend,
         "arch": mp.arch,
         "precision": tp.precision,
+        "distribute": dist.mode,
+        "replicas": dist.replicas,
         "loss": tp.loss,
         "exported_generator": "ema" if ema_generator is not None else "live",
         "image_shape": list(shape),
