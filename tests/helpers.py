@@ -17,7 +17,13 @@ def quiet_env(**extra: str) -> dict[str, str]:
     # The venv's bin first, as after `. .venv/bin/activate`: dvc.yaml's commands call `ganpipe`
     # by name, and CI runs .venv/bin/pytest without activating the venv.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore", **extra}
+    env = {
+        **os.environ,
+        "PATH": path,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONWARNINGS": "ignore",
+        **extra,
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
