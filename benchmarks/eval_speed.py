@@ -56,15 +56,14 @@ def best_of(repeat: int, fn):
 def fd_benchmark(n: int, d: int, repeat: int) -> None:
     import scipy.linalg
 
-    from ganpipe.metrics import frechet_distance_from_stats
-    from ganpipe.metrics.reference import mean_cov
+    from ganpipe.metrics import feature_stats, frechet_distance_from_stats
 
     rng = np.random.default_rng(0)
     mix = rng.normal(size=(d, d)) / np.sqrt(d)
     a = np.maximum(rng.normal(size=(n, d)) @ mix, 0).astype(np.float32)
     b = np.maximum(rng.normal(size=(n, d)) @ mix * 1.1 + 0.05, 0).astype(np.float32)
 
-    t_stats, ((mu1, s1), (mu2, s2)) = best_of(repeat, lambda: (mean_cov(a), mean_cov(b)))
+    t_stats, ((mu1, s1), (mu2, s2)) = best_of(repeat, lambda: (feature_stats(a), feature_stats(b)))
     t_dist, ours = best_of(repeat, lambda: frechet_distance_from_stats(mu1, s1, mu2, s2))
 
     a64, b64 = a.astype(np.float64), b.astype(np.float64)

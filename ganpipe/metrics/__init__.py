@@ -33,7 +33,6 @@ from ganpipe.metrics.frechet import (
 )
 from ganpipe.metrics.kid import kid, mmd2_unbiased
 from ganpipe.metrics.prdc import density_coverage, precision_recall
-from ganpipe.metrics.reference import mean_cov
 
 # Bytes for one block of the k-NN distance matrix (precision/recall, density/coverage): the row
 # count shrinks as the other set grows, so memory stays flat however many samples are scored.
@@ -58,7 +57,7 @@ class MetricInputs:
     def stats(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(mean, covariance) of set `name` ("synthetic", "real", "real_test")."""
         given = {"real": self.real_stats, "real_test": self.real_test_stats}.get(name)
-        return given if given is not None else mean_cov(getattr(self, name).features)
+        return given if given is not None else feature_stats(getattr(self, name).features)
 
 
 Metric = Callable[[MetricInputs], dict[str, float]]
@@ -160,7 +159,6 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_stats",
     "kid",
-    "mean_cov",
     "mmd2_unbiased",
     "per_class_table",
     "precision_recall",

@@ -20,13 +20,16 @@ class SingularCovarianceWarning(UserWarning):
     """A covariance estimate is rank-deficient (fewer samples than feature dimensions)."""
 
 
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and (unbiased, N-1) covariance in float64 of an N x D feature array.
+STATS_BLOCK = 4096  # rows per float64 block: memory stays D x D plus one block, whatever N is
+
+
+def feature_stats(features: np.ndarray, block: int = STATS_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased, N-1) covariance in float64 of an N x D feature array, in row blocks.
 
     Fewer than 2 samples: ValueError. N <= D: a SingularCovarianceWarning (the covariance has rank
     at most N-1; the distance is still defined but noisy and biased upwards).
     """
-    x = np.asarray(features, dtype=np.float64)
+    x = np.asarray(features)
     if x.ndim != 2:
         raise ValueError(f"features must be N x D, got shape {x.shape}")
     n, d = x.shape
@@ -39,9 +42,15 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             SingularCovarianceWarning,
             stacklevel=3,
         )
-    mu = x.mean(axis=0)
-    centred = x - mu
-    sigma = centred.T @ centred / (n - 1)
+    mu = np.zeros(d, dtype=np.float64)
+    for start in range(0, n, block):
+        mu += x[start : start + block].sum(axis=0, dtype=np.float64)
+    mu /= n
+    sigma = np.zeros((d, d), dtype=np.float64)
+    for start in range(0, n, block):
+        c = x[start : start + block].astype(np.float64) - mu
+        sigma += c.T @ c  # a.T @ a: NumPy's symmetric rank-k (syrk) path
+    sigma /= n - 1
     return mu, sigma
 
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,13 @@ import numpy as np
 
 from ganpipe.io import arrays_sha256, atomic_path
 from ganpipe.metrics.features import FeatureSet
-from ganpipe.metrics.frechet import SingularCovarianceWarning
+from ganpipe.metrics.frechet import feature_stats
 
 log = logging.getLogger(__name__)
 
 # Bump when what a reference file holds, or how it is computed, changes.
 REFERENCE_VERSION = 1
 # Rows per block for the covariance: bounds the float64 working copy (block x D x 8 bytes).
-STATS_BLOCK = 4096
 
 
 def stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -57,38 +55,6 @@ def stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -
         for c, q in zip(classes, quota, strict=True)
     ]
     return np.sort(np.concatenate(picked))
-
-
-def mean_cov(features: np.ndarray, block: int = STATS_BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased (N-1) covariance in float64 of N x D `features`, in row blocks.
-
-    The same numbers as `ganpipe.metrics.frechet.feature_stats` (to rounding), but the float64
-    working copy is one block, not the whole array: memory stays D x D plus a block however large N
-    is. Fewer than 2 samples: ValueError; N <= D: SingularCovarianceWarning.
-    """
-    x = np.asarray(features)
-    if x.ndim != 2:
-        raise ValueError(f"features must be N x D, got shape {x.shape}")
-    n, d = x.shape
-    if n < 2:
-        raise ValueError(f"need at least 2 samples for a covariance, got {n}")
-    if n <= d:
-        warnings.warn(
-            f"{n} samples for {d} feature dimensions: the covariance is singular; "
-            "the Fréchet distance is defined but noisy and biased",
-            SingularCovarianceWarning,
-            stacklevel=2,
-        )
-    mu = np.zeros(d, dtype=np.float64)
-    for start in range(0, n, block):
-        mu += x[start : start + block].sum(axis=0, dtype=np.float64)
-    mu /= n
-    sigma = np.zeros((d, d), dtype=np.float64)
-    for start in range(0, n, block):
-        c = x[start : start + block].astype(np.float64) - mu
-        sigma += c.T @ c  # a.T @ a: NumPy's symmetric rank-k (syrk) path
-    sigma /= n - 1
-    return mu, sigma
 
 
 @dataclass(frozen=True)
@@ -140,7 +106,7 @@ def load_or_compute(
             log.info("reference statistics from %s", path)
             return cached
     fs = compute()
-    mu, sigma = mean_cov(fs.features)
+    mu, sigma = feature_stats(fs.features)
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(
             tmp,
