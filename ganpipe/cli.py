@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
             f"--{f.name}-dir", dest=f"path_{f.name}", type=Path, default=f.default,
             help=f"(default: {f.default})",
         )  # fmt: skip
-    parser = argparse.ArgumentParser(prog="ganpipe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ganpipe",
+        description="Grow a small labelled image dataset with a class-conditional GAN: one command "
+        "per pipeline stage, `run` for all of them in order, `serve` for the scheduling servers.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in (*STAGES, "run"):
         sub.add_parser(name, parents=[common], help=HELP[name], description=HELP[name])
