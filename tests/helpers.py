@@ -44,3 +44,20 @@ def tiny_project(root: Path, tracking: bool = False) -> Path:
         text = text.replace("enabled: false", "enabled: true")
     (root / "params.yaml").write_text(text)
     return root
+
+
+def digits_prepared():
+    """sklearn's 8x8 digits as prepared data: uint8 8x8x1, a seeded 80/20 split."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from ganpipe.data.prepared import Prepared, Split, make_summary
+
+    d = load_digits()
+    images = np.rint(d.images * (255 / 16)).astype(np.uint8)[..., None]
+    labels = d.target.astype(np.int64)
+    idx = np.random.default_rng(0).permutation(len(labels))
+    cut = int(0.8 * len(idx))
+    train = Split(images[idx[:cut]], labels[idx[:cut]])
+    test = Split(images[idx[cut:]], labels[idx[cut:]])
+    return Prepared(train, test, make_summary(train, test, [str(i) for i in range(10)], "digits"))

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from ganpipe.config import EvaluateParams
-from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared, save_split
+from ganpipe.data.prepared import Prepared, Split, save_prepared, save_split
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
 from ganpipe.tracking import Tracker
+from tests.helpers import digits_prepared
 
 PARAMS = EvaluateParams(
     classifier_epochs=15,
@@ -29,15 +29,7 @@ PARAMS = EvaluateParams(
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> tuple[Path, Prepared]:
     """sklearn digits as prepared data: uint8 8x8x1, 80/20 split."""
-    d = load_digits()
-    images = np.rint(d.images * (255 / 16)).astype(np.uint8)[..., None]
-    labels = d.target.astype(np.int64)
-    idx = np.random.default_rng(0).permutation(len(labels))
-    cut = int(0.8 * len(idx))
-    train = Split(images[idx[:cut]], labels[idx[:cut]])
-    test = Split(images[idx[cut:]], labels[idx[cut:]])
-    names = [str(i) for i in range(10)]
-    prepared = Prepared(train, test, make_summary(train, test, names, "digits"))
+    prepared = digits_prepared()
     out = tmp_path_factory.mktemp("prepared")
     save_prepared(out, prepared)
     return out, prepared

@@ -6,10 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from ganpipe.config import EvaluateParams
-from ganpipe.data.prepared import Prepared, Split, make_summary
+from ganpipe.data.prepared import Prepared, Split
 from ganpipe.metrics.utility import (
     batch_indices,
     budget_steps,
@@ -17,18 +16,12 @@ from ganpipe.metrics.utility import (
     fraction_tag,
     train_and_test,
 )
+from tests.helpers import digits_prepared
 
 
 @pytest.fixture(scope="module")
 def digits() -> Prepared:
-    d = load_digits()
-    images = np.rint(d.images * (255 / 16)).astype(np.uint8)[..., None]
-    labels = d.target.astype(np.int64)
-    idx = np.random.default_rng(0).permutation(len(labels))
-    cut = int(0.8 * len(idx))
-    train = Split(images[idx[:cut]], labels[idx[:cut]])
-    test = Split(images[idx[cut:]], labels[idx[cut:]])
-    return Prepared(train, test, make_summary(train, test, [str(i) for i in range(10)], "digits"))
+    return digits_prepared()
 
 
 def noisy_copy(split: Split, n: int, seed: int = 1) -> Split:
