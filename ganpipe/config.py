@@ -209,6 +209,18 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return parts, yaml.safe_load(raw) if raw.strip() else None
 
 
+def read_yaml(path: str | os.PathLike[str], what: str) -> Any:
+    """Parse a YAML file; ConfigError naming the file when it can't be read or parsed."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what}: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
 def load_params(path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> Params:
     """Read `path` (default `params.yaml` if it exists, else the built-in defaults), apply
     `section.key=value` overrides and validate. Raises ConfigError with file and key."""
@@ -218,14 +230,7 @@ def load_params(path: str | os.PathLike[str] | None = None, overrides: list[str]
     origin = "<defaults>"
     if path is not None:
         origin = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"{origin}: cannot read params file: {e.strerror}") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{origin}: not valid YAML: {e}") from None
+        raw = read_yaml(path, "params file") or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
     for item in overrides:

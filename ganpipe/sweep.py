@@ -23,12 +23,9 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from ganpipe.config import Params, load_params
+from ganpipe.config import Params, load_params, read_yaml
 from ganpipe.errors import ConfigError
 
 DEFAULT_METRIC = "classifier_fd"
@@ -154,13 +151,4 @@ def make_sweep(spec: dict[str, Any], origin: str = "<sweep>") -> Sweep:
 
 def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     """Read and expand a sweep file; ConfigError naming the file on any problem."""
-    origin = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"{origin}: cannot read sweep file: {e.strerror}") from None
-    try:
-        spec = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{origin}: not valid YAML: {e}") from None
-    return make_sweep(spec, origin)
+    return make_sweep(read_yaml(path, "sweep file"), str(path))
