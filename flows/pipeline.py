@@ -180,7 +180,7 @@ def pipeline(
     update: bool = True,
     promote_champion: bool = True,
 ) -> dict[str, Any]:
-    """[dvc pull] → prepare → train → generate → augment → classifier → evaluate, under one MLflow
+    """[dvc pull] → prepare → train → generate → classifier → augment → evaluate, under one MLflow
     run, then champion promotion (tracking and model registration on)."""
     params = load_params(params_file, overrides or [])
     paths = Paths.under(root)

@@ -4,6 +4,9 @@
 `ganpipe.data.prepared`), so every loader of prepared data reads it. `train.npz` also holds
 `is_synthetic` (bool, N) and is shuffled with augment.seed; `test.npz` is the real test split,
 copied unchanged. With nothing synthetic to add (ratio 0) train.npz keeps the real order: a copy.
+
+With `augment.reject_off_label`, samples the domain classifier does not assign to their label (see
+`ganpipe.label_filter`) are dropped before the per-class draw; summary.json records how many per class.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ def augment(
     data_dir: str | os.PathLike[str],
     synthetic_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
+    classifier: Any = None,
 ) -> dict[str, Any]:
     """Merge the real train split with `synthetic_ratio` synthetic images per real image, per
     class; write the result to `out_dir` atomically and return its summary.
 
-    Raises DataError if the synthetic samples are missing (ratio > 0), of another shape or class
-    set, or too few for some class.
+    `classifier` (the domain classifier, `ganpipe.models.classifier.get_classifier`) is required
+    when `params.reject_off_label` is set. Raises DataError if the synthetic samples are missing
+    (ratio > 0), of another shape or class set, or too few (after rejection) for some class.
     """
+    if params.reject_off_label and classifier is None:
+        raise ValueError("augment.reject_off_label needs the domain classifier")
     data_dir, synthetic_dir, out = Path(data_dir), Path(synthetic_dir), Path(out_dir)
     real = load_prepared(data_dir)
     class_names = real.class_names
@@ -52,8 +59,18 @@ def augment(
                 "trained on this data"
             )
     rng = np.random.default_rng(params.seed)
+    rejection: dict[str, Any] | None = None
     if wanted.sum() > 0:
-        chosen = select_synthetic(syn.labels, wanted, rng, class_names)
+        pool = np.arange(len(syn))
+        rejected = None
+        if params.reject_off_label:
+            from ganpipe.label_filter import classifier_accept_mask, rejection_summary
+
+            mask = classifier_accept_mask(classifier, syn.images, syn.labels, params.min_confidence)
+            pool = np.flatnonzero(mask)
+            rejection = rejection_summary(syn.labels, mask, class_names, params.min_confidence)
+            rejected = np.asarray(list(rejection["rejected_by_class"].values()))
+        chosen = pool[select_synthetic(syn.labels[pool], wanted, rng, class_names, rejected)]
 
     n_real, n_syn = len(real.train), len(chosen)
     images = np.concatenate([real.train.images, syn.images[chosen]])
@@ -70,6 +87,7 @@ def augment(
             "seed": params.seed,
             "real_counts": real_counts.tolist(),
             "synthetic_counts": wanted.tolist(),
+            "rejection": rejection,
             "num_real": n_real,
             "num_synthetic": n_syn,
             "counts_by_class": {
@@ -99,20 +117,35 @@ def synthetic_counts(ratio: float, real_counts: np.ndarray) -> np.ndarray:
 
 
 def select_synthetic(
-    labels: np.ndarray, wanted: np.ndarray, rng: np.random.Generator, class_names: list[str]
+    labels: np.ndarray,
+    wanted: np.ndarray,
+    rng: np.random.Generator,
+    class_names: list[str],
+    rejected: np.ndarray | None = None,
+    remedy: str | None = None,
 ) -> np.ndarray:
     """Row indices: `wanted[k]` distinct rows of class k each, chosen with `rng`; a DataError
-    listing every class that has too few."""
+    listing every class that has too few. `rejected`: per-class counts already filtered out of
+    `labels`; `remedy`: what the message tells the user to do (default: the augment stage's)."""
     available = np.bincount(labels, minlength=len(wanted))[: len(wanted)]
     short = [k for k in range(len(wanted)) if wanted[k] > available[k]]
     if short:
         detail = "; ".join(
-            f"class {class_names[k]!r}: needs {wanted[k]}, has {available[k]}" for k in short
+            f"class {class_names[k]!r}: needs {wanted[k]}, has {available[k]}"
+            + (f" ({rejected[k]} more rejected as off-label)" if rejected is not None else "")
+            for k in short
         )
-        raise DataError(
-            f"not enough synthetic samples ({detail}): raise generate.per_class to at least "
-            f"{int(wanted.max())} (with generate.proportional=false) and re-run `ganpipe generate`, or lower augment.synthetic_ratio"
-        )
+        if remedy is None:
+            need = f"to at least {int(wanted.max())}"
+            if rejected is not None:
+                need = f"above {int(wanted.max())} (the rejection drops some)"
+            remedy = (
+                f"raise generate.per_class {need} with generate.proportional=false and re-run "
+                "`ganpipe generate`, or lower augment.synthetic_ratio"
+            )
+            if rejected is not None:
+                remedy += " or augment.min_confidence"
+        raise DataError(f"not enough synthetic samples ({detail}): {remedy}")
     picks = [
         rng.choice(np.flatnonzero(labels == k), size=int(wanted[k]), replace=False)
         for k in range(len(wanted))

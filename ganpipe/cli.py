@@ -1,4 +1,4 @@
-"""`ganpipe prepare|train|generate|augment|classifier|evaluate|run`: thin callers of `run_stage`.
+"""`ganpipe prepare|train|generate|classifier|augment|evaluate|run`: thin callers of `run_stage`.
 
 Every command takes `--params FILE` and repeated `--set section.key=value`. Errors the user can fix
 print one message and exit 2; nothing else is printed in their place.

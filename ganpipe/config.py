@@ -122,6 +122,10 @@ class AugmentParams(Section):
     # Synthetic images added per real image (0.5: half as many synthetic as real).
     synthetic_ratio: float = Field(1.0, ge=0)
     seed: int = 0
+    # Keep only synthetic samples the domain classifier (evaluator/) assigns to their label, with
+    # at least min_confidence probability: off-label samples are label noise (ganpipe.label_filter).
+    reject_off_label: bool = False
+    min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class EvaluateParams(Section):
@@ -147,6 +151,9 @@ class EvaluateParams(Section):
     utility_epochs: int = Field(3, ge=1)
     uplift_fractions: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = (0.01, 0.1)
     uplift_seeds: int = Field(3, ge=1)
+    # Synthetic samples added per real one in the uplift's augmented arm (per class, as
+    # augment.synthetic_ratio); null: every evaluated synthetic sample. Honours augment's rejection.
+    uplift_synthetic_ratio: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _keras_model_needs_path_and_layer(self) -> EvaluateParams:

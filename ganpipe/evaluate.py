@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ganpipe.config import EvaluateParams
+from ganpipe.config import AugmentParams, EvaluateParams
 from ganpipe.data.prepared import Split, load_prepared, load_split
 from ganpipe.errors import DataError
 from ganpipe.io import atomic_path, write_json
@@ -210,13 +210,15 @@ def evaluate(
     cache_dir: str | os.PathLike[str] = "evaluator",
     tracker: Tracker | None = None,
     reference_dir: str | os.PathLike[str] | None = None,
+    augment_params: AugmentParams | None = None,
 ) -> dict[str, Any]:
     """Score `<synthetic_dir>/samples.npz` against the prepared data in `data_dir`.
 
     The domain classifier is cached in `cache_dir`; the real sets' features and statistics in
     `reference_dir` (default `.ganpipe_cache/reference` beside `cache_dir`: see REFERENCE_CACHE).
     Writes eval.json, per_class.csv and the plots to `out_dir`, logs them to `tracker`, and returns
-    the headline metrics (a flat dict of floats, plus ints for the sample counts).
+    the headline metrics (a flat dict of floats, plus ints for the sample counts). With
+    `augment_params.reject_off_label`, the uplift adds only the samples the augment stage would keep.
     """
     from ganpipe.metrics.extractors import build_extractor, load_feature_network
     from ganpipe.models.classifier import feature_extractor, get_classifier
@@ -270,9 +272,13 @@ def evaluate(
     headline["num_synthetic"] = len(syn)
     headline["num_real"] = len(real.features)
     if params.utility:
+        from ganpipe.label_filter import accept_mask
         from ganpipe.metrics.utility import downstream_utility
 
-        headline.update(downstream_utility(prepared, synthetic, params).metrics)
+        accept = None
+        if augment_params is not None and augment_params.reject_off_label:
+            accept = accept_mask(syn.probs, syn.labels, augment_params.min_confidence)
+        headline.update(downstream_utility(prepared, synthetic, params, accept).metrics)
     for k, v in headline.items():
         if not math.isfinite(v):
             raise ValueError(f"metric {k} is not finite ({v}); the features are degenerate")

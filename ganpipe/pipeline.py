@@ -14,7 +14,8 @@ from typing import Any
 from ganpipe.config import Params
 from ganpipe.tracking import NULL_TRACKER, RUN_FILE, Tracker, save_run_file
 
-STAGES = ("prepare", "train", "generate", "augment", "classifier", "evaluate")
+# classifier before augment: augment.reject_off_label filters with it
+STAGES = ("prepare", "train", "generate", "classifier", "augment", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,12 @@ def run_stage(
     if name == "augment":
         from ganpipe.augment import augment
 
-        return augment(params.augment, paths.prepared, paths.synthetic, paths.augmented)
+        classifier = None
+        if params.augment.reject_off_label:
+            from ganpipe.models.classifier import get_classifier
+
+            classifier = get_classifier(paths.prepared, params.evaluate, paths.evaluator)[0]
+        return augment(params.augment, paths.prepared, paths.synthetic, paths.augmented, classifier)
     if name == "classifier":
         from ganpipe.models.classifier import get_classifier
 
@@ -87,6 +93,7 @@ def run_stage(
             paths.metrics,
             paths.evaluator,
             tracker,
+            augment_params=params.augment,
         )
     raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
 

@@ -12,6 +12,7 @@ from ganpipe.config import AugmentParams
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
 from ganpipe.errors import DataError
 from ganpipe.io import read_json, save_npz, write_json
+from ganpipe.label_filter import accept_mask
 
 CLASS_NAMES = ["zero", "one", "two"]
 REAL_COUNTS = [8, 4, 3]
@@ -114,7 +115,7 @@ def test_not_enough_synthetic(data_dir, tmp_path):
     syn = make_synthetic(tmp_path / "synthetic", per_class=5)
     out = tmp_path / "augmented"
     with pytest.raises(
-        DataError, match=r"'zero': needs 8, has 5.*generate\.per_class to at least 8"
+        DataError, match=r"'zero': needs 8, has 5.*generate\.per_class to at least 8 with"
     ):
         augment(AugmentParams(synthetic_ratio=1.0), data_dir, syn, out)
     assert not out.exists()
@@ -160,3 +161,76 @@ def test_synthetic_counts_rounding():
     assert synthetic_counts(0.5, np.array([8, 4, 3, 1, 0])).tolist() == [4, 2, 2, 1, 0]
     assert synthetic_counts(2.0, np.array([3])).tolist() == [6]
     assert synthetic_counts(0.0, np.array([3])).tolist() == [0]
+
+
+def label_reader():
+    """A stand-in domain classifier with fixed weights: it predicts class c when pixel (0, 1 + c)
+    is bright (255) and the others of that row are dark (128)."""
+    import keras
+
+    inputs = keras.Input(SHAPE)
+    flat = keras.layers.Flatten()(inputs)
+    features = keras.layers.Dense(3, use_bias=False, name="features")(flat)
+    logits = keras.layers.Dense(3, use_bias=False, name="logits")(features)
+    model = keras.Model(inputs, logits)
+    pick = np.zeros((int(np.prod(SHAPE)), 3), np.float32)
+    pick[[1, 2, 3], [0, 1, 2]] = 10.0  # pixels 1..3 of the first row, scaled: sharp softmax
+    model.get_layer("features").set_weights([pick])
+    model.get_layer("logits").set_weights([np.eye(3, dtype=np.float32)])
+    return model
+
+
+def make_drawn(path: Path, per_class: int, off_label: dict[int, int]) -> np.ndarray:
+    """Synthetic samples whose drawn class (what label_reader sees) is their label, except the
+    first off_label[c] of class c, drawn as class (c + 1) % 3. Returns the off-label mask."""
+    make_synthetic(path, per_class)
+    with np.load(path / "samples.npz") as f:
+        images, labels = f["images"], f["labels"]
+    drawn = labels.copy()
+    for c, n in off_label.items():
+        drawn[np.flatnonzero(labels == c)[:n]] = (c + 1) % 3
+    images[:, 0, 1:4, 0] = 128
+    images[np.arange(len(labels)), 0, 1 + drawn, 0] = 255
+    save_npz(path / "samples.npz", images=images, labels=labels)
+    return drawn != labels
+
+
+def test_reject_off_label(data_dir, tmp_path):
+    off = make_drawn(tmp_path / "synthetic", per_class=10, off_label={0: 3, 2: 1})
+    with np.load(tmp_path / "synthetic" / "samples.npz") as f:
+        codes_off = set(f["images"][off, 0, 0, 0].tolist())  # the distinct-row codes
+    params = AugmentParams(synthetic_ratio=0.5, seed=3, reject_off_label=True)
+    summary = augment(params, data_dir, tmp_path / "synthetic", tmp_path / "out", label_reader())
+
+    images, labels, is_syn = load_train(tmp_path / "out")
+    assert np.bincount(labels[is_syn], minlength=3).tolist() == [4, 2, 2]
+    assert not codes_off & set(images[is_syn, 0, 0, 0].tolist())  # no off-label sample kept
+    rejection = summary["rejection"]
+    assert rejection["rejected_by_class"] == {"zero": 3, "one": 0, "two": 1}
+    assert rejection["accepted_by_class"] == {"zero": 7, "one": 10, "two": 9}
+    assert rejection["accept_rate"] == pytest.approx(26 / 30)
+    assert read_json(tmp_path / "out" / "summary.json")["rejection"] == rejection
+
+    # class "zero" needs 8 at ratio 1, and only 7 pass: the message says rejection is why
+    with pytest.raises(DataError, match=r"'zero': needs 8, has 7 \(3 more rejected as off-label\)"):
+        augment(
+            AugmentParams(synthetic_ratio=1.0, reject_off_label=True),
+            data_dir, tmp_path / "synthetic", tmp_path / "out2", label_reader(),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="needs the domain classifier"):
+        augment(params, data_dir, tmp_path / "synthetic", tmp_path / "out3")
+    # off by default: the same samples are all eligible, and the summary says no rejection ran
+    summary = augment(
+        AugmentParams(synthetic_ratio=1.0), data_dir, tmp_path / "synthetic", tmp_path / "out4"
+    )
+    assert summary["rejection"] is None and summary["num_synthetic"] == 15
+
+
+def test_accept_mask_confidence():
+    probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.4, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
+    labels = np.array([0, 0, 0, 2])
+    assert accept_mask(probs, labels).tolist() == [True, True, False, True]
+    assert accept_mask(probs, labels, min_confidence=0.5).tolist() == [True, True, False, False]
+    assert accept_mask(probs, labels, min_confidence=0.6).tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="do not match"):
+        accept_mask(probs, labels[:2])

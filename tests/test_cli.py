@@ -88,3 +88,34 @@ def test_missing_inputs_and_oversized_batch_are_clear_errors(tmp_path):
     assert result.returncode == 2
     assert "params.yaml: train.batch_size: 100000 is larger than the training set" in result.stderr
     assert not (root / "models").exists()
+
+
+def test_off_label_rejection_end_to_end(tracked_run, tmp_path):
+    """augment and evaluate with augment.reject_off_label: the stages load the domain classifier
+    and filter with it. Real test digits stand in for a generator's samples, so the classifier
+    (20 epochs on 320 digits) accepts most and rejects the ones it gets wrong."""
+    import shutil
+
+    root = tmp_path / "project"
+    shutil.copytree(tracked_run[0], root)
+    with np.load(root / "data/prepared/test.npz") as f:
+        images, labels = f["images"], f["labels"]
+    np.savez(root / "data/synthetic/samples.npz", images=images, labels=labels)
+    on = ["--set", "augment.reject_off_label=true", "--set", "tracking.enabled=false"]
+    on += ["--set", "evaluate.classifier_epochs=20"]  # a classifier that knows the digits
+
+    result = run(["ganpipe", "augment", *on, "--set", "augment.synthetic_ratio=0.1"], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rejection = json.loads((root / "data/augmented/summary.json").read_text())["rejection"]
+    accepted = sum(rejection["accepted_by_class"].values())
+    assert accepted + sum(rejection["rejected_by_class"].values()) == len(labels)
+    assert 0.5 < rejection["accept_rate"] == accepted / len(labels) < 1.0
+
+    utility = ["--set", "evaluate.utility=true", "--set", "evaluate.utility_epochs=1"]
+    utility += ["--set", "evaluate.uplift_seeds=1", "--set", "evaluate.uplift_fractions=[0.5]"]
+    utility += ["--set", "evaluate.max_samples=1000"]  # all of them, as augment saw
+    result = run(["ganpipe", "evaluate", *on, *utility], cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((root / "metrics/eval.json").read_text())
+    assert metrics["synthetic_accept_rate"] == pytest.approx(rejection["accept_rate"])
+    assert metrics["uplift_50pct_num_synthetic"] == accepted

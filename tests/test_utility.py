@@ -9,7 +9,10 @@ import pytest
 
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, Split
+from ganpipe.errors import DataError
+from ganpipe.metrics import utility
 from ganpipe.metrics.utility import (
+    TrainResult,
     batch_indices,
     budget_steps,
     downstream_utility,
@@ -89,7 +92,7 @@ def test_downstream_utility_keys_ranges_and_same_budget(digits):
         assert result.steps[f"{tag}_real"] == result.steps[f"{tag}_aug"] == [expected, expected]
     assert result.steps["cas"] == result.steps["real"] == [budget_steps(n_train, 2, 64)]
     assert all(math.isfinite(v) for v in m.values())
-    assert len(m) == 2 + 2 * 6
+    assert len(m) == 2 + 2 * 7
 
 
 def test_downstream_utility_is_seeded(digits):
@@ -101,3 +104,49 @@ def test_downstream_utility_is_seeded(digits):
     b = downstream_utility(digits, synthetic, params).metrics
     assert a == pytest.approx(b, abs=0.02)  # same seeds; CPU kernels may differ in the last bits
     assert a["uplift_5pct_real_std"] == 0.0  # one seed: no spread
+
+
+def test_uplift_adds_only_accepted_samples_at_the_ratio(digits, monkeypatch):
+    """With an accept mask and uplift_synthetic_ratio, each augmented arm gets round(ratio x the
+    subset's count) accepted samples per class, none rejected; both arms keep the same budget."""
+    seen: list[tuple[Split, int]] = []
+
+    def spy(train, test, shape, k, steps, batch_size, seed):  # records instead of training
+        seen.append((train, steps))
+        return TrainResult(0.5, steps)
+
+    monkeypatch.setattr(utility, "train_and_test", spy)
+    synthetic = noisy_copy(digits.train, 800)
+    accept = np.random.default_rng(3).random(len(synthetic)) < 0.6
+    synthetic.images[~accept, 0, 0, 0] = 255  # digits' corner pixel is always 0: marks the rejected
+    params = EvaluateParams(
+        classifier_batch_size=64,
+        utility_epochs=1,
+        uplift_fractions=(0.2,),
+        uplift_seeds=2,
+        uplift_synthetic_ratio=0.5,
+    )
+    m = downstream_utility(digits, synthetic, params, accept).metrics
+
+    assert m["synthetic_accept_rate"] == pytest.approx(accept.mean())
+    assert (digits.train.images[:, 0, 0, 0] == 0).all()
+    cas_train = seen[0][0]
+    assert len(cas_train) == len(synthetic)  # CAS scores every sample, rejected ones too
+    uplift = seen[2:]
+    assert len(uplift) == 4  # (real, aug) x 2 seeds
+    for (real, real_steps), (aug, aug_steps) in zip(uplift[::2], uplift[1::2], strict=True):
+        counts = np.bincount(real.labels, minlength=10)
+        added = Split(aug.images[len(real) :], aug.labels[len(real) :])
+        assert (
+            np.bincount(added.labels, minlength=10).tolist()
+            == np.floor(0.5 * counts + 0.5).astype(int).tolist()
+        )
+        assert (added.images[:, 0, 0, 0] != 255).all()  # no rejected sample added
+        assert real_steps == aug_steps == budget_steps(len(aug), 1, 64)
+    assert m["uplift_20pct_num_synthetic"] == len(uplift[1][0]) - len(uplift[0][0])
+
+    params = params.model_copy(update={"uplift_synthetic_ratio": 20.0})
+    with pytest.raises(DataError, match=r"needs \d+, has \d+.*uplift_synthetic_ratio=20.0"):
+        downstream_utility(digits, synthetic, params, accept)
+    with pytest.raises(DataError, match="kept no synthetic sample"):
+        downstream_utility(digits, synthetic, params, np.zeros(len(synthetic), bool))

@@ -11,9 +11,14 @@ scored on the real test split.
   uplift_<p>pct_{real,aug}_{mean,std}, uplift_<p>pct_delta, uplift_<p>pct_num_real
                  for each fraction p of the real training split (a stratified, seeded subset of at
                  least one image per class): test accuracy trained on the subset alone (real) and on
-                 the subset plus every evaluated synthetic sample (aug), over uplift_seeds seeds (a
-                 new subset and initialisation per seed; std over seeds, ddof=1); delta =
-                 aug_mean - real_mean. Positive: the synthetic data helps at that label budget.
+                 the subset plus synthetic samples (aug), over uplift_seeds seeds (a new subset and
+                 initialisation per seed; std over seeds, ddof=1); delta = aug_mean - real_mean.
+                 Positive: the synthetic data helps at that label budget.
+                 The synthetic samples added: every evaluated one, or with
+                 evaluate.uplift_synthetic_ratio r, round(r x the subset's count) per class drawn
+                 per seed, as the augment stage draws; with augment.reject_off_label only those the
+                 domain classifier accepts (`accept`). uplift_<p>pct_num_synthetic: how many.
+  synthetic_accept_rate  with rejection: the fraction of evaluated samples the filter keeps.
 
 Same budget: within a comparison both arms run exactly the same number of optimisation steps on
 batches of the same size (epochs x ceil(size of the larger training set / batch size)); batches are
@@ -115,10 +120,37 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def _synthetic_for(
+    subset: Split,
+    pool: Split,
+    ratio: float | None,
+    num_classes: int,
+    rng: np.random.Generator,
+    prepared: Prepared,
+) -> Split:
+    """The synthetic samples the uplift adds to `subset`: all of `pool`, or (ratio) per class
+    round(ratio x the subset's count), drawn as the augment stage draws."""
+    if ratio is None:
+        return pool
+    from ganpipe.augment import select_synthetic, synthetic_counts
+
+    wanted = synthetic_counts(ratio, np.bincount(subset.labels, minlength=num_classes))
+    remedy = (
+        f"for evaluate.uplift_synthetic_ratio={ratio} among the evaluated (and accepted) "
+        "samples: lower it, or raise generate.per_class and evaluate.max_samples"
+    )
+    idx = select_synthetic(pool.labels, wanted, rng, prepared.class_names, remedy=remedy)
+    return Split(pool.images[idx], pool.labels[idx])
+
+
 def downstream_utility(
-    prepared: Prepared, synthetic: Split, params: EvaluateParams
+    prepared: Prepared,
+    synthetic: Split,
+    params: EvaluateParams,
+    accept: np.ndarray | None = None,
 ) -> UtilityResult:
-    """CAS, real accuracy and augmentation uplift (see the module docstring) as flat metrics."""
+    """CAS, real accuracy and augmentation uplift (see the module docstring) as flat metrics.
+    `accept`: bool mask over `synthetic`, the samples the uplift may add (CAS uses all)."""
     if len(synthetic) < 1:
         raise DataError("downstream utility needs synthetic samples")
     shape, k, bs = prepared.image_shape, prepared.num_classes, params.classifier_batch_size
@@ -135,19 +167,26 @@ def downstream_utility(
     metrics["cas_accuracy"] = run("cas", synthetic, n_cas, params.seed)
     metrics["real_accuracy"] = run("real", prepared.train, n_cas, params.seed)
 
+    pool = synthetic
+    if accept is not None:
+        pool = Split(synthetic.images[accept], synthetic.labels[accept])
+        metrics["synthetic_accept_rate"] = float(np.mean(accept))
+        if len(pool) < 1:
+            raise DataError("the off-label rejection kept no synthetic sample for the uplift")
     train = prepared.train
     for fraction in params.uplift_fractions:
         tag = f"uplift_{fraction_tag(fraction)}"
         n_sub = min(len(train), max(k, round(fraction * len(train))))
-        n_steps = budget_steps(n_sub + len(synthetic), params.utility_epochs, bs)
         real_acc, aug_acc = [], []
         for i in range(params.uplift_seeds):
             seed = params.seed + i
             rng = np.random.default_rng([params.seed, i, round(fraction * 1_000_000)])
             idx = stratified_subsample(train.labels, n_sub, rng)
             subset = Split(train.images[idx], train.labels[idx])
+            added = _synthetic_for(subset, pool, params.uplift_synthetic_ratio, k, rng, prepared)
+            n_steps = budget_steps(n_sub + len(added), params.utility_epochs, bs)
             real_acc.append(run(f"{tag}_real", subset, n_steps, seed))
-            aug_acc.append(run(f"{tag}_aug", _concat(subset, synthetic), n_steps, seed))
+            aug_acc.append(run(f"{tag}_aug", _concat(subset, added), n_steps, seed))
         real_mean, real_std = _mean_std(real_acc)
         aug_mean, aug_std = _mean_std(aug_acc)
         metrics.update(
@@ -158,6 +197,7 @@ def downstream_utility(
                 f"{tag}_aug_std": aug_std,
                 f"{tag}_delta": aug_mean - real_mean,
                 f"{tag}_num_real": n_sub,
+                f"{tag}_num_synthetic": len(added),
             }
         )
     return UtilityResult(metrics, steps)
