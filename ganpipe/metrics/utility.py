@@ -124,9 +124,8 @@ def _synthetic_for(
     subset: Split,
     pool: Split,
     ratio: float | None,
-    num_classes: int,
+    class_names: list[str],
     rng: np.random.Generator,
-    prepared: Prepared,
 ) -> Split:
     """The synthetic samples the uplift adds to `subset`: all of `pool`, or (ratio) per class
     round(ratio x the subset's count), drawn as the augment stage draws."""
@@ -134,12 +133,12 @@ def _synthetic_for(
         return pool
     from ganpipe.augment import select_synthetic, synthetic_counts
 
-    wanted = synthetic_counts(ratio, np.bincount(subset.labels, minlength=num_classes))
+    wanted = synthetic_counts(ratio, np.bincount(subset.labels, minlength=len(class_names)))
     remedy = (
         f"for evaluate.uplift_synthetic_ratio={ratio} among the evaluated (and accepted) "
         "samples: lower it, or raise generate.per_class and evaluate.max_samples"
     )
-    idx = select_synthetic(pool.labels, wanted, rng, prepared.class_names, remedy=remedy)
+    idx = select_synthetic(pool.labels, wanted, rng, class_names, remedy=remedy)
     return Split(pool.images[idx], pool.labels[idx])
 
 
@@ -183,7 +182,9 @@ def downstream_utility(
             rng = np.random.default_rng([params.seed, i, round(fraction * 1_000_000)])
             idx = stratified_subsample(train.labels, n_sub, rng)
             subset = Split(train.images[idx], train.labels[idx])
-            added = _synthetic_for(subset, pool, params.uplift_synthetic_ratio, k, rng, prepared)
+            added = _synthetic_for(
+                subset, pool, params.uplift_synthetic_ratio, prepared.class_names, rng
+            )
             n_steps = budget_steps(n_sub + len(added), params.utility_epochs, bs)
             real_acc.append(run(f"{tag}_real", subset, n_steps, seed))
             aug_acc.append(run(f"{tag}_aug", _concat(subset, added), n_steps, seed))
