@@ -101,7 +101,7 @@ def fd_benchmark(n: int, d: int, repeat: int) -> None:
 def prepare(work: Path) -> Path:
     """mnist_5k prepared data in work/data (once)."""
     from ganpipe.config import DataParams
-    from ganpipe.data.prepare import build_prepared
+    from ganpipe.stages.prepare import build_prepared
     from ganpipe.data.prepared import save_prepared
 
     data = work / "data"
@@ -127,7 +127,7 @@ def run_eval(work: Path, n: int, reference_dir: Path | None = None) -> tuple[flo
     import warnings
 
     from ganpipe.config import EvaluateParams
-    from ganpipe.evaluate import evaluate
+    from ganpipe.stages.evaluate import evaluate
 
     data = work / "data"
     syn = write_synthetic(work, data, n)

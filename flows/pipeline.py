@@ -5,9 +5,9 @@ server with PREFECT_API_URL set; `flows/deploy.py` deploys it on a cron schedule
 process work pool that `ganpipe serve` runs a worker for.
 
 A run: pull the data when its root is in a DVC repository with a remote (`update_data`), the six
-stages, then champion promotion (`promote`, with tracking on: see ganpipe/promotion.py), and a
+stages, then champion promotion (`promote`, with tracking on: see ganpipe/ops/promotion.py), and a
 markdown artifact `ganpipe-report` with the metrics beside the champion's and the decision.
-Stages whose inputs did not change are skipped by DVC's own record (ganpipe/stage_cache.py) when
+Stages whose inputs did not change are skipped by DVC's own record (ganpipe/ops/dvc.py) when
 the run's root is the DVC repository and its params are that repository's params.yaml; the tasks
 never use Prefect's cache, so there is one caching mechanism. What the stages cache themselves (the
 domain classifier per data hash, reference statistics, training checkpoints) they reuse too.
@@ -28,8 +28,8 @@ from ganpipe.config import Params, load_params
 from ganpipe.errors import GanpipeError
 from ganpipe.io import read_json
 from ganpipe.pipeline import STAGES, Paths, run_stage
-from ganpipe.stage_cache import dvc_stage_repo, is_up_to_date, record
-from ganpipe.tracking import MlflowTracker, Tracker, start_tracker
+from ganpipe.ops.dvc import dvc_stage_repo, is_up_to_date, record
+from ganpipe.ops.tracking import MlflowTracker, Tracker, start_tracker
 
 
 def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -146,7 +146,7 @@ def run_url(tracker: MlflowTracker) -> str | None:
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_is_transient, cache_policy=NO_CACHE)
 def promote(params: Params, paths: Paths, tracker: MlflowTracker) -> dict[str, Any]:
     """Move the `champion` alias to this run's generator if it beats the champion."""
-    from ganpipe.promotion import (
+    from ganpipe.ops.promotion import (
         IDENTITY_TAG,
         evaluation_identity,
         promote_if_better,

@@ -4,7 +4,7 @@
     python flows/sweep.py sweeps/example.yaml my.yaml --workers 4
     python flows/sweep.py sweeps/example.yaml --address tcp://scheduler:8786
 
-Each configuration (see `ganpipe/sweep.py` for the sweep file) is one Prefect task that runs train →
+Each configuration (see `ganpipe/ops/sweep.py` for the sweep file) is one Prefect task that runs train →
 generate → evaluate through `run_stage`; Prefect's `DaskTaskRunner` sends it to a Dask worker process.
 prepare and classifier run first, once per distinct data/evaluate params (`<root>/<sweep id>/_shared/
 <key>/`), so configurations of one dataset are scored by the same domain classifier. Each
@@ -35,8 +35,8 @@ from prefect.cache_policies import NO_CACHE
 
 from ganpipe.config import Params, load_params
 from ganpipe.pipeline import Paths, run_stage
-from ganpipe.sweep import Sweep, SweepConfig, load_sweep
-from ganpipe.tracking import NULL_TRACKER, MlflowTracker, resolve_uri, start_tracker
+from ganpipe.ops.sweep import Sweep, SweepConfig, load_sweep
+from ganpipe.ops.tracking import NULL_TRACKER, MlflowTracker, resolve_uri, start_tracker
 
 # augment is left out: a sweep compares generators, and augment's output feeds nothing downstream.
 # prepare and classifier run once per distinct data/evaluate params, into <root>/<sweep id>/_shared/.

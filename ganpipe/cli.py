@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in (*STAGES, "run"):
         sub.add_parser(name, parents=[common], help=HELP[name], description=HELP[name])
-    from ganpipe.serve import add_arguments
+    from ganpipe.ops.serve import add_arguments
 
     serve_help = "run a Prefect server, an MLflow server and a worker for scheduled runs"
     add_arguments(sub.add_parser("serve", help=serve_help, description=serve_help))
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        from ganpipe.serve import main as serve
+        from ganpipe.ops.serve import main as serve
 
         return serve(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_one(name: str, params, paths: Paths, progress: bool = True) -> dict:
     """One stage as its own process (how `dvc repro` runs it)."""
-    from ganpipe.tracking import NULL_TRACKER, start_tracker
+    from ganpipe.ops.tracking import NULL_TRACKER, start_tracker
 
     tracker = NULL_TRACKER
     if name in TRACKED:
@@ -104,7 +104,7 @@ def run_one(name: str, params, paths: Paths, progress: bool = True) -> dict:
 
 def run_all(params, paths: Paths, progress: bool = True) -> dict:
     """Every stage in order, one MLflow run for all of them."""
-    from ganpipe.tracking import start_tracker
+    from ganpipe.ops.tracking import start_tracker
 
     tracker = start_tracker(params, run_name="pipeline")
     results: dict = {"run_id": tracker.run_id, "seconds": {}}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ganpipe.config import Params
-from ganpipe.tracking import NULL_TRACKER, RUN_FILE, Tracker, save_run_file
+from ganpipe.ops.tracking import NULL_TRACKER, RUN_FILE, Tracker, save_run_file
 
 # classifier before augment: augment.reject_off_label filters with it
 STAGES = ("prepare", "train", "generate", "classifier", "augment", "evaluate")
@@ -45,7 +45,7 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run one stage; return its summary (metrics for `evaluate`)."""
     if name == "prepare":
-        from ganpipe.data.prepare import prepare
+        from ganpipe.stages.prepare import prepare
 
         return prepare(params.data, paths.prepared, origin=params.origin)
     if name == "train":
@@ -64,14 +64,14 @@ def run_stage(
         save_run_file(tracker, paths.models)
         return result
     if name == "generate":
-        from ganpipe.generate import generate
+        from ganpipe.stages.generate import generate
 
         return generate(
             params.generate, paths.models, paths.prepared, paths.synthetic,
             latent_dim=params.model.latent_dim, tracker=tracker,
         )  # fmt: skip
     if name == "augment":
-        from ganpipe.augment import augment
+        from ganpipe.stages.augment import augment
 
         classifier = None
         if params.augment.reject_off_label:
@@ -84,7 +84,7 @@ def run_stage(
 
         return get_classifier(paths.prepared, params.evaluate, paths.evaluator)[1]
     if name == "evaluate":
-        from ganpipe.evaluate import evaluate
+        from ganpipe.stages.evaluate import evaluate
 
         return evaluate(
             params.evaluate,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganpipe.augment import augment, synthetic_counts
+from ganpipe.stages.augment import augment, synthetic_counts
 from ganpipe.config import AugmentParams
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
 from ganpipe.errors import DataError
@@ -145,7 +145,7 @@ def test_failure_keeps_previous_output(data_dir, tmp_path, monkeypatch):
     augment(AugmentParams(synthetic_ratio=0.5), data_dir, syn, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    import ganpipe.augment as aug_mod
+    import ganpipe.stages.augment as aug_mod
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

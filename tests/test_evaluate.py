@@ -13,8 +13,8 @@ import pytest
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, Split, save_prepared, save_split
 from ganpipe.errors import ConfigError, DataError
-from ganpipe.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
-from ganpipe.tracking import Tracker
+from ganpipe.stages.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
+from ganpipe.ops.tracking import Tracker
 from tests.helpers import digits_prepared
 
 PARAMS = EvaluateParams(

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ganpipe.config import DataParams
 from ganpipe.data import sources
-from ganpipe.data.prepare import prepare
+from ganpipe.stages.prepare import prepare
 from ganpipe.data.prepared import load_prepared
 from ganpipe.errors import ConfigError, DataError
 

@@ -35,7 +35,7 @@ def test_services_deploy_run_and_stop(tmp_path, monkeypatch):
     import httpx
     from mlflow import MlflowClient
 
-    from ganpipe.serve import Services
+    from ganpipe.ops.serve import Services
 
     services = Services(
         state_dir=tmp_path / "state",

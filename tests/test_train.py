@@ -15,7 +15,7 @@ from ganpipe.config import Params, load_params
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
 from ganpipe.errors import ConfigError, TrainingError
 from ganpipe.io import read_json
-from ganpipe.tracking import Tracker
+from ganpipe.ops.tracking import Tracker
 from ganpipe.training import step_tf, train
 from ganpipe.training.checkpoint import Checkpoints, run_key
 from tests.train_fixtures import (

@@ -131,7 +131,7 @@ def _synthetic_for(
     round(ratio x the subset's count), drawn as the augment stage draws."""
     if ratio is None:
         return pool
-    from ganpipe.augment import select_synthetic, synthetic_counts
+    from ganpipe.stages.augment import select_synthetic, synthetic_counts
 
     wanted = synthetic_counts(ratio, np.bincount(subset.labels, minlength=len(class_names)))
     remedy = (

@@ -56,7 +56,7 @@ from ganpipe.errors import TrainingError
 from ganpipe.images import readable_scale, save_grid
 from ganpipe.io import atomic_dir, write_json
 from ganpipe.models import build_models, check_shape
-from ganpipe.tracking import NULL_TRACKER, Tracker
+from ganpipe.ops.tracking import NULL_TRACKER, Tracker
 from ganpipe.training import distribute, ema
 from ganpipe.training.checkpoint import HISTORY_COLUMNS, Checkpoints, run_key
 from ganpipe.training.losses import StepOptions

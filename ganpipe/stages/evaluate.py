@@ -41,7 +41,7 @@ from ganpipe.errors import DataError
 from ganpipe.io import atomic_path, write_json
 from ganpipe.metrics import MetricInputs, compute_metrics, per_class_table
 from ganpipe.metrics.reference import real_reference, stratified_subsample
-from ganpipe.tracking import NULL_TRACKER, Tracker
+from ganpipe.ops.tracking import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from ganpipe.data.prepared import to_uint8
 from ganpipe.errors import DataError
 from ganpipe.images import readable_scale, save_grid
 from ganpipe.io import atomic_dir, file_sha256, read_json, save_npz, write_json
-from ganpipe.tracking import NULL_TRACKER, Tracker
+from ganpipe.ops.tracking import NULL_TRACKER, Tracker
 
 GENERATOR_FILE = "generator.keras"
 GRID_COLUMNS = 10

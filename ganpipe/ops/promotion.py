@@ -34,7 +34,7 @@ ALIAS = "champion"
 IDENTITY_TAG = "evaluate.identity"
 DATA_TAG = "data.content_hash"
 MODEL_TAG = (
-    "registered_model"  # "name/version", set by ganpipe.tracking.MlflowTracker.log_generator
+    "registered_model"  # "name/version", set by ganpipe.ops.tracking.MlflowTracker.log_generator
 )
 
 # Given the champion's model URI ("models:/name/version"), its metrics on the current data.
@@ -216,8 +216,8 @@ def reevaluate_champion(
     import mlflow
     import mlflow.keras
 
-    from ganpipe.evaluate import evaluate
-    from ganpipe.generate import GENERATOR_FILE, generate
+    from ganpipe.stages.evaluate import evaluate
+    from ganpipe.stages.generate import GENERATOR_FILE, generate
 
     mlflow.set_tracking_uri(tracking_uri)
     model = mlflow.keras.load_model(model_uri, load_model_kwargs={"compile": False})
