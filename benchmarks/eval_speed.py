@@ -101,8 +101,8 @@ def fd_benchmark(n: int, d: int, repeat: int) -> None:
 def prepare(work: Path) -> Path:
     """mnist_5k prepared data in work/data (once)."""
     from ganpipe.config import DataParams
-    from ganpipe.stages.prepare import build_prepared
     from ganpipe.data.prepared import save_prepared
+    from ganpipe.stages.prepare import build_prepared
 
     data = work / "data"
     if not (data / "summary.json").exists():
@@ -145,11 +145,11 @@ def eval_benchmark(work: Path, n: int) -> None:
     import shutil
 
     from ganpipe.config import EvaluateParams
-    from ganpipe.models.classifier import get_classifier
+    from ganpipe.evaluator import get_evaluator
 
     data = prepare(work)
     t0 = time.perf_counter()
-    _, meta = get_classifier(data, EvaluateParams(), work / "evaluator")
+    meta = get_evaluator(data, EvaluateParams(), work / "evaluator").meta
     warm_up = time.perf_counter() - t0
     write_synthetic(work, data, n)
     cold_dir = work / "reference_cold"

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganpipe.stages.augment import augment, synthetic_counts
 from ganpipe.config import AugmentParams
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
 from ganpipe.errors import DataError
+from ganpipe.evaluator import Evaluator, accept_mask
 from ganpipe.io import read_json, save_npz, write_json
-from ganpipe.label_filter import accept_mask
+from ganpipe.stages.augment import augment, synthetic_counts
 
 CLASS_NAMES = ["zero", "one", "two"]
 REAL_COUNTS = [8, 4, 3]
@@ -129,7 +129,7 @@ def test_missing_synthetic(data_dir, tmp_path):
 
 def test_shape_mismatch(data_dir, tmp_path):
     syn = make_synthetic(tmp_path / "synthetic", per_class=10, shape=(8, 8, 1))
-    with pytest.raises(DataError, match=r"images are \(8, 8, 1\).*\(4, 4, 1\)"):
+    with pytest.raises(DataError, match=r"images are 8x8x1.*4x4x1"):
         augment(AugmentParams(), data_dir, syn, tmp_path / "out")
 
 
@@ -163,8 +163,8 @@ def test_synthetic_counts_rounding():
     assert synthetic_counts(0.0, np.array([3])).tolist() == [0]
 
 
-def label_reader():
-    """A stand-in domain classifier with fixed weights: it predicts class c when pixel (0, 1 + c)
+def label_reader() -> Evaluator:
+    """A stand-in evaluator with fixed weights: it predicts class c when pixel (0, 1 + c)
     is bright (255) and the others of that row are dark (128)."""
     import keras
 
@@ -177,7 +177,7 @@ def label_reader():
     pick[[1, 2, 3], [0, 1, 2]] = 10.0  # pixels 1..3 of the first row, scaled: sharp softmax
     model.get_layer("features").set_weights([pick])
     model.get_layer("logits").set_weights([np.eye(3, dtype=np.float32)])
-    return model
+    return Evaluator(model, {})
 
 
 def make_drawn(path: Path, per_class: int, off_label: dict[int, int]) -> np.ndarray:
@@ -217,7 +217,7 @@ def test_reject_off_label(data_dir, tmp_path):
             AugmentParams(synthetic_ratio=1.0, reject_off_label=True),
             data_dir, tmp_path / "synthetic", tmp_path / "out2", label_reader(),
         )  # fmt: skip
-    with pytest.raises(ValueError, match="needs the domain classifier"):
+    with pytest.raises(ValueError, match="needs the evaluator"):
         augment(params, data_dir, tmp_path / "synthetic", tmp_path / "out3")
     # off by default: the same samples are all eligible, and the summary says no rejection ran
     summary = augment(

@@ -13,8 +13,8 @@ import pytest
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, Split, save_prepared, save_split
 from ganpipe.errors import ConfigError, DataError
-from ganpipe.stages.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
 from ganpipe.ops.tracking import Tracker
+from ganpipe.stages.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
 from tests.helpers import digits_prepared
 
 PARAMS = EvaluateParams(
@@ -62,8 +62,8 @@ class RecordingTracker(Tracker):
 # ---- classifier cache -----------------------------------------------------------------------------
 
 
-def test_get_classifier_trains_once_and_retrains_on_change(digits, tmp_path, monkeypatch):
-    from ganpipe.models import classifier as clf
+def test_get_evaluator_trains_once_and_retrains_on_change(digits, tmp_path, monkeypatch):
+    from ganpipe import evaluator as clf
 
     data_dir, prepared = digits
     calls = []
@@ -75,14 +75,16 @@ def test_get_classifier_trains_once_and_retrains_on_change(digits, tmp_path, mon
 
     monkeypatch.setattr(clf, "_train", counting_train)
     params = EvaluateParams(classifier_epochs=1, classifier_batch_size=128)
-    model, meta = clf.get_classifier(data_dir, params, tmp_path)
+    ev = clf.get_evaluator(data_dir, params, tmp_path)
+    model, meta = ev.model, ev.meta
     assert len(calls) == 1
     assert (tmp_path / "classifier.keras").exists() and (tmp_path / "meta.json").exists()
     assert 0.0 <= meta["test_accuracy"] <= 1.0
     assert meta["key"]["content_hash"] == prepared.content_hash
     mtime = os.stat(tmp_path / "classifier.keras").st_mtime_ns
 
-    again, meta2 = clf.get_classifier(data_dir, params, tmp_path)
+    ev2 = clf.get_evaluator(data_dir, params, tmp_path)
+    again, meta2 = ev2.model, ev2.meta
     assert len(calls) == 1, "second call must load, not retrain"
     assert meta2 == meta
     assert os.stat(tmp_path / "classifier.keras").st_mtime_ns == mtime
@@ -92,35 +94,41 @@ def test_get_classifier_trains_once_and_retrains_on_change(digits, tmp_path, mon
     )
 
     # metric-only params do not invalidate the network
-    clf.get_classifier(data_dir, params.model_copy(update={"kid_subsets": 7}), tmp_path)
+    clf.get_evaluator(data_dir, params.model_copy(update={"kid_subsets": 7}), tmp_path)
     assert len(calls) == 1
     # classifier params do
-    _, meta3 = clf.get_classifier(
+    meta3 = clf.get_evaluator(
         data_dir, params.model_copy(update={"classifier_epochs": 2}), tmp_path
-    )
+    ).meta
     assert len(calls) == 2 and meta3["key"]["classifier_epochs"] == 2
+    # and so does the code that builds and trains it: a cache made by other code is not reused
+    monkeypatch.setattr(clf, "source_fingerprint", lambda *parts: "other code")
+    meta4 = clf.get_evaluator(data_dir, params, tmp_path).meta
+    assert len(calls) == 3 and meta4["key"]["code"] == "other code"
 
 
-def test_get_classifier_retrains_when_model_file_is_damaged(digits, tmp_path, monkeypatch):
-    from ganpipe.models import classifier as clf
+def test_get_evaluator_retrains_when_model_file_is_damaged(digits, tmp_path, monkeypatch):
+    from ganpipe import evaluator as clf
 
     data_dir, _ = digits
     params = EvaluateParams(classifier_epochs=1)
-    clf.get_classifier(data_dir, params, tmp_path)
+    clf.get_evaluator(data_dir, params, tmp_path)
     (tmp_path / "classifier.keras").write_bytes(b"not a zip")
     calls = []
     real_train = clf._train
     monkeypatch.setattr(clf, "_train", lambda p, q: calls.append(1) or real_train(p, q))
-    clf.get_classifier(data_dir, params, tmp_path)
+    clf.get_evaluator(data_dir, params, tmp_path)
     assert calls == [1]
 
 
 def test_classifier_features_layer_and_extract(digits, cache_dir):
+    from ganpipe.evaluator import get_evaluator
     from ganpipe.metrics import extract
-    from ganpipe.models.classifier import feature_extractor, get_classifier
+    from ganpipe.models.classifier import feature_extractor
 
     data_dir, prepared = digits
-    model, meta = get_classifier(data_dir, PARAMS, cache_dir)
+    ev = get_evaluator(data_dir, PARAMS, cache_dir)
+    model, meta = ev.model, ev.meta
     assert meta["test_accuracy"] > 0.85
     ext = feature_extractor(model)
     imgs = prepared.test.images[:300]

@@ -17,9 +17,9 @@ import ganpipe.stages.generate as gen_mod
 from ganpipe.config import GenerateParams
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
 from ganpipe.errors import DataError
-from ganpipe.stages.generate import class_counts, class_dir_names, generate
 from ganpipe.io import read_json
 from ganpipe.ops.tracking import Tracker
+from ganpipe.stages.generate import class_counts, class_dir_names, generate
 
 SHAPE = (8, 8, 1)
 LATENT = 6

@@ -11,9 +11,9 @@ from PIL import Image
 
 from ganpipe.config import DataParams
 from ganpipe.data import sources
-from ganpipe.stages.prepare import prepare
 from ganpipe.data.prepared import load_prepared
 from ganpipe.errors import ConfigError, DataError
+from ganpipe.stages.prepare import prepare
 
 
 def _png(path: Path, size: tuple[int, int] = (6, 6), mode: str = "L", value: int = 100) -> Path:

@@ -10,8 +10,8 @@ import pytest
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, Split
 from ganpipe.errors import DataError
-from ganpipe.metrics import utility
-from ganpipe.metrics.utility import (
+from ganpipe import utility
+from ganpipe.utility import (
     TrainResult,
     batch_indices,
     budget_steps,

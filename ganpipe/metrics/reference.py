@@ -7,14 +7,14 @@ stage uses `.ganpipe_cache/reference/` beside the classifier's `evaluator/` dire
 The key is a hash of everything the arrays depend on: the prepared data's content hash, the split,
 the exact subsample drawn from it (its size and indices, which follow `evaluate.seed`), the
 extractor's identity (the domain classifier's cache key and training stamp; the Inception weights
-file's hash; the user model's file hash and layer; the preprocessing) and REFERENCE_VERSION. A
-change in any of them is a different file; a damaged or mismatching file is recomputed. Files are
+file's hash; the user model's file hash and layer; the preprocessing) and a fingerprint of the
+source that computes the arrays (`CODE`: feature extraction, statistics, this module). A change in
+any of them is a different file; a damaged or mismatching file is recomputed. Files are
 written atomically, so concurrent evaluations at worst both compute the same entry.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,35 +26,19 @@ from typing import Any
 import numpy as np
 
 from ganpipe.io import arrays_sha256, atomic_path
+from ganpipe.keys import json_sha256, source_fingerprint
 from ganpipe.metrics.features import FeatureSet
 from ganpipe.metrics.frechet import feature_stats
 
 log = logging.getLogger(__name__)
 
-# Bump when what a reference file holds, or how it is computed, changes.
-REFERENCE_VERSION = 1
-# Rows per block for the covariance: bounds the float64 working copy (block x D x 8 bytes).
-
-
-def stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of `n` samples (all if fewer) keeping each class's share of `labels`.
-
-    Quotas are floor(n * share), the remainder going to the largest fractional parts; within a
-    class the samples are drawn uniformly without replacement.
-    """
-    labels = np.asarray(labels)
-    if n >= len(labels):
-        return np.arange(len(labels))
-    classes, counts = np.unique(labels, return_counts=True)
-    exact = n * counts / counts.sum()
-    quota = np.floor(exact).astype(int)
-    short = n - quota.sum()
-    quota[np.argsort(-(exact - quota), kind="stable")[:short]] += 1
-    picked = [
-        rng.choice(np.flatnonzero(labels == c), q, replace=False)
-        for c, q in zip(classes, quota, strict=True)
-    ]
-    return np.sort(np.concatenate(picked))
+# The code that shapes a reference file: a cache entry made by other code is never reused.
+CODE = (
+    "metrics/features.py",
+    "metrics/extractors.py",
+    "metrics/frechet.py",
+    "metrics/reference.py",
+)
 
 
 @dataclass(frozen=True)
@@ -70,11 +54,6 @@ class Reference:
     @property
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         return self.mu, self.sigma
-
-
-def reference_key(parts: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of `parts`."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def _load(path: Path, parts_json: str) -> Reference | None:
@@ -99,7 +78,7 @@ def load_or_compute(
     """The cached Reference for key `parts` in `ref_dir`, or `compute()`'s features with their
     statistics, saved there atomically first."""
     parts_json = json.dumps(parts, sort_keys=True)
-    path = Path(ref_dir) / f"{name}-{reference_key(parts)[:32]}.npz"
+    path = Path(ref_dir) / f"{name}-{json_sha256(parts, 32)}.npz"
     if path.exists():
         cached = _load(path, parts_json)
         if cached is not None:
@@ -135,7 +114,7 @@ def real_reference(
     only indexed (copied) and run through the networks on a cache miss."""
     indices = np.asarray(indices, dtype=np.int64)
     parts = {
-        "version": REFERENCE_VERSION,
+        "code": source_fingerprint(*CODE),
         "content_hash": content_hash,
         "split": split_name,
         "num_samples": len(indices),

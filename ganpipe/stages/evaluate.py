@@ -20,7 +20,7 @@ Headline metrics (the Fréchet key is `fid` with evaluate.extractor=inception, e
   classifier_score         exp(E KL(p(y|x) || p(y))) over synthetic samples; 1..num_classes
   evaluator_test_accuracy  the domain classifier's accuracy on the real test set (sanity check)
   num_synthetic, num_real  samples evaluated (after the max_samples cap)
-  cas_accuracy, real_accuracy, uplift_*   with evaluate.utility only (ganpipe.metrics.utility)
+  cas_accuracy, real_accuracy, uplift_*   with evaluate.utility only (ganpipe.utility)
 """
 
 from __future__ import annotations
@@ -35,17 +35,19 @@ from typing import Any
 
 import numpy as np
 
-from ganpipe.config import AugmentParams, EvaluateParams
-from ganpipe.data.prepared import Split, load_prepared, load_split
+from ganpipe.config import AugmentParams, EvaluateParams, Params
+from ganpipe.data.prepared import Split, load_prepared
+from ganpipe.data.sampling import stratified_subsample
+from ganpipe.data.synthetic import SAMPLES_FILE, load_synthetic
 from ganpipe.errors import DataError
 from ganpipe.io import atomic_path, write_json
 from ganpipe.metrics import MetricInputs, compute_metrics, per_class_table
-from ganpipe.metrics.reference import real_reference, stratified_subsample
+from ganpipe.metrics.reference import real_reference
 from ganpipe.ops.tracking import NULL_TRACKER, Tracker
+from ganpipe.paths import Paths
 
 log = logging.getLogger(__name__)
 
-SAMPLES_FILE = "samples.npz"
 PER_CLASS_COLUMNS = (
     "class",
     "class_name",
@@ -65,35 +67,20 @@ MIN_EVALUATOR_ACCURACY = 0.5
 # Points per set in the feature-space figure.
 PLOT_POINTS = 2000
 
-__all__ = ["PER_CLASS_COLUMNS", "evaluate", "load_synthetic", "stratified_subsample"]
+__all__ = ["PER_CLASS_COLUMNS", "SAMPLES_FILE", "evaluate", "run", "stratified_subsample"]
 
 
-def load_synthetic(
-    synthetic_dir: str | os.PathLike[str], image_shape: tuple[int, ...], num_classes: int
-) -> Split:
-    """The generated samples, checked against the prepared data; DataError says what to run."""
-    path = Path(synthetic_dir) / SAMPLES_FILE
-    if not path.exists():
-        raise DataError(f"{path}: synthetic samples not found (run `ganpipe generate` first)")
-    try:
-        split = load_split(path)
-    except DataError as e:
-        raise DataError(f"{e} -- regenerate it with `ganpipe generate`") from None
-    if tuple(split.images.shape[1:]) != tuple(image_shape):
-        raise DataError(
-            f"{path}: synthetic images are {'x'.join(map(str, split.images.shape[1:]))} but the "
-            f"prepared data is {'x'.join(map(str, image_shape))}; the generator was trained on "
-            "other data (run `ganpipe train` and `ganpipe generate` again)"
-        )
-    if len(split) < 2:
-        raise DataError(f"{path}: {len(split)} synthetic samples; need at least 2")
-    bad = (split.labels < 0) | (split.labels >= num_classes)
-    if bad.any():
-        raise DataError(
-            f"{path}: labels must be in 0..{num_classes - 1}, found {int(split.labels[bad][0])} "
-            "(run `ganpipe generate` again)"
-        )
-    return split
+def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
+    """The stage: prepared + synthetic + the evaluator -> `paths.metrics` (eval.json, ...)."""
+    return evaluate(
+        params.evaluate,
+        paths.prepared,
+        paths.synthetic,
+        paths.metrics,
+        paths.evaluator,
+        tracker,
+        augment_params=params.augment,
+    )
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -220,8 +207,8 @@ def evaluate(
     the headline metrics (a flat dict of floats, plus ints for the sample counts). With
     `augment_params.reject_off_label`, the uplift adds only the samples the augment stage would keep.
     """
+    from ganpipe.evaluator import get_evaluator
     from ganpipe.metrics.extractors import build_extractor, load_feature_network
-    from ganpipe.models.classifier import feature_extractor, get_classifier
 
     tracker = tracker or NULL_TRACKER
     prepared = load_prepared(data_dir)
@@ -231,18 +218,24 @@ def evaluate(
                 f"{data_dir}/{name}.npz: {len(split)} images; evaluation needs at least 2 "
                 "(run `ganpipe prepare` with more data)"
             )
-    synthetic = load_synthetic(synthetic_dir, prepared.image_shape, prepared.num_classes)
+    synthetic, _ = load_synthetic(synthetic_dir, prepared.class_names, prepared.image_shape)
+    if len(synthetic) < 2:
+        raise DataError(
+            f"{Path(synthetic_dir) / SAMPLES_FILE}: {len(synthetic)} synthetic samples; need at "
+            "least 2"
+        )
 
     # the user's network (weights, model file, layer) is checked before the classifier is trained
     network = load_feature_network(params, prepared.image_shape)
-    classifier, meta = get_classifier(data_dir, params, cache_dir)
+    evaluator = get_evaluator(data_dir, params, cache_dir)
+    meta = evaluator.meta
     if meta.get("test_accuracy", 1.0) < MIN_EVALUATOR_ACCURACY:
         warnings.warn(
             f"the evaluator classifier reaches only {meta['test_accuracy']:.1%} on the real test "
             "set; its distances and accuracies say little (raise evaluate.classifier_epochs)",
             stacklevel=2,
         )
-    extractor = build_extractor(network, feature_extractor(classifier), meta)
+    extractor = build_extractor(network, evaluator.extractor, meta)
 
     ref_dir = Path(reference_dir or Path(cache_dir).parent / REFERENCE_CACHE)
     refs = {}
@@ -272,8 +265,8 @@ def evaluate(
     headline["num_synthetic"] = len(syn)
     headline["num_real"] = len(real.features)
     if params.utility:
-        from ganpipe.label_filter import accept_mask
-        from ganpipe.metrics.utility import downstream_utility
+        from ganpipe.evaluator import accept_mask
+        from ganpipe.utility import downstream_utility
 
         accept = None
         if augment_params is not None and augment_params.reject_off_label:

@@ -20,16 +20,26 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from ganpipe.config import GenerateParams
+from ganpipe.config import GenerateParams, Params
 from ganpipe.data.prepared import to_uint8
+from ganpipe.data.sampling import largest_remainder
 from ganpipe.errors import DataError
 from ganpipe.images import readable_scale, save_grid
 from ganpipe.io import atomic_dir, file_sha256, read_json, save_npz, write_json
 from ganpipe.ops.tracking import NULL_TRACKER, Tracker
+from ganpipe.paths import Paths
 
 GENERATOR_FILE = "generator.keras"
 GRID_COLUMNS = 10
 _PNG_CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA
+
+
+def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
+    """The stage: `paths.models`/generator.keras -> `paths.synthetic`."""
+    return generate(
+        params.generate, paths.models, paths.prepared, paths.synthetic,
+        latent_dim=params.model.latent_dim, tracker=tracker,
+    )  # fmt: skip
 
 
 def generate(
@@ -139,13 +149,7 @@ def class_counts(
     real = np.asarray(train_counts, dtype=np.float64)
     if real.sum() <= 0 or (real < 0).any():
         raise DataError(f"generate.proportional: bad real train_counts {list(train_counts)}")
-    total = params.per_class * num_classes
-    exact = real / real.sum() * total
-    counts = np.floor(exact).astype(np.int64)
-    left = total - int(counts.sum())
-    order = np.lexsort((np.arange(num_classes), -(exact - counts)))  # largest remainder first
-    counts[order[:left]] += 1
-    return counts
+    return largest_remainder(real, params.per_class * num_classes)
 
 
 def sample(

@@ -13,13 +13,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ganpipe.config import DataParams
+from ganpipe.config import DataParams, Params
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
 from ganpipe.data.sources import load_source
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import atomic_dir
+from ganpipe.ops.tracking import Tracker
+from ganpipe.paths import Paths
 
 OUTPUT_FILES = {"train.npz", "test.npz", "summary.json"}
+
+
+def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
+    """The stage: `data.source` -> `paths.prepared`."""
+    return prepare(params.data, paths.prepared, origin=params.origin)
 
 
 def prepare(params: DataParams, out_dir: str | Path, origin: str = "<params>") -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Does the synthetic data help? Downstream classifiers trained with and without it.
 
 Off by default (`evaluate.utility`): it trains 2 + 2 x len(uplift_fractions) x uplift_seeds small
-classifiers. Each is a fresh `build_classifier` network (the domain classifier's architecture),
-Adam at the domain classifier's learning rate, batches of `evaluate.classifier_batch_size`, and is
+classifiers. Each is a fresh `ganpipe.evaluator.new_classifier` network (the domain classifier's
+architecture and training recipe), batches of `evaluate.classifier_batch_size`, and is
 scored on the real test split.
 
   cas_accuracy   Classification Accuracy Score (Ravuri & Vinyals 2019): trained on synthetic samples
@@ -40,8 +40,9 @@ import numpy as np
 
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, Split, to_float
+from ganpipe.data.sampling import stratified_subsample
+from ganpipe.data.synthetic import select_synthetic, synthetic_counts
 from ganpipe.errors import DataError
-from ganpipe.metrics.reference import stratified_subsample
 
 
 @dataclass(frozen=True)
@@ -87,21 +88,14 @@ def train_and_test(
 ) -> TrainResult:
     """Train a fresh `build_classifier` network for exactly `steps` steps on `train`; its accuracy
     on `test`."""
-    import keras
+    from ganpipe.evaluator import classifier_accuracy, new_classifier
 
-    from ganpipe.models.classifier import LEARNING_RATE, accuracy, build_classifier
-
-    keras.utils.set_random_seed(seed)
-    model = build_classifier(image_shape, num_classes)
-    model.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    model = new_classifier(image_shape, num_classes, seed)
     done = 0
     for idx in batch_indices(len(train), steps, batch_size, np.random.default_rng(seed)):
         model.train_on_batch(to_float(train.images[idx]), train.labels[idx])
         done += 1
-    return TrainResult(accuracy(model, test.images, test.labels), done)
+    return TrainResult(classifier_accuracy(model, test.images, test.labels), done)
 
 
 def fraction_tag(fraction: float) -> str:
@@ -131,8 +125,6 @@ def _synthetic_for(
     round(ratio x the subset's count), drawn as the augment stage draws."""
     if ratio is None:
         return pool
-    from ganpipe.stages.augment import select_synthetic, synthetic_counts
-
     wanted = synthetic_counts(ratio, np.bincount(subset.labels, minlength=len(class_names)))
     remedy = (
         f"for evaluate.uplift_synthetic_ratio={ratio} among the evaluated (and accepted) "

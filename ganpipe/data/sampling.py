@@ -1,0 +1,34 @@
+"""Per-class quotas and stratified draws, shared by generate, evaluate and the utility study."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+    """int64 quotas proportional to `weights` that add up to exactly `total`: floor(share x total),
+    the remainder going one each to the largest fractional parts (ties to the lower index)."""
+    w = np.asarray(weights, dtype=np.float64)
+    exact = w / w.sum() * total
+    quota = np.floor(exact).astype(np.int64)
+    left = total - int(quota.sum())
+    quota[np.argsort(-(exact - quota), kind="stable")[:left]] += 1
+    return quota
+
+
+def stratified_subsample(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of `n` samples (all if fewer) keeping each class's share of `labels`.
+
+    Quotas by `largest_remainder`; within a class the samples are drawn uniformly without
+    replacement.
+    """
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = largest_remainder(counts, n)
+    picked = [
+        rng.choice(np.flatnonzero(labels == c), q, replace=False)
+        for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))

@@ -1,0 +1,211 @@
+"""The evaluator: the domain classifier that judges every generator of a dataset, in one place.
+
+A small CNN (`ganpipe.models.classifier.build_classifier`) trained on the prepared real training
+split. Its penultimate layer ("features") plays the role of Inception's pool3 for the Fréchet and
+kernel distances; its logits give the conditional accuracy, the classifier score and the off-label
+filter (`accept_mask`). The classifier stage trains it, and augment, evaluate and the utility study
+load it from the cache in `<cache_dir>/` (classifier.keras + meta.json).
+
+The cache key holds the prepared data's content hash, the classifier params and a fingerprint of
+the code that builds and trains the network (`CODE`), so the network is retrained exactly when one
+of those changes: an evaluator trained by other code is never reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from ganpipe.config import EvaluateParams
+from ganpipe.data.prepared import Prepared, load_prepared, to_float
+from ganpipe.io import atomic_path, read_json, write_json
+from ganpipe.keys import source_fingerprint
+from ganpipe.metrics.features import extract
+from ganpipe.models.classifier import build_classifier, feature_extractor
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "classifier.keras"
+META_FILE = "meta.json"
+LEARNING_RATE = 1e-3
+# The source that shapes the cached network: its builder and this training recipe.
+CODE = ("models/classifier.py", "evaluator.py")
+
+
+def new_classifier(image_shape: tuple[int, int, int], num_classes: int, seed: int) -> keras.Model:
+    """A seeded, compiled `build_classifier` network: the one training recipe (Adam at
+    LEARNING_RATE, cross-entropy on logits) for the evaluator and the utility study's models."""
+    keras.utils.set_random_seed(seed)
+    model = build_classifier(image_shape, num_classes)
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+@dataclass
+class Evaluator:
+    """The trained domain classifier and its meta.json (cache key, accuracies, training stamp)."""
+
+    model: keras.Model
+    meta: dict[str, Any]
+
+    @cached_property
+    def extractor(self) -> keras.Model:
+        """Two outputs over the same weights: [features (N x 128), logits (N x num_classes)]."""
+        return feature_extractor(self.model)
+
+    def features(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(features, softmax probabilities) of uint8 `images`."""
+        return extract(self.extractor, images, batch_size)
+
+    def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
+        """Fraction of uint8 `images` assigned their label."""
+        return classifier_accuracy(self.model, images, labels)
+
+    def accept_mask(
+        self, images: np.ndarray, labels: np.ndarray, min_confidence: float = 0.0
+    ) -> np.ndarray:
+        """`accept_mask` of uint8 `images` through this classifier."""
+        return accept_mask(self.features(images)[1], labels, min_confidence)
+
+
+def classifier_accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of uint8 `images` a `build_classifier` model labels correctly."""
+    _, probs = extract(feature_extractor(model), images)
+    return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def cache_key(prepared: Prepared, params: EvaluateParams) -> dict[str, Any]:
+    """What the cached network depends on: the data version, its params, the code."""
+    return {
+        "content_hash": prepared.content_hash,
+        "image_shape": list(prepared.image_shape),
+        "num_classes": prepared.num_classes,
+        "classifier_epochs": params.classifier_epochs,
+        "classifier_batch_size": params.classifier_batch_size,
+        "seed": params.seed,
+        "code": source_fingerprint(*CODE),
+    }
+
+
+def _train(prepared: Prepared, params: EvaluateParams) -> tuple[keras.Model, dict[str, Any]]:
+    """Train a fresh classifier on the real training split; (model, training history summary)."""
+    model = new_classifier(prepared.image_shape, prepared.num_classes, params.seed)
+    history = model.fit(
+        to_float(prepared.train.images),
+        prepared.train.labels,
+        epochs=params.classifier_epochs,
+        batch_size=params.classifier_batch_size,
+        shuffle=True,
+        verbose=0,
+    )
+    return model, {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def _load_cached(cache: Path, key: dict[str, Any]) -> Evaluator | None:
+    model_path, meta_path = cache / MODEL_FILE, cache / META_FILE
+    if not (model_path.exists() and meta_path.exists()):
+        return None
+    try:
+        meta = read_json(meta_path)
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable (%s); retraining the classifier", meta_path, e)
+        return None
+    if meta.get("key") != key:
+        log.info("%s: cache key changed; retraining the classifier", meta_path)
+        return None
+    try:
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as e:  # a damaged file is a cache miss, not a failure
+        log.warning("%s: cannot load (%s); retraining the classifier", model_path, e)
+        return None
+    return Evaluator(model, meta)
+
+
+def get_evaluator(
+    data_dir: str | os.PathLike[str],
+    params: EvaluateParams,
+    cache_dir: str | os.PathLike[str] = "evaluator",
+) -> Evaluator:
+    """The domain classifier for the prepared data in `data_dir`.
+
+    Loads `<cache_dir>/classifier.keras` when `<cache_dir>/meta.json` records the same cache key;
+    otherwise trains one (`new_classifier`, params.classifier_epochs / classifier_batch_size),
+    measures its accuracy on the real test split, and saves model then meta atomically (meta last,
+    so a meta.json always describes the model beside it).
+    """
+    prepared = load_prepared(data_dir)
+    cache = Path(cache_dir)
+    key = cache_key(prepared, params)
+    cached = _load_cached(cache, key)
+    if cached is not None:
+        return cached
+
+    t0 = time.perf_counter()
+    model, history = _train(prepared, params)
+    seconds = time.perf_counter() - t0
+    meta = {
+        "key": key,
+        "test_accuracy": classifier_accuracy(model, prepared.test.images, prepared.test.labels),
+        "train_accuracy": classifier_accuracy(model, prepared.train.images, prepared.train.labels),
+        "final_loss": history.get("loss"),
+        "num_train": len(prepared.train),
+        "num_test": len(prepared.test),
+        "class_names": prepared.class_names,
+        "train_seconds": round(seconds, 2),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "keras_version": keras.__version__,
+    }
+    (cache / META_FILE).unlink(missing_ok=True)  # no meta means no valid cache while we write
+    with atomic_path(cache / MODEL_FILE, suffix=".keras") as tmp, warnings.catch_warnings():
+        # Keras's own np.array(variable) on NumPy 2; harmless, and not ours to fix
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        model.save(tmp)
+    write_json(cache / META_FILE, meta)
+    return Evaluator(model, meta)
+
+
+# ---- the off-label filter: pure functions over the evaluator's probabilities ------------------------
+# A conditional generator sometimes draws a sample that looks like another class (a "4" asked for,
+# a "9" drawn); added with the asked-for label it is label noise. The augment stage
+# (augment.reject_off_label) and the utility uplift keep a sample only when the evaluator predicts
+# its conditioning label with at least `min_confidence` probability.
+
+
+def accept_mask(probs: np.ndarray, labels: np.ndarray, min_confidence: float = 0.0) -> np.ndarray:
+    """Bool mask over samples: the arg-max class is the label and its probability is at least
+    `min_confidence`. `probs`: N x K softmax outputs; `labels`: N conditioning labels."""
+    probs = np.asarray(probs)
+    labels = np.asarray(labels, dtype=np.int64)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} do not match")
+    on_label = probs[np.arange(len(labels)), labels]
+    return (probs.argmax(axis=1) == labels) & (on_label >= min_confidence)
+
+
+def rejection_summary(
+    labels: np.ndarray, mask: np.ndarray, class_names: list[str], min_confidence: float
+) -> dict[str, Any]:
+    """What the filter did, for summaries: accept rate, accepted and rejected counts per class."""
+    labels = np.asarray(labels, dtype=np.int64)
+    k = len(class_names)
+    accepted = np.bincount(labels[mask], minlength=k)[:k]
+    rejected = np.bincount(labels[~mask], minlength=k)[:k]
+    return {
+        "min_confidence": min_confidence,
+        "accept_rate": float(mask.mean()) if len(mask) else 1.0,
+        "accepted_by_class": dict(zip(class_names, accepted.tolist(), strict=True)),
+        "rejected_by_class": dict(zip(class_names, rejected.tolist(), strict=True)),
+    }

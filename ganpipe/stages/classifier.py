@@ -1,0 +1,20 @@
+"""Stage `classifier`: train (or find in its cache) the evaluator for the prepared data.
+
+The evaluator itself (network, training recipe, cache, features, off-label filter) lives in
+`ganpipe.evaluator`; augment, evaluate and the utility study load it from the same cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ganpipe.config import Params
+from ganpipe.ops.tracking import Tracker
+from ganpipe.paths import Paths
+
+
+def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
+    """The stage: `paths.prepared` -> `paths.evaluator` (classifier.keras, meta.json)."""
+    from ganpipe.evaluator import get_evaluator
+
+    return get_evaluator(paths.prepared, params.evaluate, paths.evaluator).meta
