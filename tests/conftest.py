@@ -52,8 +52,17 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def harness():
     """One Prefect test server for the whole test run, shared by every flow test."""
-    pytest.importorskip("prefect")
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Name every skipped test (pytest's own summary groups skips by the line that skipped)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        terminalreporter.section(f"{len(skipped)} skipped", sep="-")
+        for report in skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+            terminalreporter.write_line(f"SKIPPED {report.nodeid}: {reason}")

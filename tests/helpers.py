@@ -28,10 +28,13 @@ def quiet_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], cwd: Path, timeout: int = 600, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`cmd` from the venv (as after activating it), quietly; `env`: extra environment."""
     exe = GANPIPE if cmd[0] == "ganpipe" else shutil.which(cmd[0], path=Path(sys.executable).parent)
     return subprocess.run(
-        [exe or cmd[0], *cmd[1:]], cwd=cwd, env=quiet_env(), capture_output=True, text=True,
+        [exe or cmd[0], *cmd[1:]], cwd=cwd, env=quiet_env(**env), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
 

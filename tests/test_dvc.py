@@ -45,10 +45,15 @@ def make_repo(root: Path, params: str) -> Path:
     return root
 
 
+def repro_here(root: Path) -> subprocess.CompletedProcess[str]:
+    """`dvc repro` running the project's own copy of the code (PYTHONPATH), as in a user's clone."""
+    return run(["dvc", "repro"], cwd=root, PYTHONPATH=str(root))
+
+
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
     root = make_repo(tmp_path_factory.mktemp("dvc"), full_params(TINY, "tracking.enabled=true"))
-    result = run(["dvc", "repro"], cwd=root)
+    result = repro_here(root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return root
 
@@ -66,7 +71,7 @@ def test_repro_runs_every_stage_into_one_mlflow_run(repro):
 
 def test_second_repro_is_a_no_op(repro):
     before = (repro / "models/generator.keras").stat().st_mtime_ns
-    result = run(["dvc", "repro"], cwd=repro)
+    result = repro_here(repro)
     assert result.returncode == 0
     assert "Running stage" not in result.stdout
     assert (repro / "models/generator.keras").stat().st_mtime_ns == before
@@ -87,6 +92,20 @@ def test_experiment_with_a_changed_param(repro):
     assert len(rows) - 1 == 3 * (400 // 32)  # 40 per class x 10 classes, 80% for training
     shown = run(["dvc", "exp", "show", "--json"], cwd=repro)
     assert shown.returncode == 0 and '"epochs": 3' in shown.stdout  # the experiment is listed
+
+
+def test_changed_training_code_retrains(repro):
+    """A checkpoint made by other code is not resumed: after an edit to the trainer, `dvc repro`
+    reruns train, which starts afresh under a new run key instead of "nothing to do"."""
+    before = json.loads((repro / "models/train_summary.json").read_text())
+    trainer = repro / "ganpipe/training/trainer.py"
+    trainer.write_text(trainer.read_text() + "\n# an edit to the training code\n")
+    result = repro_here(repro)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Running stage 'train'" in result.stdout
+    after = json.loads((repro / "models/train_summary.json").read_text())
+    assert after["run_key"] != before["run_key"]
+    assert after["resumed_from_step"] == 0 and after["steps_trained"] == after["steps"] > 0
 
 
 def write_pngs(folder: Path, seed: int) -> None:
