@@ -18,8 +18,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
 def json_sha256(obj: Any, length: int = 64) -> str:
-    """sha256 (hex, first `length` digits) of `obj` as canonical JSON (sorted keys)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    """sha256 (hex, first `length` digits) of `obj` as JSON with sorted keys (json.dumps' default
+    separators: the keys stored before this function existed stay the same)."""
+    blob = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
