@@ -11,10 +11,15 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ganpipe.errors import GanpipeError
 from ganpipe.pipeline import STAGES, Paths, run_file, run_stage
+
+if TYPE_CHECKING:
+    from ganpipe.config import Params
 
 # Stages that log into the pipeline's MLflow run; `train` opens it, the later ones rejoin it.
 TRACKED = {"train", "generate", "evaluate"}
@@ -85,40 +90,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_one(name: str, params, paths: Paths, progress: bool = True) -> dict:
-    """One stage as its own process (how `dvc repro` runs it)."""
-    from ganpipe.ops.tracking import NULL_TRACKER, start_tracker
+def run_one(name: str, params: Params, paths: Paths, progress: bool = True) -> dict[str, Any]:
+    """One stage as its own process (how `dvc repro` runs it). `train` opens the pipeline's MLflow
+    run; generate and evaluate rejoin it through the run file beside the model."""
+    from ganpipe.ops.tracking import NULL_TRACKER, tracked_run
 
-    tracker = NULL_TRACKER
-    if name in TRACKED:
+    if name not in TRACKED:
+        run = nullcontext(NULL_TRACKER)
+    else:
         resume = None if name == "train" else run_file(paths)
-        tracker = start_tracker(params, run_name="pipeline", resume_from=resume)
-    try:
-        result = run_stage(name, params, paths, tracker, progress)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.finish()
-    return result
+        run = tracked_run(params, run_name="pipeline", resume_from=resume)
+    with run as tracker:
+        return run_stage(name, params, paths, tracker, progress)
 
 
-def run_all(params, paths: Paths, progress: bool = True) -> dict:
+def run_all(params: Params, paths: Paths, progress: bool = True) -> dict[str, Any]:
     """Every stage in order, one MLflow run for all of them."""
-    from ganpipe.ops.tracking import start_tracker
+    from ganpipe.ops.tracking import tracked_run
 
-    tracker = start_tracker(params, run_name="pipeline")
-    results: dict = {"run_id": tracker.run_id, "seconds": {}}
-    try:
+    with tracked_run(params, run_name="pipeline") as tracker:
+        results: dict[str, Any] = {"run_id": tracker.run_id, "seconds": {}}
         for name in STAGES:
             t0 = time.perf_counter()
             print(f"== {name}", file=sys.stderr, flush=True)
             results[name] = run_stage(name, params, paths, tracker, progress)
             results["seconds"][name] = round(time.perf_counter() - t0, 1)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    tracker.log_metrics({f"seconds_{k}": v for k, v in results["seconds"].items()})
-    tracker.finish()
+        tracker.log_metrics({f"seconds_{k}": v for k, v in results["seconds"].items()})
     return results
 
 

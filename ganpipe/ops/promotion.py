@@ -26,16 +26,23 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ganpipe.ops import Logger
+from ganpipe.ops.tracking import load_keras_model, model_version_by_alias
+
+if TYPE_CHECKING:
+    from ganpipe.config import Params
+    from ganpipe.ops.tracking import MlflowTracker
+    from ganpipe.pipeline import Paths
 
 log = logging.getLogger(__name__)
 
 ALIAS = "champion"
 IDENTITY_TAG = "evaluate.identity"
 DATA_TAG = "data.content_hash"
-MODEL_TAG = (
-    "registered_model"  # "name/version", set by ganpipe.ops.tracking.MlflowTracker.log_generator
-)
+# "name/version", set by ganpipe.ops.tracking.MlflowTracker.log_generator
+MODEL_TAG = "registered_model"
 
 # Given the champion's model URI ("models:/name/version"), its metrics on the current data.
 Reevaluate = Callable[[str], dict[str, Any]]
@@ -86,23 +93,17 @@ def evaluation_identity(evaluator_dir: str | Path, evaluate_params: dict[str, An
     if not meta.exists():
         return None
     key = json.loads(meta.read_text()).get("key")
+    # Not `ganpipe.keys.json_sha256`: that hashes compact JSON (",", ":"), this hash has always used
+    # json.dumps' default separators (", ", ": "), and it is compared with the tag stored on the
+    # champion's run, possibly written long ago. Another hash would make every stored champion look
+    # "not comparable" once and force a re-evaluation.
     blob = json.dumps({"evaluator": key, "evaluate": evaluate_params}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def better(new: float, old: float, mode: str) -> bool:
+    """Strictly better: a tie keeps the champion, so the alias does not move without a gain."""
     return new < old if mode == "min" else new > old
-
-
-def _champion(client: Any, name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, ALIAS)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
 
 
 def _number(value: Any) -> float | None:
@@ -137,7 +138,7 @@ def decide(
     if d.value is None:
         d.reason = f"run {run_id} has no finite metric {metric!r}"
         return d
-    champ = _champion(client, name)
+    champ = model_version_by_alias(client, name, ALIAS)
     if champ is None:
         d.promoted = True
         d.reason = f"first model: {name} had no {ALIAS!r} alias"
@@ -206,21 +207,18 @@ def promote_if_better(
 def reevaluate_champion(
     tracking_uri: str,
     model_uri: str,
-    params: Any,
+    params: Params,
     prepared_dir: str | Path,
     evaluator_dir: str | Path,
 ) -> dict[str, Any]:
     """Score the registered generator at `model_uri` on the prepared data in `prepared_dir` with
     the cached evaluator in `evaluator_dir` (the same evaluation the new run got). Works in a
     temporary directory; logs nothing."""
-    import mlflow
-    import mlflow.keras
-
+    # The stages load TensorFlow: imported here, so deciding alone (`decide`) stays light.
     from ganpipe.stages.evaluate import evaluate
     from ganpipe.stages.generate import GENERATOR_FILE, generate
 
-    mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.keras.load_model(model_uri, load_model_kwargs={"compile": False})
+    model = load_keras_model(tracking_uri, model_uri)
     gen_params = params.generate.model_copy(update={"write_png": False})
     with tempfile.TemporaryDirectory(prefix="ganpipe-champion-") as tmp:
         models = Path(tmp) / "models"
@@ -232,3 +230,32 @@ def reevaluate_champion(
             params.evaluate, prepared_dir, Path(tmp) / "synthetic", Path(tmp) / "metrics",
             evaluator_dir,
         )  # fmt: skip
+
+
+def promote_run(
+    tracker: MlflowTracker,
+    params: Params,
+    paths: Paths,
+    logger: Logger = log,
+) -> Decision:
+    """Champion promotion for a finished pipeline run in `tracker`: tag the run with its evaluation
+    identity, then `promote_if_better` by the params' champion metric and mode, re-evaluating the
+    champion on this run's prepared data and evaluator when the logged numbers do not compare.
+    `logger` receives the progress lines (the Prefect flow passes its run logger)."""
+    identity = evaluation_identity(paths.evaluator, params.evaluate.model_dump())
+    if identity:
+        tracker.set_tags({IDENTITY_TAG: identity})
+
+    def reevaluate(model_uri: str) -> dict[str, Any]:
+        logger.info("re-evaluating the champion %s on the current data", model_uri)
+        return reevaluate_champion(tracker.uri, model_uri, params, paths.prepared, paths.evaluator)
+
+    decision = promote_if_better(
+        tracker.client,
+        tracker.run_id,
+        params.tracking.champion_metric,
+        params.tracking.champion_mode,
+        reevaluate,
+    )
+    logger.info("champion: %s: %s", decision.decision, decision.reason)
+    return decision

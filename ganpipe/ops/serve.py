@@ -17,6 +17,9 @@ Each service is started in its own process group and waited for (Prefect `/api/h
 `/health`, the worker: registered with its pool); on failure the error names the service and shows
 its log's tail. Stopping (Ctrl-C, SIGTERM, leaving the `Services` context) terminates every process
 group and any descendants (flow runs start in their own sessions), then kills what is left.
+
+`shared_prefect_server` is the light alternative for one command (a sweep): a temporary Prefect
+server for this process and its Dask workers, unless PREFECT_API_URL already names one.
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ganpipe.ops import console_script
 
 DEFAULT_STATE = Path(".ganpipe_serve")
 POOL = "ganpipe"
@@ -70,12 +77,6 @@ class Service:
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise self.fail(f"exited with status {self.proc.returncode}")
-
-
-def _bin(name: str) -> str:
-    """The console script from this interpreter's environment."""
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else name
 
 
 def _get(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
@@ -173,14 +174,15 @@ class Services:
         server_env.pop("MLFLOW_TRACKING_URI", None)
         prefect = self._service(
             "prefect-server",
-            [_bin("prefect"), "server", "start", "--host", self.host,
+            [console_script("prefect"), "server", "start", "--host", self.host,
              "--port", str(self.prefect_port)],
             server_env,
         )  # fmt: skip
         mlflow = self._service(
             "mlflow-server",
-            [_bin("mlflow"), "server", "--host", self.host, "--port", str(self.mlflow_port),
-             "--workers", "1", "--backend-store-uri", str(self.mlflow_backend_store_uri),
+            [console_script("mlflow"), "server", "--host", self.host,
+             "--port", str(self.mlflow_port), "--workers", "1",
+             "--backend-store-uri", str(self.mlflow_backend_store_uri),
              "--artifacts-destination", str(self.mlflow_artifacts)],
             self._env(),
         )  # fmt: skip
@@ -194,8 +196,8 @@ class Services:
             worker_env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.poll_seconds)
         worker = self._service(
             "worker",
-            [_bin("prefect"), "worker", "start", "--pool", self.pool, "--type", "process",
-             "--name", f"ganpipe-{os.getpid()}"],
+            [console_script("prefect"), "worker", "start", "--pool", self.pool,
+             "--type", "process", "--name", f"ganpipe-{os.getpid()}"],
             worker_env,
         )  # fmt: skip
         url = f"{self.prefect_api_url}/work_pools/{self.pool}/workers/filter"
@@ -269,6 +271,32 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)  # start_new_session: the group id is the leader's pid
     except ProcessLookupError:
         pass
+
+
+@contextmanager
+def shared_prefect_server() -> Iterator[None]:
+    """Without PREFECT_API_URL every Dask worker process would start a temporary Prefect server of
+    its own and record its task runs there; start one here and hand its URL to the workers instead
+    (in the environment, which a local cluster's worker processes inherit)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # before the server goes: else exit retries for a minute
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
 
 
 # ---- CLI -------------------------------------------------------------------------------------------

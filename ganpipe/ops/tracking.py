@@ -7,7 +7,11 @@ run is invisible.
 
 One MLflow run per pipeline run: `ganpipe run` and the Prefect flow open one and pass it to every
 stage; under `dvc repro`, where each stage is its own process, the train stage opens it and leaves its
-id in `<model_dir>/mlflow_run.json`, and the later stages log into the same run.
+id in `<model_dir>/mlflow_run.json`, and the later stages log into the same run. Whoever opens a run
+does so with `tracked_run`, so every run ends FINISHED, FAILED or KILLED, never left RUNNING.
+
+This is the only module that imports mlflow (lazily: `ganpipe prepare` never loads it). Promotion
+and sweeps reach the registry through the functions at the end of this file.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,10 @@ class Tracker:
 
     def log_generator(self, model_path: str | os.PathLike[str]) -> None:
         """Log (and register, if configured) the generator saved at `model_path`."""
+
+    def run_url(self) -> str | None:
+        """The run's page in the MLflow UI, when there is one."""
+        return None
 
     def finish(self, status: str = "FINISHED") -> None:
         pass
@@ -139,6 +149,13 @@ class MlflowTracker(Tracker):
             self.set_tags({"registered_model": f"{name}/{version}"})
         self.client.update_run(self.run_id, status="RUNNING")
 
+    def run_url(self) -> str | None:
+        """The MLflow UI's page of the run, when the tracking URI is a server's."""
+        if not self.uri.startswith(("http://", "https://")):
+            return None
+        exp = self.client.get_run(self.run_id).info.experiment_id
+        return f"{self.uri.rstrip('/')}/#/experiments/{exp}/runs/{self.run_id}"
+
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
@@ -163,9 +180,72 @@ def start_tracker(
     return tracker
 
 
+@contextmanager
+def tracked_run(
+    params: Params, run_name: str = "pipeline", resume_from: Path | None = None
+) -> Iterator[Tracker]:
+    """`start_tracker(...)` for the body of a `with`: the run ends FINISHED when the body returns,
+    KILLED on Ctrl-C (KeyboardInterrupt), FAILED on any other exception, which is re-raised. The one
+    place a run's lifecycle is handled, so no caller can leave it RUNNING."""
+    tracker = start_tracker(params, run_name=run_name, resume_from=resume_from)
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+
+
 def save_run_file(tracker: Tracker, model_dir: str | os.PathLike[str]) -> None:
     """Leave the run id beside the model so later stages (other processes) log into the same run."""
     if isinstance(tracker, MlflowTracker):
         write_json(
             Path(model_dir) / RUN_FILE, {"run_id": tracker.run_id, "tracking_uri": tracker.uri}
         )
+
+
+# ---- the model registry, for promotion and sweeps ---------------------------------------------
+
+
+def model_version_by_alias(client: Any, name: str, alias: str) -> Any | None:
+    """The `ModelVersion` of registered model `name` holding `alias`, or None when the model or the
+    alias does not exist (the first model ever registered has no champion yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def load_keras_model(tracking_uri: str, model_uri: str) -> Any:
+    """The Keras model at `model_uri` (e.g. "models:/name/3") in the store at `tracking_uri`,
+    uncompiled (generators are only sampled)."""
+    import mlflow
+    import mlflow.keras
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.keras.load_model(model_uri, load_model_kwargs={"compile": False})
+
+
+def register_generator(tracker: MlflowTracker, run_id: str, model_name: str) -> str:
+    """Register the generator logged by run `run_id` (in `tracker`'s store) as a new version of
+    `model_name`; return "name/version". The generator is found as the run's logged model named
+    "generator" (MLflow 3), else by its run-relative path."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracker.uri)
+    experiment = tracker.client.get_run(run_id).info.experiment_id
+    logged = mlflow.search_logged_models(
+        experiment_ids=[experiment],
+        filter_string=f"source_run_id = '{run_id}' AND name = 'generator'",
+        output_format="list",
+    )
+    uri = f"models:/{logged[0].model_id}" if logged else f"runs:/{run_id}/generator"
+    version = mlflow.register_model(uri, model_name)
+    return f"{model_name}/{version.version}"
