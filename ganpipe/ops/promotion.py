@@ -18,7 +18,6 @@ registered is promoted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -28,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ganpipe.keys import json_sha256
 from ganpipe.ops import Logger
 from ganpipe.ops.tracking import load_keras_model, model_version_by_alias
 
@@ -93,12 +93,10 @@ def evaluation_identity(evaluator_dir: str | Path, evaluate_params: dict[str, An
     if not meta.exists():
         return None
     key = json.loads(meta.read_text()).get("key")
-    # Not `ganpipe.keys.json_sha256`: that hashes compact JSON (",", ":"), this hash has always used
-    # json.dumps' default separators (", ", ": "), and it is compared with the tag stored on the
-    # champion's run, possibly written long ago. Another hash would make every stored champion look
-    # "not comparable" once and force a re-evaluation.
-    blob = json.dumps({"evaluator": key, "evaluate": evaluate_params}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    # Compared with the tag on the champion's run, possibly written long ago: the hash must not
+    # change (json_sha256 is the sha256 this always was), or every stored champion would look
+    # "not comparable" once and be re-evaluated.
+    return json_sha256({"evaluator": key, "evaluate": evaluate_params}, 16)
 
 
 def better(new: float, old: float, mode: str) -> bool:
