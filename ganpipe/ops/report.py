@@ -1,0 +1,91 @@
+"""The markdown reports the Prefect flows publish as artifacts: one for a pipeline run, one for a
+sweep. Plain functions of the results, so they are tested without Prefect; the flows only publish.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ganpipe.ops.sweep import Sweep
+    from ganpipe.pipeline import Paths
+
+# The sweep table's columns after the sweep's own metric.
+SWEEP_METRICS = ("classifier_fd", "kid_mean", "conditional_accuracy", "precision", "recall")
+
+
+def _cell(v: Any) -> str:
+    return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def pipeline_report(
+    metrics: dict[str, Any],
+    paths: Paths,
+    run_id: str | None,
+    promotion: dict[str, Any] | None = None,
+    run_url: str | None = None,
+) -> str:
+    """The run's report: metrics (beside the champion's when promotion compared them), the
+    promotion decision (`Decision.as_dict()`), and where the outputs are."""
+    champ = (promotion or {}).get("champion_metrics") or {}
+    if champ:
+        label = f"champion v{promotion['champion_version']} ({promotion['basis']})"
+        head = f"| metric | this run | {label} |\n|---|---|---|\n"
+        rows = "\n".join(
+            f"| {k} | {_cell(v)} | {_cell(champ.get(k))} |" for k, v in sorted(metrics.items())
+        )
+    else:
+        head = "| metric | value |\n|---|---|\n"
+        rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in sorted(metrics.items()))
+    text = f"# ganpipe run\n\n{head}{rows}\n"
+    if promotion:
+        text += (
+            f"\n## Champion: {promotion['decision']}\n"
+            f"- model: `{promotion['model_name']}` version {promotion['version']}"
+            f" ({promotion['metric']}, {promotion['mode']} is better)\n"
+            f"- reason: {promotion['reason']}\n"
+        )
+    run = f"[{run_id}]({run_url})" if run_id and run_url else f"`{run_id or 'tracking off'}`"
+    models, synthetic, metrics_dir = paths.models, paths.synthetic, paths.metrics
+    return text + (
+        "\n## Outputs\n"
+        f"- generator: `{models / 'generator.keras'}`"
+        f" (sample grid `{models / 'samples' / 'final.png'}`)\n"
+        f"- synthetic data: `{synthetic}/`"
+        f" (samples.npz, images/, manifest.csv, grid `{synthetic / 'grid.png'}`)\n"
+        f"- augmented data: `{paths.augmented / 'train.npz'}`\n"
+        f"- metrics: `{metrics_dir / 'eval.json'}`, `{metrics_dir / 'per_class.csv'}`\n"
+        f"- MLflow run: {run}\n"
+    )
+
+
+def sweep_report(
+    sweep: Sweep, sweep_id: str, results: list[dict[str, Any]], best: dict[str, Any]
+) -> str:
+    """A table of every configuration (its overrides, metrics or error, MLflow run, outputs) under
+    a line naming the best by the sweep's metric. `best` must be one of `results` (it is bolded)."""
+    cols = [sweep.metric, *(m for m in SWEEP_METRICS if m != sweep.metric)]
+    head = "| config | overrides | " + " | ".join(cols) + " | MLflow run | outputs |"
+    lines = [head, "|" + "---|" * (len(cols) + 4)]
+    overrides = {c.name: c.overrides for c in sweep.configs}
+    for r in results:
+        name = f"**{r['name']}** (best)" if r is best else r["name"]
+        ov = ", ".join(f"`{k}={v}`" for k, v in overrides[r["name"]].items())
+        if "error" in r:
+            vals = ["failed: " + r["error"].replace("|", "/")[:120]] + [""] * (len(cols) - 1)
+        else:
+            vals = [_fmt(r["metrics"].get(c, "")) for c in cols]
+        lines.append(
+            f"| {name} | {ov} | {' | '.join(vals)} | {r.get('run_id') or '-'} | `{r['root']}` |"
+        )
+    return (
+        f"# ganpipe sweep {sweep_id}\n\n"
+        f"Best by {sweep.metric} ({sweep.mode}): **{best['name']}** = "
+        f"{_fmt(best['metrics'][sweep.metric])}, outputs `{best['root']}`\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
