@@ -1,0 +1,366 @@
+"""Fast unit tests of ganpipe/ops: no Prefect server, no MLflow server, no training. Where MLflow is
+needed it is one SQLite store in a temporary folder, shared by the module."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from ganpipe.config import load_params
+from ganpipe.errors import ConfigError
+from ganpipe.ops import console_script, tracking
+from ganpipe.ops import dvc as ops_dvc
+from ganpipe.ops import sweep as sweeps
+from ganpipe.ops.promotion import evaluation_identity
+from ganpipe.ops.report import pipeline_report, sweep_report
+from ganpipe.ops.tracking import NULL_TRACKER, Tracker, tracked_run
+from ganpipe.pipeline import Paths
+from tests.helpers import TINY
+
+# ---- console scripts -----------------------------------------------------------------------------
+
+
+def test_console_script_prefers_this_environment_else_the_bare_name():
+    assert console_script("python") == str(Path(sys.executable).parent / "python")
+    assert console_script("no-such-ganpipe-tool") == "no-such-ganpipe-tool"
+
+
+# ---- tracked_run: the lifecycle, with a recording tracker ----------------------------------------
+
+
+class Recorder(Tracker):
+    run_id = "recorded"
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.statuses.append(status)
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    rec = Recorder()
+    monkeypatch.setattr(tracking, "start_tracker", lambda *a, **k: rec)
+    return rec
+
+
+def test_tracked_run_finishes_on_success(recorder):
+    with tracked_run(load_params(TINY, [])) as tracker:
+        assert tracker is recorder and recorder.statuses == []
+    assert recorder.statuses == ["FINISHED"]
+
+
+def test_tracked_run_fails_and_reraises_on_an_error(recorder):
+    with pytest.raises(ValueError, match="boom"), tracked_run(load_params(TINY, [])):
+        raise ValueError("boom")
+    assert recorder.statuses == ["FAILED"]
+
+
+def test_tracked_run_is_killed_by_ctrl_c(recorder):
+    with pytest.raises(KeyboardInterrupt), tracked_run(load_params(TINY, [])):
+        raise KeyboardInterrupt
+    assert recorder.statuses == ["KILLED"]
+
+
+def test_tracked_run_with_tracking_off_is_the_null_tracker():
+    with tracked_run(load_params(TINY, ["tracking.enabled=false"])) as tracker:
+        assert tracker is NULL_TRACKER and tracker.run_id is None and tracker.run_url() is None
+
+
+# ---- tracking against a real SQLite store --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def tracked(store: str, experiment: str, *more: str):
+    uri, exp = f"tracking.uri={store}", f"tracking.experiment={experiment}"
+    return load_params(TINY, ["tracking.enabled=true", uri, exp, *more])
+
+
+def test_tracked_run_records_the_end_state_and_a_stage_process_rejoins_the_run(store, tmp_path):
+    params = tracked(store, "lifecycle")
+    with tracked_run(params, run_name="ok") as ok:
+        tracking.save_run_file(ok, tmp_path)
+    with pytest.raises(RuntimeError), tracked_run(params, run_name="bad") as bad:
+        raise RuntimeError("stage failed")
+    client = ok.client
+    assert client.get_run(ok.run_id).info.status == "FINISHED"
+    assert client.get_run(bad.run_id).info.status == "FAILED"
+    assert client.get_run(ok.run_id).data.params["train.epochs"] == "2"
+    # a later stage (its own process under dvc repro) logs into the same run, through the run file
+    with tracked_run(params, resume_from=tmp_path / tracking.RUN_FILE) as again:
+        assert again.run_id == ok.run_id
+    assert client.get_run(ok.run_id).info.status == "FINISHED"
+    assert ok.run_url() is None  # a SQLite store has no UI page
+
+
+def test_run_url_points_at_the_server_ui():
+    class Info:
+        experiment_id = "7"
+
+    class Run:
+        info = Info()
+
+    class Client:
+        def get_run(self, run_id):
+            return Run()
+
+    stub = tracking.MlflowTracker.__new__(tracking.MlflowTracker)
+    stub.uri, stub.client, stub.run_id = "http://127.0.0.1:5000/", Client(), "abc"
+    assert stub.run_url() == "http://127.0.0.1:5000/#/experiments/7/runs/abc"
+
+
+def test_model_version_by_alias_is_none_until_the_alias_exists(store):
+    params = tracked(store, "alias")
+    with tracked_run(params) as run:
+        client = run.client
+        assert tracking.model_version_by_alias(client, "alias-model", "champion") is None
+        client.create_registered_model("alias-model")
+        assert tracking.model_version_by_alias(client, "alias-model", "champion") is None
+        version = client.create_model_version("alias-model", "file:///nowhere", run_id=run.run_id)
+        client.set_registered_model_alias("alias-model", "champion", version.version)
+        found = tracking.model_version_by_alias(client, "alias-model", "champion")
+        assert found is not None and str(found.version) == str(version.version)
+
+
+def a_sweep() -> sweeps.Sweep:
+    return sweeps.make_sweep(
+        {"grid": {"train.g_learning_rate": [1e-4, 4e-4]}, "fixed": {"train.epochs": 1}}, "s.yaml"
+    )
+
+
+def test_record_best_tags_the_parent_and_registers_only_the_best(store, tmp_path):
+    params = tracked(store, "sweep", "tracking.model_name=sweep-generator")
+    spec = a_sweep()
+    results = []
+    for config in spec.configs:
+        with tracked_run(params, run_name=config.name) as child:
+            exp = child.client.get_run(child.run_id).info.experiment_id
+            # what MlflowTracker.log_generator leaves: a logged model named "generator"
+            child.client.create_logged_model(exp, name="generator", source_run_id=child.run_id)
+        paths = Paths.under(tmp_path / config.name)
+        results.append(
+            sweeps.config_result(config.name, paths, child.run_id, {"classifier_fd": 1.0})
+        )
+    results[1]["metrics"]["classifier_fd"] = 0.5
+    failed = {"name": "02-x", "root": "/r", "error": "boom"}
+    spec = sweeps.Sweep([*spec.configs, sweeps.SweepConfig("02-x", {})], origin="s.yaml")
+    with tracked_run(params, run_name="parent") as parent:
+        best = sweeps.pick_best(spec, "sid", [*results, failed])
+        sweeps.record_best(parent, spec, [*results, failed], best, params.tracking)
+    assert best is results[1]
+    run = parent.client.get_run(parent.run_id)
+    assert run.data.metrics["best_classifier_fd"] == 0.5
+    tags = run.data.tags
+    assert tags["best_config"] == spec.configs[1].name and tags["best_run_id"] == best["run_id"]
+    assert tags["best_root"] == str(tmp_path / spec.configs[1].name)
+    assert json.loads(tags["best_overrides"]) == spec.configs[1].overrides
+    assert tags["failed_configs"] == "02-x"
+    assert tags["registered_model"] == "sweep-generator/1"
+    versions = parent.client.search_model_versions("name = 'sweep-generator'")
+    assert [v.run_id for v in versions] == [best["run_id"]]
+    sweeps.record_best(NULL_TRACKER, spec, results, best, params.tracking)  # tracking off: no-op
+
+
+# ---- promotion's evaluation identity -------------------------------------------------------------
+
+
+def test_evaluation_identity_keeps_the_hash_stored_on_earlier_champions(tmp_path):
+    assert evaluation_identity(tmp_path, {}) is None  # no evaluator cached
+    (tmp_path / "meta.json").write_text(json.dumps({"key": "abc123"}))
+    identity = evaluation_identity(tmp_path, {"max_samples": 200, "kid_subsets": 10})
+    # the value earlier versions tagged runs with: a change would make old champions incomparable
+    assert identity == "39fc32cfd2d3b74e"
+
+
+# ---- DVC helpers ---------------------------------------------------------------------------------
+
+
+def test_find_repo_walks_up_to_the_dvc_folder(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    assert ops_dvc.find_repo(tmp_path / "a" / "b") == tmp_path.resolve()
+    assert ops_dvc.find_repo(tmp_path) == tmp_path.resolve()
+    assert ops_dvc.find_repo(tmp_path.parent) is None or (tmp_path.parent / ".dvc").is_dir()
+
+
+def test_dvc_stage_repo_only_for_the_repositorys_own_params(tmp_path):
+    assert ops_dvc.dvc_stage_repo(tmp_path, None, []) is None  # no .dvc
+    (tmp_path / ".dvc").mkdir()
+    assert ops_dvc.dvc_stage_repo(tmp_path, None, []) is None  # no dvc.yaml
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    assert ops_dvc.dvc_stage_repo(tmp_path, None, []) == tmp_path.resolve()
+    own = str(tmp_path / "params.yaml")
+    assert ops_dvc.dvc_stage_repo(tmp_path, own, []) == tmp_path.resolve()
+    assert ops_dvc.dvc_stage_repo(tmp_path, own, ["train.epochs=3"]) is None
+    assert ops_dvc.dvc_stage_repo(tmp_path, str(TINY), []) is None
+
+
+def test_pull_without_a_repository_or_a_remote_does_nothing(tmp_path, caplog):
+    import subprocess
+
+    caplog.set_level(logging.INFO)
+    assert ops_dvc.pull(tmp_path / "nowhere") == "no DVC repository"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([console_script("dvc"), "init", "--no-scm", "-q"], cwd=repo, check=True)
+    (repo / "sub").mkdir()
+    assert ops_dvc.pull(repo / "sub") == "no DVC remote"
+    assert "no DVC remote configured" in caplog.text
+
+
+class Tags(Tracker):
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+        self.metrics: dict[str, float] = {}
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+
+def test_skipped_result_of_an_up_to_date_stage(tmp_path, monkeypatch):
+    paths = Paths.under(tmp_path)
+    paths.metrics.mkdir(parents=True)
+    (paths.metrics / "eval.json").write_text(json.dumps({"classifier_fd": 1.5, "note": "x"}))
+    monkeypatch.setattr(ops_dvc, "is_up_to_date", lambda repo, stage: stage != "prepare")
+    tracker = Tags()
+    assert ops_dvc.skipped_result(tmp_path, "prepare", paths, tracker) is None
+    assert tracker.tags == {}
+    assert ops_dvc.skipped_result(tmp_path, "train", paths, tracker) == {"skipped": True}
+    assert tracker.tags == {"stage.train": "skipped: up to date (dvc status)"}
+    metrics = ops_dvc.skipped_result(tmp_path, "evaluate", paths, tracker)
+    assert metrics == {"classifier_fd": 1.5, "note": "x"}  # the report still gets them
+    assert tracker.metrics == {"classifier_fd": 1.5}  # and the run logs the numbers
+
+
+# ---- reports -------------------------------------------------------------------------------------
+
+PROMOTION = {
+    "decision": "promoted", "reason": "classifier_fd 1 < champion v2's 2 (logged)",
+    "model_name": "ganpipe-generator", "version": "3", "metric": "classifier_fd", "mode": "min",
+    "champion_version": "2", "basis": "logged", "champion_metrics": {"classifier_fd": 2.0},
+}  # fmt: skip
+
+
+def test_pipeline_report_without_tracking():
+    paths = Paths.under("/out")
+    text = pipeline_report({"classifier_fd": 1.23456, "num_synthetic": 120}, paths, None)
+    assert text.startswith("# ganpipe run\n\n| metric | value |\n|---|---|\n")
+    assert "| classifier_fd | 1.2346 |" in text and "| num_synthetic | 120 |" in text
+    assert "Champion" not in text and "- MLflow run: `tracking off`" in text
+    assert "- generator: `/out/models/generator.keras` (sample grid" in text
+    assert "- metrics: `/out/metrics/eval.json`, `/out/metrics/per_class.csv`" in text
+
+
+def test_pipeline_report_beside_the_champion():
+    url = "http://mlflow/#/experiments/1/runs/r1"
+    text = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"), "r1", PROMOTION, url)
+    assert "| metric | this run | champion v2 (logged) |" in text
+    assert "| classifier_fd | 1.0000 | 2.0000 |" in text
+    assert "## Champion: promoted\n- model: `ganpipe-generator` version 3" in text
+    assert "(classifier_fd, min is better)" in text and f"- MLflow run: [r1]({url})" in text
+
+
+def test_sweep_report_bolds_the_best_and_shows_failures():
+    spec = a_sweep()
+    ok = {"name": spec.configs[0].name, "root": "/o/0", "run_id": "r0",
+          "metrics": {"classifier_fd": 1.5, "precision": 0.25}}  # fmt: skip
+    bad = {"name": spec.configs[1].name, "root": "/o/1", "error": "boom | bang"}
+    text = sweep_report(spec, "sid", [ok, bad], ok)
+    assert text.startswith("# ganpipe sweep sid\n\nBest by classifier_fd (min): ")
+    assert f"**{ok['name']}** = 1.5000, outputs `/o/0`" in text
+    assert f"| **{ok['name']}** (best) | `train.epochs=1`, `train.g_learning_rate=0.0001` |" in text
+    assert "| 1.5000 |  |  | 0.2500 |  | r0 | `/o/0` |" in text
+    assert "failed: boom / bang |" in text and "| - | `/o/1` |" in text
+
+
+# ---- sweep planning and judging ------------------------------------------------------------------
+
+
+def test_new_sweep_ids_sort_by_time_and_differ():
+    a, b = sweeps.new_sweep_id(), sweeps.new_sweep_id()
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", a) and a != b
+
+
+def test_shared_key_is_the_hash_it_always_was():
+    import hashlib
+
+    params = load_params(TINY, [])
+    blob = json.dumps([params.data.model_dump(), params.evaluate.model_dump()], sort_keys=True)
+    assert sweeps.shared_key(params) == hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def test_plan_runs_shares_prepared_data_per_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it
+    spec = sweeps.make_sweep(
+        {"configs": [{"train.epochs": 1}, {"train.epochs": 2}, {"data.max_per_class": 20}]}
+    )
+    configs = [(c, spec.params(c, TINY)) for c in spec.configs]
+    shared, jobs = sweeps.plan_runs(configs, tmp_path / "sid", "sid", "parent")
+    assert len(shared) == 2  # the first two configs share their data and evaluation
+    assert jobs[0]["shared_key"] == jobs[1]["shared_key"] != jobs[2]["shared_key"]
+    for job, config in zip(jobs, spec.configs, strict=True):
+        assert job["name"] == config.name and job["sweep_id"] == "sid"
+        assert job["parent_run_id"] == "parent"
+        common = shared[job["shared_key"]]["paths"]
+        assert common.prepared == tmp_path / "sid" / "_shared" / job["shared_key"] / "data/prepared"
+        assert job["paths"].prepared == common.prepared
+        assert job["paths"].evaluator == common.evaluator
+        assert job["paths"].models == tmp_path / "sid" / config.name / "models"
+        tracking_params = job["params"].tracking
+        assert not tracking_params.register_model  # the sweep registers the best only
+        assert tracking_params.uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert jobs[1]["params"].train.epochs == 2
+
+
+def test_base_params_apply_the_fixed_overrides():
+    spec = sweeps.make_sweep({"fixed": {"train.epochs": 7}, "configs": [{"train.batch_size": 16}]})
+    base = spec.base_params(TINY)
+    assert base.train.epochs == 7 and base.train.batch_size == 32
+
+
+class State:
+    def __init__(self, completed: bool, message: str = "", name: str = "Failed") -> None:
+        self.completed, self.message, self.name = completed, message, name
+
+    def is_completed(self) -> bool:
+        return self.completed
+
+
+def test_failed_results_say_why(tmp_path):
+    job = {"name": "01-x", "paths": Paths.under(tmp_path / "01-x")}
+    never_ran = sweeps.failed_result(job, State(False, "data missing"), State(False, "", "Pending"))
+    assert never_ran == {
+        "name": "01-x", "root": str(tmp_path / "01-x"), "error": "prepare/classifier: data missing"
+    }  # fmt: skip
+    assert sweeps.failed_result(job, State(True), State(False, "OOM"))["error"] == "OOM"
+    assert sweeps.failed_result(job, State(True), State(False, "", "Crashed"))["error"] == "Crashed"
+
+
+def test_pick_best_warns_of_failures_and_refuses_when_all_failed(caplog):
+    spec = sweeps.make_sweep({"mode": "max", "metric": "precision", "configs": [{}, {}, {}]})
+    results = [
+        {"name": "a", "root": "/a", "run_id": None, "metrics": {"precision": 0.5}},
+        {"name": "b", "root": "/b", "error": "boom"},
+        {"name": "c", "root": "/c", "run_id": None, "metrics": {"precision": 0.75}},
+    ]
+    caplog.set_level(logging.WARNING)
+    assert sweeps.pick_best(spec, "sid", results)["name"] == "c"
+    assert "config b failed: boom" in caplog.text
+    with pytest.raises(RuntimeError, match="sweep sid: every config failed: boom"):
+        sweeps.pick_best(spec, "sid", [results[1]])
+    with pytest.raises(ConfigError, match="no config reported 'precision'"):
+        sweeps.pick_best(spec, "sid", [{"name": "a", "root": "/a", "metrics": {}}])
