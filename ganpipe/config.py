@@ -27,6 +27,22 @@ DEFAULT_PARAMS = "params.yaml"
 DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")
 
 
+def parse_diffaugment(policy: str) -> tuple[str, ...]:
+    """A `train.diffaugment` policy as a tuple: "color, translation" -> ("color", "translation"),
+    "" -> (). ValueError for an unknown or repeated name. Here, not in the Keras-importing
+    training/diffaugment.py, so validating params stays cheap; both use this one parser."""
+    names = tuple(n.strip() for n in policy.split(",") if n.strip())
+    unknown = [n for n in names if n not in DIFFAUGMENT_POLICIES]
+    if unknown:
+        raise ValueError(
+            f'unknown DiffAugment policy {", ".join(map(repr, unknown))}; expected "" or a '
+            f"comma-separated subset of {', '.join(DIFFAUGMENT_POLICIES)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError("lists a DiffAugment policy twice")
+    return names
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,16 +113,7 @@ class TrainParams(Section):
     @field_validator("diffaugment")
     @classmethod
     def _known_policies(cls, value: str) -> str:
-        names = [n.strip() for n in value.split(",") if n.strip()]
-        unknown = [n for n in names if n not in DIFFAUGMENT_POLICIES]
-        if unknown:
-            raise ValueError(
-                f'unknown DiffAugment policy {", ".join(map(repr, unknown))}; expected "" or a '
-                f"comma-separated subset of {', '.join(DIFFAUGMENT_POLICIES)}"
-            )
-        if len(set(names)) != len(names):
-            raise ValueError("lists a DiffAugment policy twice")
-        return ",".join(names)  # canonical: no spaces
+        return ",".join(parse_diffaugment(value))  # canonical: no spaces
 
 
 class GenerateParams(Section):

@@ -20,23 +20,18 @@ from __future__ import annotations
 
 from keras import ops
 
-from ganpipe.config import DIFFAUGMENT_POLICIES
+from ganpipe.config import DIFFAUGMENT_POLICIES, parse_diffaugment
 
+# Uniform[0, 1) columns each transform reads from `u`.
 DRAWS = {"color": 3, "translation": 2, "cutout": 2}
 TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5
 
 assert set(DRAWS) == set(DIFFAUGMENT_POLICIES)
 
-
-def parse_policy(policy: str) -> tuple[str, ...]:
-    """The policy as a tuple: "color,translation" -> ("color", "translation"), "" -> (). Unknown
-    names: ValueError (the params validator reports them first, naming train.diffaugment)."""
-    names = tuple(n.strip() for n in policy.split(",") if n.strip())
-    unknown = [n for n in names if n not in DRAWS]
-    if unknown:
-        raise ValueError(f"unknown DiffAugment policy {unknown}; known: {sorted(DRAWS)}")
-    return names
+# "color, cutout" -> ("color", "cutout"). The one parser, the params validator's too: it lives in
+# config.py, which validating params imports without Keras.
+parse_policy = parse_diffaugment
 
 
 def num_uniforms(policy: tuple[str, ...]) -> int:
