@@ -2,8 +2,8 @@
 
 For each architecture x batch size x precision, in one process, alternating after a warm-up:
   (a) ours: the runner the trainer uses (`trainer.make_runner`: on JAX the device-resident
-      DeviceRunner, on TensorFlow HostRunner + step_tf), driven the way the trainer's loop drives
-      it (epoch permutations from NumPy, metrics fetched every LOG_EVERY steps);
+      step_jax.DeviceRunner, on TensorFlow step_tf.HostRunner), driven the way the trainer's loop
+      drives it (epoch permutations from NumPy, metrics fetched every LOG_EVERY steps);
   (b) minimal: the simplest step for the same models: one jitted, donated JAX function (or one
       tf.function) over a batch and noise already on the device, synced once at the end;
 and prints the median images/s of each over the repeats, and a/b. The data is random uint8 28x28x1
@@ -115,8 +115,10 @@ class Bench:
         import numpy as np
 
         from ganpipe.training import trainer
+        from ganpipe.training.state import build_for_training
 
         self.keras, self.np, self.trainer = keras, np, trainer
+        self.build = build_for_training  # -> GanState: models, optimizers, options
         assert keras.backend.backend() == backend, (keras.backend.backend(), backend)
         self.backend = backend
         rng = np.random.default_rng(0)
@@ -181,8 +183,8 @@ class Ours:
 
     def __init__(self, bench: Bench, params) -> None:
         self.np, tr = bench.np, bench.trainer
-        models = tr.build_for_training(params, SHAPE, NUM_CLASSES)
-        self.runner = tr.make_runner(bench.backend, params, models, bench.images, bench.labels, 0)
+        state = bench.build(params, SHAPE, NUM_CLASSES)
+        self.runner = tr.make_runner(bench.backend, params, state, bench.images, bench.labels, 0)
         self.log_every, self.seed = tr.LOG_EVERY, params.train.seed
         self.spe = N_IMAGES // params.train.batch_size
         self.step, self.epoch = 0, -1
@@ -211,7 +213,8 @@ class MinimalJax:
         import jax.numpy as jnp
 
         self.jax = jax
-        g, d, g_opt, d_opt = bench.trainer.build_for_training(params, SHAPE, NUM_CLASSES)
+        state = bench.build(params, SHAPE, NUM_CLASSES)
+        g, d, g_opt, d_opt = state.generator, state.discriminator, state.g_opt, state.d_opt
         bs, np = params.train.batch_size, bench.np
         self.real = jax.device_put(bench.images[:bs].astype(np.float32) / 127.5 - 1)
         self.labels = jax.device_put(bench.labels[:bs].astype(np.int32))
@@ -268,7 +271,8 @@ class MinimalTf:
     def __init__(self, bench: Bench, params) -> None:
         import tensorflow as tf
 
-        g, d, g_opt, d_opt = bench.trainer.build_for_training(params, SHAPE, NUM_CLASSES)
+        state = bench.build(params, SHAPE, NUM_CLASSES)
+        g, d, g_opt, d_opt = state.generator, state.discriminator, state.g_opt, state.d_opt
         bs, np = params.train.batch_size, bench.np
         self.real = tf.constant(bench.images[:bs].astype(np.float32) / 127.5 - 1)
         self.labels = tf.constant(bench.labels[:bs].astype(np.int32))

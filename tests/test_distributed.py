@@ -39,7 +39,7 @@ from ganpipe.config import Params
 from ganpipe.errors import ConfigError
 from ganpipe.training import distribute, train
 from ganpipe.training.checkpoint import run_key
-from ganpipe.training.trainer import build_for_training
+from ganpipe.training.state import build_for_training
 from tests.train_fixtures import RESUME_OPTIONS, tiny
 
 data_dir, tmp = Path(sys.argv[1]), Path(sys.argv[2])
@@ -115,7 +115,6 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
     + COMMON
     + r"""
 from ganpipe.training import step_tf
-from ganpipe.training.losses import StepOptions
 
 plan = distribute.plan(tiny(), "tensorflow")
 out["devices"] = list(plan.devices)
@@ -138,15 +137,9 @@ out["split_ok"] = all(
 
 def one_step(strategy, global_batch, options):
     params = tiny(batch_size=B, **options)
-    g, d, g_opt, d_opt = build_for_training(params, (8, 8, 1), 10, strategy)
-    step_options = StepOptions.from_params(params)
-    ema_g = None
-    if step_options.ema_decay is not None:
-        from ganpipe.training import ema
-
-        with strategy.scope() if strategy is not None else __import__("contextlib").nullcontext():
-            ema_g = ema.make_ema_generator(g)
-    fn = step_tf.make_train_step(g, d, g_opt, d_opt, step_options, ema_g, strategy=strategy)
+    state = build_for_training(params, (8, 8, 1), 10, strategy)
+    step_options, ema_g = state.options, state.ema_generator
+    fn = step_tf.make_train_step(state, strategy=strategy)
     real, labels, noise, u = global_batch
     aux = {}
     if ema_g is not None:
@@ -154,7 +147,8 @@ def one_step(strategy, global_batch, options):
     if step_options.num_uniforms:
         aux["u"] = u[:, : step_options.num_uniforms]
     metrics = fn(real, labels, noise, aux)
-    models = (g, d, g_opt, d_opt) + ((ema_g,) if ema_g is not None else ())
+    models = (state.generator, state.discriminator, state.g_opt, state.d_opt)
+    models += (ema_g,) if ema_g is not None else ()
     return metrics, [v.numpy() for m in models for v in m.variables]
 
 
@@ -183,7 +177,6 @@ JAX_CHECKS = (
 import jax
 
 from ganpipe.training import step_jax
-from ganpipe.training.losses import StepOptions
 
 plan = distribute.plan(tiny(), "jax")
 out["devices"] = list(plan.devices)
@@ -192,14 +185,9 @@ mesh = distribute.jax_mesh(plan)
 
 def one_step(mesh, global_batch, options):
     params = tiny(batch_size=B, **options)
-    g, d, g_opt, d_opt = build_for_training(params, (8, 8, 1), 10)
-    step_options = StepOptions.from_params(params)
-    ema_g = None
-    if step_options.ema_decay is not None:
-        from ganpipe.training import ema
-
-        ema_g = ema.make_ema_generator(g)
-    jstep = step_jax.JaxGanStep(g, d, g_opt, d_opt, step_options, ema_g, mesh=mesh)
+    state = build_for_training(params, (8, 8, 1), 10)
+    step_options, ema_g = state.options, state.ema_generator
+    jstep = step_jax.JaxGanStep(state, mesh=mesh)
     real, labels, noise, u = global_batch
     t = np.float32(0) if ema_g is not None else None
     u = u[:, : step_options.num_uniforms] if step_options.num_uniforms else None
@@ -210,7 +198,8 @@ def one_step(mesh, global_batch, options):
         for x in jax.tree.leaves(jstep.state)
     }
     jstep.sync_to_keras()
-    models = (g, d, g_opt, d_opt) + ((ema_g,) if ema_g is not None else ())
+    models = (state.generator, state.discriminator, state.g_opt, state.d_opt)
+    models += (ema_g,) if ema_g is not None else ()
     return metrics, [np.asarray(v.value) for m in models for v in m.variables], hlo, shardings
 
 

@@ -21,8 +21,9 @@ from ganpipe.training.losses import (
     gan_losses,
     gradient_penalty,
     interpolate,
+    step_uniforms,
 )
-from ganpipe.training.trainer import build_for_training, make_optimizers, step_uniforms
+from ganpipe.training.state import GanState, build_for_training, make_optimizers
 
 REAL = np.array([[2.0], [-1.0], [0.5], [0.0]], np.float32)
 FAKE = np.array([[-3.0], [1.5], [0.0], [-0.5]], np.float32)
@@ -323,7 +324,7 @@ def test_spectral_norm_in_the_tf_step_normalises_the_kernel():
     sn = d.get_layer("d_down1_sn")
     kernel_before, u_before = sn.kernel.numpy(), sn.vector_u.numpy()
     expected_u, expected_kernel = (_np(v) for v in sn.normalized_weights())
-    step = step_tf.make_train_step(g, d, g_opt, d_opt)
+    step = step_tf.make_train_step(GanState(g, d, g_opt, d_opt))
     x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32)
     noise = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
     out = step(x, np.array([0, 1, 2, 0], np.int32), noise)
@@ -345,7 +346,8 @@ def test_spectral_norm_keeps_float32_master_kernels_under_mixed_precision():
             "train": {"precision": "mixed_bfloat16"},
         }
     )
-    g, d, _, _ = build_for_training(params, (8, 8, 1), 3)
+    state = build_for_training(params, (8, 8, 1), 3)
+    g, d = state.generator, state.discriminator
     sn = d.get_layer("d_down1_sn")
     assert sn.compute_dtype == "float32" and sn.layer.compute_dtype == "bfloat16"
     x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)

@@ -160,7 +160,7 @@ out["options_resume"] = {
 
 # Spectral norm in the stateless step: the kernel's assignment (kernel / sigma) and u are kept.
 from ganpipe.models import build_models
-from ganpipe.training.trainer import make_optimizers
+from ganpipe.training.state import GanState, make_optimizers
 
 p = tiny_with(True, d_learning_rate=1e-12, g_learning_rate=1e-12)
 g, d = build_models((8, 8, 1), 10, p.model)
@@ -168,7 +168,7 @@ g_opt, d_opt = make_optimizers(p, g, d)
 sn = d.get_layer("d_down1_sn")
 u_before, kernel_before = np.asarray(sn.vector_u.value), np.asarray(sn.kernel.value)
 expected_u, expected_kernel = (np.asarray(v) for v in sn.normalized_weights())
-jstep = step_jax.JaxGanStep(g, d, g_opt, d_opt)
+jstep = step_jax.JaxGanStep(GanState(g, d, g_opt, d_opt))
 rng = np.random.default_rng(0)
 jstep.step(
     rng.uniform(-1, 1, (4, 8, 8, 1)).astype(np.float32),

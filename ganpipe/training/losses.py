@@ -29,11 +29,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from keras import ops
 
 from ganpipe.training import diffaugment
 
 LOSSES = ("bce", "hinge", "wgan_gp")
+# What every step returns, in this order (as `gan_losses`); history.csv's columns after the step.
+METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
+
+
+def step_uniforms(seed: int, step: int, rows: int, cols: int) -> np.ndarray:
+    """rows x cols float32 Uniform[0, 1) for step `step`, drawn on the host: the `u` the TensorFlow
+    runner (step_tf.HostRunner) passes, from a stream of its own (default_rng([seed, step, 1]); the
+    noise's is default_rng([seed, step])). The JAX runner draws its `u` inside the jitted step
+    from its step key instead (step_jax.step_uniforms)."""
+    return np.random.default_rng([seed, step, 1]).random((rows, cols), dtype=np.float32)
 
 
 @dataclass(frozen=True)

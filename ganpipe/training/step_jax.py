@@ -1,4 +1,4 @@
-"""The GAN train step on the JAX backend: stateless Keras calls, one `jax.jit` for G and D.
+"""The JAX backend's runner and train step: stateless Keras calls, one `jax.jit` for G and D.
 
 The whole training state (both models' trainable and non-trainable variables, both optimizers'
 variables) is a tuple of lists of arrays threaded through the jitted step and donated, so XLA
@@ -7,11 +7,14 @@ the state back (before a checkpoint, a sample grid and the final save).
 
 Two ways in:
 - `JaxGanStep.step(real, labels, noise)`: host (or device) arrays in, the metrics as a device array
-  out, not fetched. `make_train_step` wraps it in step_tf's contract (floats out, synced).
+  out, not fetched (tests and the data-parallel checks drive it directly).
 - `DeviceRunner`, what the trainer uses: the training set lives on the device (uint8, uploaded
   once), each epoch's permutation is uploaded once, and the step counter lives on the device, so
   a step copies nothing from the host. The batch is gathered and the noise drawn inside the jitted
   step, from `fold_in(key(train.seed), step)`: a resumed run draws what an uninterrupted one would.
+  A step's metrics stay on the device until the trainer fetches a batch of them (`fetch`: every
+  LOG_EVERY steps and before every checkpoint and sample grid), so the host does not wait for each
+  step to finish.
 
 Losses: `losses.gan_losses` (shared with step_tf.py), from one generator and one discriminator
 pass; `jax.vjp` of (d_loss, g_loss) is pulled back twice, once per optimizer (XLA drops the halves
@@ -44,8 +47,7 @@ Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -53,9 +55,11 @@ import keras
 import numpy as np
 
 from ganpipe.training import ema
-from ganpipe.training.losses import StepOptions, gan_losses
+from ganpipe.training.losses import METRICS, gan_losses
+from ganpipe.training.state import GanState
 
-METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
+if TYPE_CHECKING:
+    from ganpipe.config import Params
 
 State = tuple[list[jax.Array], ...]
 
@@ -69,7 +73,8 @@ def _loss_scale(optimizer: keras.optimizers.Optimizer, opt_vars: list[jax.Array]
 
 def step_uniforms(step_key: jax.Array, rows: int, cols: int) -> jax.Array:
     """rows x cols float32 Uniform[0, 1) from fold_in(step_key, 1): DiffAugment's random choices
-    and wgan_gp's eps (the noise is drawn from step_key itself)."""
+    and wgan_gp's eps (the noise is drawn from step_key itself). Traced inside the jitted step; the
+    TensorFlow runner's host-side counterpart is losses.step_uniforms."""
     return jax.random.uniform(jax.random.fold_in(step_key, 1), (rows, cols), jnp.float32)
 
 
@@ -97,20 +102,13 @@ def stateless_call_all(
 
 
 class JaxGanStep:
-    """Holds the training state of (generator, discriminator, g_optimizer, d_optimizer[, the EMA
-    generator's trainable weights]) as JAX arrays and advances it with a jitted, donated step.
-    The optimizers must be built."""
+    """Holds the training state of `state` (both models, both optimizers[, the EMA generator's
+    trainable weights]) as JAX arrays and advances it with a jitted, donated step. The optimizers
+    must be built."""
 
-    def __init__(
-        self,
-        generator: keras.Model,
-        discriminator: keras.Model,
-        g_optimizer: keras.optimizers.Optimizer,
-        d_optimizer: keras.optimizers.Optimizer,
-        options: StepOptions | None = None,
-        ema_generator: keras.Model | None = None,
-        mesh: jax.sharding.Mesh | None = None,
-    ) -> None:
+    def __init__(self, state: GanState, mesh: jax.sharding.Mesh | None = None) -> None:
+        generator, discriminator = state.generator, state.discriminator
+        g_optimizer, d_optimizer, ema_generator = state.g_opt, state.d_opt, state.ema_generator
         self.generator, self.discriminator = generator, discriminator
         self.mesh = mesh
         if mesh is None:
@@ -121,9 +119,7 @@ class JaxGanStep:
                 mesh, jax.sharding.PartitionSpec("batch")
             )
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        self.options = options or StepOptions()
-        if (self.options.ema_decay is None) != (ema_generator is None):
-            raise ValueError("ema_generator is needed exactly when options.ema_decay is set")
+        self.options = state.options
         self._d_assigns_trainables = _has_spectral_norm(discriminator)
         self._keras_vars = (
             generator.trainable_variables,
@@ -240,58 +236,29 @@ class JaxGanStep:
         return metrics
 
 
-def make_train_step(
-    generator: keras.Model,
-    discriminator: keras.Model,
-    g_optimizer: keras.optimizers.Optimizer,
-    d_optimizer: keras.optimizers.Optimizer,
-    options: StepOptions | None = None,
-    ema_generator: keras.Model | None = None,
-) -> Callable[..., dict[str, float]]:
-    """step_tf's contract on JAX: (real, labels, noise, aux=None) -> losses as floats, Keras
-    variables kept in sync after every step. Simple but slow (a sync per step); the trainer uses
-    DeviceRunner."""
-    inner = JaxGanStep(generator, discriminator, g_optimizer, d_optimizer, options, ema_generator)
-
-    def run(
-        real: np.ndarray, labels: np.ndarray, noise: np.ndarray, aux: dict | None = None
-    ) -> dict[str, float]:
-        aux = aux or {}
-        values = np.asarray(inner.step(real, labels, noise, aux.get("t"), aux.get("u"))).tolist()
-        inner.sync_to_keras()
-        return dict(zip(METRICS, values, strict=True))
-
-    return run
-
-
 class DeviceRunner:
-    """The trainer's JAX step: data, permutation, step counter and noise all on the device.
+    """The trainer's JAX runner (trainer.Runner): data, permutation, step counter and noise all on
+    the device.
 
     `begin_epoch(perm)` uploads the epoch's permutation; `step(step)` runs one training step and
-    returns its metrics as a device array; `fetch(handles)` brings a list of them to the host in
-    one transfer (k x 4 float64); `sync_to_keras()` writes the state into the Keras variables."""
+    returns its metrics as a device array, not fetched; `fetch(handles)` brings a list of them to
+    the host in one transfer (k x 4 float64); `sync_to_keras()` writes the state into the Keras
+    variables."""
 
     def __init__(
         self,
-        generator: keras.Model,
-        discriminator: keras.Model,
-        g_optimizer: keras.optimizers.Optimizer,
-        d_optimizer: keras.optimizers.Optimizer,
+        state: GanState,
+        params: Params,
         images_uint8: np.ndarray,
         labels: np.ndarray,
-        batch_size: int,
-        latent_dim: int,
-        seed: int,
         start_step: int,
-        options: StepOptions | None = None,
-        ema_generator: keras.Model | None = None,
         mesh: jax.sharding.Mesh | None = None,
     ) -> None:
-        self.inner = JaxGanStep(
-            generator, discriminator, g_optimizer, d_optimizer, options, ema_generator, mesh
-        )
+        self.inner = JaxGanStep(state, mesh)
         put = self.inner.replicate
         k = self.inner.options.num_uniforms
+        batch_size, latent_dim = params.train.batch_size, params.model.latent_dim
+        ema_generator = state.ema_generator
         self.batch_size = batch_size
         self.steps_per_epoch = len(labels) // batch_size
         self._images = put(jax.device_put(np.ascontiguousarray(images_uint8, np.uint8)))
@@ -299,7 +266,7 @@ class DeviceRunner:
         self._perm: jax.Array | None = None
         self._counter = put(jax.device_put(np.int32(start_step)))
         self._host_step = start_step
-        key = jax.random.key(seed)
+        key = jax.random.key(params.train.seed)
         bs, spe, inner = batch_size, self.steps_per_epoch, self.inner
 
         def device_step(state, counter, images, all_labels, perm):

@@ -1,16 +1,20 @@
-"""The GAN train step on the TensorFlow backend: one `tf.function`, two gradient tapes.
+"""The TensorFlow backend's runner and train step: `HostRunner` around one `tf.function` with two
+gradient tapes (`make_train_step`).
 
-The trainer knows nothing of TensorFlow beyond `make_train_step` (wrapped in its HostRunner);
-`step_jax.py` has the JAX counterpart. The loss math is `losses.gan_losses`, shared with it. Under
-mixed_float16 the optimizers are LossScaleOptimizers: the losses are scaled before differentiation
-(`scale_loss`) and `apply_gradients` unscales.
+The trainer knows nothing of TensorFlow beyond `HostRunner`; `step_jax.py` has the JAX
+counterpart. `HostRunner` gathers each batch from NumPy arrays on the host, draws the noise from
+default_rng([train.seed, step]) and gets the losses back as floats from every step (its `.numpy()`
+waits for the step to finish), so unlike JAX's runner there is nothing left to fetch in batches.
+The loss math is `losses.gan_losses`, shared with JAX.
+Under mixed_float16 the optimizers are LossScaleOptimizers: the losses are scaled before
+differentiation (`scale_loss`) and `apply_gradients` unscales.
 
 Options (`losses.StepOptions`): wgan_gp's gradient penalty takes the gradient of D w.r.t. its
 image input with a GradientTape nested in the two outer ones (they differentiate through it);
-DiffAugment and eps read `aux["u"]`, drawn on the host by the runner from the step's seeded RNG; the
-EMA generator's weights are updated in the same tf.function after the optimizer steps, with the
-warm-up read from `aux["t"]` (the 0-based step). With everything off, `aux` is empty and the traced
-step is the plain one.
+DiffAugment and eps read `aux["u"]`, drawn on the host by the runner from the step's seeded RNG
+(`losses.step_uniforms`); the EMA generator's weights are updated in the same tf.function after
+the optimizer steps, with the warm-up read from `aux["t"]` (the 0-based step). With everything off,
+`aux` is empty and the traced step is the plain one.
 
 Spectral normalisation (keras.layers.SpectralNormalization) works as Keras made it: in a training
 call it overwrites the kernel variable with kernel / sigma and updates its power-iteration vector
@@ -22,28 +26,71 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from ganpipe.config import Params
+from ganpipe.data.prepared import to_float
 from ganpipe.training import ema
-from ganpipe.training.losses import StepOptions, gan_losses
+from ganpipe.training.losses import METRICS, gan_losses, step_uniforms
+from ganpipe.training.state import GanState
 
 StepFn = Callable[..., dict[str, float]]
 
 
-def make_train_step(
-    generator: keras.Model,
-    discriminator: keras.Model,
-    g_optimizer: keras.optimizers.Optimizer,
-    d_optimizer: keras.optimizers.Optimizer,
-    options: StepOptions | None = None,
-    ema_generator: keras.Model | None = None,
-    strategy: tf.distribute.Strategy | None = None,
-) -> StepFn:
+class HostRunner:
+    """The trainer's TensorFlow runner (trainer.Runner): batches gathered from NumPy arrays on the
+    host, noise from default_rng([train.seed, step]); what the options need besides goes in the
+    step's `aux`: "t" (the step, for the EMA warm-up) and "u" (2N x options.num_uniforms
+    Uniform[0, 1), `losses.step_uniforms`, for DiffAugment and wgan_gp's eps). Nothing for the
+    defaults. Each step returns its losses as floats: `fetch` only stacks them."""
+
+    def __init__(
+        self,
+        state: GanState,
+        params: Params,
+        images_uint8: np.ndarray,
+        labels: np.ndarray,
+        strategy: tf.distribute.Strategy | None = None,
+    ) -> None:
+        self.step_fn = make_train_step(state, strategy)
+        self.images, self.labels = to_float(images_uint8), labels.astype(np.int32)
+        self.batch_size, self.seed = params.train.batch_size, params.train.seed
+        self.latent_dim = params.model.latent_dim
+        self.steps_per_epoch = len(labels) // self.batch_size
+        self.perm: np.ndarray | None = None
+        self.uniforms = state.options.num_uniforms
+        self.with_step = state.options.ema_decay is not None
+
+    def begin_epoch(self, perm: np.ndarray) -> None:
+        self.perm = perm
+
+    def step(self, step: int) -> tuple[float, ...]:
+        bs, b = self.batch_size, step % self.steps_per_epoch
+        idx = self.perm[b * bs : (b + 1) * bs]
+        noise = np.random.default_rng([self.seed, step]).standard_normal(
+            (bs, self.latent_dim), dtype=np.float32
+        )
+        aux = {}
+        if self.with_step:
+            aux["t"] = np.asarray(step, np.float32)  # an array: no retracing per value
+        if self.uniforms:
+            aux["u"] = step_uniforms(self.seed, step, 2 * bs, self.uniforms)
+        out = self.step_fn(self.images[idx], self.labels[idx], noise, *([aux] if aux else []))
+        return tuple(out[k] for k in METRICS)
+
+    def fetch(self, handles: list[tuple[float, ...]]) -> np.ndarray:
+        return np.asarray(handles, np.float64).reshape(len(handles), len(METRICS))
+
+    def sync_to_keras(self) -> None:
+        pass  # the step trains the Keras variables themselves
+
+
+def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = None) -> StepFn:
     """A function (real images float [-1, 1], labels int32, noise float32, aux=None) -> losses
-    as floats. `aux`: {"t": float32 0-d step, "u": 2N x options.num_uniforms float32 Uniform[0, 1)}
-    as far as the options need them (see HostRunner); nothing for the defaults.
+    as floats, training `state`'s models in place. `aux`: {"t": float32 0-d step, "u": 2N x
+    options.num_uniforms float32 Uniform[0, 1)} as far as the options need them (see
+    HostRunner); nothing for the defaults.
 
     Both losses come from one generator and one discriminator pass (`losses.gan_losses`); the
     fake batch uses the real batch's labels. `d_real` and `d_fake` are the mean sigmoid of D on
@@ -55,10 +102,9 @@ def make_train_step(
     1 / replicas so that the gradients Keras's optimizer sums across replicas are those of the
     global mean, and the metrics are averaged over replicas. The EMA update runs once, in
     cross-replica context, after the optimizer steps."""
-    options = options or StepOptions()
+    generator, discriminator, options = state.generator, state.discriminator, state.options
+    g_optimizer, d_optimizer, ema_generator = state.g_opt, state.d_opt, state.ema_generator
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    if (options.ema_decay is None) != (ema_generator is None):
-        raise ValueError("ema_generator is needed exactly when options.ema_decay is set")
 
     def d_forward(images, labels, gp_rows):
         if not gp_rows:
@@ -113,8 +159,7 @@ def make_train_step(
         if strategy is not None:
             real, labels, noise, u = split_batch(strategy, real, labels, noise, aux.get("u"))
             aux = aux | ({"u": u} if u is not None else {})
-        d_loss, g_loss, d_real, d_fake = step(real, labels, noise, aux).numpy().tolist()
-        return {"d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake}
+        return dict(zip(METRICS, step(real, labels, noise, aux).numpy().tolist(), strict=True))
 
     run.tf_function = step  # for tests: tracing counts
     return run
