@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -158,6 +159,55 @@ def test_more_epochs_resume_and_match_an_uninterrupted_run(tmp_path, data_dir, c
         "ckpt_0000004.npz",
         "ckpt_0000006.npz",
     ]
+
+
+def test_the_run_key_follows_the_training_source(tmp_path, monkeypatch):
+    """Editing a file of the trainer (a comment will do) changes the run key; the fingerprint is
+    taken over checkpoint.TRAINING_SOURCES, here a copy of them that the test edits."""
+    from ganpipe import keys
+    from ganpipe.training.checkpoint import TRAINING_SOURCES
+
+    for part in TRAINING_SOURCES:
+        src, dst = keys.PACKAGE_ROOT / part, tmp_path / part
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    key = run_key(tiny(), "h")
+    monkeypatch.setattr(keys, "PACKAGE_ROOT", tmp_path)
+    keys.source_fingerprint.cache_clear()
+    try:
+        assert run_key(tiny(), "h") == key  # the same bytes under the same names
+        with open(tmp_path / "training" / "trainer.py", "a") as f:
+            f.write("# edited\n")
+        keys.source_fingerprint.cache_clear()
+        edited = run_key(tiny(), "h")
+        assert edited != key
+        (tmp_path / "models" / "dcgan.py").write_text("# another builder\n")
+        keys.source_fingerprint.cache_clear()
+        assert run_key(tiny(), "h") not in (key, edited)
+    finally:
+        keys.source_fingerprint.cache_clear()  # computed afresh from the real sources next time
+
+
+def test_a_finished_run_trains_afresh_after_the_code_changes(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    """The bug this guards against: after an edit to the trainer, `dvc repro` reruns `train`, which
+    found the finished checkpoint ("nothing to do") and exported a model the current code never
+    trained. An edit is simulated by another source fingerprint."""
+    ck = tmp_path / "ck"
+    first = train(tiny(), data_dir, tmp_path / "m", ck, progress=False)
+    assert "starting fresh in" in capsys.readouterr().out
+    monkeypatch.setattr(
+        "ganpipe.training.checkpoint.source_fingerprint", lambda *parts: "edited trainer"
+    )
+    again = train(tiny(), data_dir, tmp_path / "m", ck, progress=False)
+    out = capsys.readouterr().out
+    assert "nothing to do" not in out and "starting fresh in" in out
+    assert again["run_key"] != first["run_key"]
+    assert again["resumed_from_step"] == 0 and again["steps_trained"] == STEPS_PER_EPOCH
 
 
 def test_other_params_start_fresh_in_their_own_dir(tmp_path, data_dir):
@@ -351,3 +401,4 @@ def test_distribute_param_and_key(tmp_path, data_dir):
     summary = train(base, data_dir, tmp_path / "m", tmp_path / "ck", progress=False)
     assert (summary["distribute"], summary["replicas"]) == ("none", 1)
     assert summary["run_key"] == run_key(base, summary["data_content_hash"])
+

@@ -3,13 +3,20 @@
 The run key hashes everything that shapes the training trajectory: the model params, the train
 params except `epochs`, `sample_every`, `checkpoint_every`, `backend` (a check only) and
 `distribute`, the Keras backend actually used (its noise and numerics differ), the number of
-data-parallel replicas when above 1 (distribute.py) and the data's content hash. So a
-rerun with the same params and data resumes where the last one stopped, a run with more epochs
-continues it (fewer epochs than a checkpoint already covers: the trainer starts that key afresh),
-and any other change starts fresh in a directory of its own. The params added after the format
-settled (`ADDED_LATER`: loss, gp_weight, ema_decay, diffaugment, spectral_norm) are in the key only
-when they differ from their defaults, so runs from before they existed keep their keys (and
-resume); gp_weight only counts under loss wgan_gp, the only loss that uses it.
+data-parallel replicas when above 1 (distribute.py), the data's content hash, and the source of
+the code that trains (`TRAINING_SOURCES`: ganpipe/training/ and the model builders, through
+`keys.source_fingerprint`). So a rerun with the same params, data and code resumes where the last
+one stopped, a run with more epochs continues it (fewer epochs than a checkpoint already covers:
+the trainer starts that key afresh), and any other change starts fresh in a directory of its own.
+The code is in the key because a finished checkpoint would otherwise outlive the code that wrote
+it: after an edit to the trainer, `dvc repro` reruns `train`, which would find that checkpoint,
+report "nothing to do" and export a model the current code never trained. Any edit to those files,
+a comment included, starts afresh: that errs on the side of training, never of reusing.
+
+The params added after the format settled (`ADDED_LATER`: loss, gp_weight, ema_decay, diffaugment,
+spectral_norm) are in the key only when they differ from their defaults (that once let runs from
+before them keep their keys; with the code in the key, it just leaves defaults out); gp_weight only
+counts under loss wgan_gp, the only loss that uses it.
 
 Checkpoints and sample grids are written atomically (temp file, then rename), so a run killed at
 any moment, SIGKILL included, leaves only whole checkpoints; the next run deletes the temp files
@@ -25,8 +32,6 @@ Backend-neutral: values are read with `Variable.numpy()`, written back with `Var
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import shutil
 import zipfile
@@ -38,6 +43,7 @@ import numpy as np
 
 from ganpipe.config import Params
 from ganpipe.io import save_npz
+from ganpipe.keys import json_sha256, source_fingerprint
 
 # Bump when the models or the step change in a way that makes old checkpoints unusable.
 FORMAT_VERSION = 2
@@ -51,6 +57,8 @@ ADDED_LATER = {
     "train": ("loss", "gp_weight", "ema_decay", "diffaugment"),
 }
 HISTORY_COLUMNS = ("step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec")
+# The code whose source is in the key (paths relative to the package: keys.source_fingerprint).
+TRAINING_SOURCES = ("training", "models/__init__.py", "models/dcgan.py", "models/tutorial.py")
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
 
@@ -60,8 +68,8 @@ VariableGroups = Mapping[str, Sequence[keras.Variable]]
 def run_key(
     params: Params, content_hash: str, backend: str | None = None, replicas: int = 1
 ) -> str:
-    """A short hash naming this (model, train, backend, replicas, data) combination; see the
-    module docstring. `backend` defaults to Keras's."""
+    """A short hash naming this (model, train, backend, replicas, data, code) combination; see
+    the module docstring. `backend` defaults to Keras's."""
     sections = {
         "model": params.model.model_dump(),
         "train": params.train.model_dump(exclude=set(NOT_IN_KEY)),
@@ -73,17 +81,17 @@ def run_key(
                 del sections[section][key]
     if params.train.loss != "wgan_gp":
         sections["train"].pop("gp_weight", None)
-    blob = json.dumps(
+    return json_sha256(
         {
             "format": FORMAT_VERSION,
             "backend": backend or keras.backend.backend(),
             **sections,
             "data": content_hash,
             **({"replicas": replicas} if replicas > 1 else {}),
+            "code": source_fingerprint(*TRAINING_SOURCES),
         },
-        sort_keys=True,
+        length=10,
     )
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 class Checkpoints:
