@@ -402,3 +402,33 @@ def test_distribute_param_and_key(tmp_path, data_dir):
     assert (summary["distribute"], summary["replicas"]) == ("none", 1)
     assert summary["run_key"] == run_key(base, summary["data_content_hash"])
 
+
+def test_train_stage_tracks_what_the_pipeline_tracked(tmp_path, data_dir):
+    """stages.train.run: the trainer plus the pipeline's tracking (data tags and summary, final
+    grid, history, generator), in that order."""
+    from ganpipe.pipeline import Paths
+    from ganpipe.stages import train as train_stage
+
+    calls = []
+
+    class StageTracker(Tracker):
+        def set_tags(self, tags):
+            calls.append(("tags", sorted(tags)))
+
+        def log_artifact(self, path, artifact_path=None):
+            assert Path(path).exists()
+            calls.append((Path(path).name, artifact_path))
+
+        def log_generator(self, model_path):
+            calls.append(("generator", Path(model_path).name))
+
+    paths = Paths(prepared=data_dir, models=tmp_path / "models", checkpoints=tmp_path / "ck")
+    summary = train_stage.run(tiny(), paths, StageTracker(), progress=False)
+    assert summary == read_json(tmp_path / "models" / "train_summary.json")
+    assert calls[:2] == [("tags", ["data.content_hash", "data.source"]), ("summary.json", "data")]
+    assert calls[-4:] == [
+        ("final.png", "samples"),  # the trainer's
+        ("final.png", "samples"),  # the stage's (as pipeline.run_stage did)
+        ("history.csv", "train"),
+        ("generator", "generator.keras"),
+    ]
