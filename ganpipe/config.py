@@ -130,7 +130,7 @@ class AugmentParams(Section):
     synthetic_ratio: float = Field(1.0, ge=0)
     seed: int = 0
     # Keep only synthetic samples the domain classifier (evaluator/) assigns to their label, with
-    # at least min_confidence probability: off-label samples are label noise (ganpipe.label_filter).
+    # at least min_confidence probability: off-label samples are label noise (ganpipe.evaluator.accept_mask).
     reject_off_label: bool = False
     min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from ganpipe import utility
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, Split
 from ganpipe.errors import DataError
-from ganpipe import utility
 from ganpipe.utility import (
     TrainResult,
     batch_indices,
