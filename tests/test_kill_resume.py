@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 GANPIPE = str(Path(sys.executable).parent / "ganpipe")
-EPOCHS = 200  # x 12 steps of 16 images: long enough to be killed mid-way (about 6 s of training)
+EPOCHS = 50  # x 12 steps of 16 images: killed near step 40-60 of 600, with seconds to spare
 CHECKPOINT_EVERY = 40
 PARAMS = f"""\
 data: {{source: digits, max_per_class: 20}}

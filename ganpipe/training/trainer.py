@@ -2,8 +2,9 @@
 
 A run goes: `plan.plan_run` (data loaded, params checked, run key named: ConfigError before any
 work; `train.backend` only checks $KERAS_BACKEND), `state.build_for_training` (seeded models and
-optimizers under `train.precision`'s dtype policy; mixed_float16 adds loss scaling), `resume` (the run key's newest checkpoint, or a fresh start), `train_loop`, and
-`export.export` (the model dir, swapped in whole: nothing partial on failure). Checkpoints:
+optimizers under `train.precision`'s dtype policy; mixed_float16 adds loss scaling), `resume` (the
+run key's newest checkpoint, or a fresh start), `train_loop`, and `export.export` (the model dir,
+swapped in whole: nothing partial on failure). Checkpoints:
 checkpoint.py. The options, all off by default and then no extra work per step: `train.loss`
 (losses.py), `model.spectral_norm` (models/dcgan.py), `train.diffaugment` (diffaugment.py) and
 `train.ema_decay` (ema.py).
