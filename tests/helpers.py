@@ -13,6 +13,18 @@ TINY = REPO / "tests" / "data" / "tiny.yaml"
 GANPIPE = str(Path(sys.executable).parent / "ganpipe")
 
 
+def has_jax() -> bool:
+    """Whether the JAX tests can run. `make test` installs the jax extra and sets
+    GANPIPE_REQUIRE_JAX=1: there a missing or broken jax fails the suite instead of skipping."""
+    if os.environ.get("GANPIPE_REQUIRE_JAX") == "1":
+        import jax  # noqa: F401
+
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("jax") is not None
+
+
 def quiet_env(**extra: str) -> dict[str, str]:
     # The venv's bin first, as after `. .venv/bin/activate`: dvc.yaml's commands call `ganpipe`
     # by name, and CI runs .venv/bin/pytest without activating the venv.

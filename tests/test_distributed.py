@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import has_jax
 from tests.train_fixtures import STEPS_PER_EPOCH
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,7 +245,7 @@ def results(data_dir, tmp_path_factory) -> dict[str, dict]:
     """Both subprocesses, run side by side."""
     procs = {"tensorflow": _run(TF_CHECKS, {"KERAS_BACKEND": "tensorflow"}, data_dir,
                                 tmp_path_factory.mktemp("tf"))}  # fmt: skip
-    if _has_jax():
+    if has_jax():
         procs["jax"] = _run(
             JAX_CHECKS,
             {
@@ -258,13 +259,7 @@ def results(data_dir, tmp_path_factory) -> dict[str, dict]:
     return {name: _result(proc) for name, proc in procs.items()}
 
 
-def _has_jax() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("jax") is not None
-
-
-BACKENDS = ["tensorflow", pytest.param("jax", marks=pytest.mark.skipif(not _has_jax(), reason="no jax"))]  # fmt: skip
+BACKENDS = ["tensorflow", pytest.param("jax", marks=pytest.mark.skipif(not has_jax(), reason="no jax"))]  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,8 +6,6 @@ import pytest
 
 from tests.helpers import TINY
 
-prefect = pytest.importorskip("prefect")
-
 
 def read_report() -> str:
     """The latest `ganpipe-report` artifact, read over the REST API. (Prefect 3.8.8's own client

@@ -6,11 +6,7 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
-
 from tests.helpers import TINY
-
-pytest.importorskip("prefect")
 
 # What Prefect 3.8.8's server logs when its scheduler meets SQLAlchemy 2.1 (2.0.44 works).
 SCHEDULER_BUG = "Can't evaluate bulk DML statement"

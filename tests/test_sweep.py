@@ -104,7 +104,6 @@ def read_artifact(key: str) -> str:
 
 
 def test_two_config_sweep_on_a_local_dask_cluster(harness, tmp_path, monkeypatch):
-    pytest.importorskip("prefect_dask")
     from mlflow import MlflowClient
 
     from flows.sweep import REPORT_KEY, sweep
@@ -170,7 +169,6 @@ def test_two_config_sweep_on_a_local_dask_cluster(harness, tmp_path, monkeypatch
 
 def test_a_failing_config_is_reported_and_the_rest_still_run(harness, tmp_path, monkeypatch):
     """Tracking off; the second config's data folder does not exist, so its shared prepare fails."""
-    pytest.importorskip("prefect_dask")
     from flows.sweep import sweep
 
     monkeypatch.chdir(tmp_path)

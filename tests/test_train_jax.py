@@ -21,9 +21,12 @@ import pytest
 
 from ganpipe.errors import ConfigError
 from ganpipe.training import train
+from tests.helpers import has_jax
 from tests.train_fixtures import STEPS_PER_EPOCH, tiny
 
-pytest.importorskip("jax")
+pytestmark = pytest.mark.skipif(
+    not has_jax(), reason="jax is not installed (pip install -e '.[jax]')"
+)
 
 # Comparisons with a TensorFlow run need TensorFlow in this process (not on the GPU machines).
 requires_tf = pytest.mark.skipif(
