@@ -25,9 +25,11 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# GANPIPE_REQUIRE_JAX: setup installs the jax extra, so a broken jax fails the JAX tests, not skips them
+# Two test workers (the machines have 2 cores; tests/conftest.py keeps each module on one worker).
+# GANPIPE_REQUIRE_JAX: setup installs the jax extra, so a broken jax fails the JAX tests, not skips them.
+TEST_WORKERS ?= 2
 test: lint
-	GANPIPE_REQUIRE_JAX=1 $(BIN)/pytest -q
+	GANPIPE_REQUIRE_JAX=1 $(BIN)/pytest -q -n $(TEST_WORKERS)
 
 .PHONY: serve
 serve: setup  # Prefect server, MLflow server and a worker on 127.0.0.1 (README, Scheduled runs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,54 @@ def harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# The modules that take tens of seconds (servers, pipelines in subprocesses, DVC, sweeps), longest
+# first: run first, so that under `pytest -n 2` (make test) they start early on both workers
+# instead of one of them finishing late on its own.
+SLOW_FIRST = (
+    "test_flow.py",
+    "test_sweep.py",
+    "test_dvc.py",
+    "test_cli.py",
+    "test_serve.py",
+    "test_distributed.py",
+    "test_train_jax.py",
+    "test_kill_resume.py",
+    "test_utility.py",
+    "test_evaluate.py",
+    "test_promotion.py",
+)
+# The modules whose tests use the Prefect `harness`: one scheduling unit, so one worker and one
+# Prefect test server serve them all.
+HARNESS_MODULES = ("tests/test_flow.py", "tests/test_sweep.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow modules first, in SLOW_FIRST's order; each module's tests stay together and in
+    their own order (a stable sort), so module-scoped fixtures are still built once."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`pytest -n N`: whole modules per worker, so a module-scoped fixture (a tiny pipeline run, a
+    DVC repository, a subprocess's results) is built once, not once per worker; the harness
+    modules as one unit; units handed out in collection order (slow first, see above)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "prefect-harness" if module in HARNESS_MODULES else module
+
+    config.option.loadscopereorder = False
+    return ModuleScheduling(config, log)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

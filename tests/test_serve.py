@@ -1,10 +1,18 @@
-"""`ganpipe serve`'s services for real (Prefect server, MLflow server, process worker on free ports),
-a cron deployment of the pipeline, one run of it through the worker, and a clean stop."""
+"""`ganpipe serve` for real (Prefect server, MLflow server, process worker on free ports), a cron
+deployment of the pipeline, one run of it through the worker, and a clean stop on SIGTERM: one
+set of services for the whole module."""
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import socket
+import subprocess
 import time
+
+import httpx
+import psutil
 
 from tests.helpers import TINY
 
@@ -19,36 +27,50 @@ def free_port() -> int:
 
 
 def gone(pid: int) -> bool:
-    import psutil
-
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
 
 
-def test_services_deploy_run_and_stop(tmp_path, monkeypatch):
-    import httpx
+def wait_ready(proc: subprocess.Popen, seconds: float = 180) -> str:
+    """What `ganpipe serve` printed up to its "In another shell" line, which comes once every
+    service is up (the worker registered with its pool). Reads the pipe unbuffered (os.read), so
+    select() sees every byte that has not been read yet."""
+    fd, out, deadline = proc.stdout.fileno(), "", time.monotonic() + seconds
+    while "In another shell" not in out:
+        assert time.monotonic() < deadline, f"ganpipe serve not ready:\n{out}"
+        if select.select([fd], [], [], 1.0)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"ganpipe serve exited ({proc.wait()}):\n{out}"
+            out += chunk.decode(errors="replace")
+    return out
+
+
+def test_serve_deploy_run_and_stop_on_sigterm(tmp_path, monkeypatch):
+    """`ganpipe serve` as a user starts it; a cron deployment; one run through its worker, which
+    promotes the first model; the scheduler's upcoming runs; then SIGTERM stops every service."""
     from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from ganpipe.ops.serve import Services
+    from flows.deploy import FLOW_NAME, deploy
+    from tests.helpers import GANPIPE, quiet_env
 
-    services = Services(
-        state_dir=tmp_path / "state",
-        prefect_port=free_port(),
-        mlflow_port=free_port(),
-        poll_seconds=1,
-        extra_env={"PREFECT_LOGGING_LEVEL": "INFO"},
-    )
-    with services:
-        for k, v in services.client_env().items():
-            monkeypatch.setenv(k, v)
-        from prefect.deployments import run_deployment
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        from flows.deploy import FLOW_NAME, deploy
-
-        api = services.prefect_api_url
+    state = tmp_path / "state"
+    prefect_port, mlflow_port = free_port(), free_port()
+    api, mlflow_uri = f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"
+    proc = subprocess.Popen(
+        [GANPIPE, "serve", "--state-dir", str(state), "--poll-seconds", "1",
+         "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)],
+        env=quiet_env(PREFECT_LOGGING_LEVEL="INFO"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+    )  # fmt: skip
+    try:
+        printed = wait_ready(proc)
+        assert f"export PREFECT_API_URL={api}" in printed
+        monkeypatch.setenv("PREFECT_API_URL", api)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
         with temporary_settings({PREFECT_API_URL: api}):
             dep_id = deploy(
                 cron="15 3 * * 1-5",
@@ -63,9 +85,8 @@ def test_services_deploy_run_and_stop(tmp_path, monkeypatch):
 
             t0 = time.perf_counter()
             run = run_deployment(f"{FLOW_NAME}/test", timeout=240, poll_interval=1)
-            seconds = time.perf_counter() - t0
-            print(f"\ntrigger -> completed: {seconds:.1f} s")
-            log = (services.state_dir / "logs" / "worker.log").read_text()[-3000:]
+            print(f"\ntrigger -> completed: {time.perf_counter() - t0:.1f} s")
+            log = (state / "logs" / "worker.log").read_text()[-3000:]
             assert run.state.is_completed(), f"{run.state}\n{log}"
 
         body = {
@@ -77,7 +98,7 @@ def test_services_deploy_run_and_stop(tmp_path, monkeypatch):
         assert found and found[0]["flow_run_id"] == str(run.id)
         report = found[0]["data"]
         assert "## Champion: promoted" in report and "first model" in report
-        assert f"{services.mlflow_uri}/#/experiments/" in report
+        assert f"{mlflow_uri}/#/experiments/" in report
 
         # the server's scheduler puts the cron's next runs on the calendar (or fails: see below)
         body = {
@@ -87,7 +108,7 @@ def test_services_deploy_run_and_stop(tmp_path, monkeypatch):
             },
             "limit": 10,
         }
-        server_log = services.state_dir / "logs" / "prefect-server.log"
+        server_log = state / "logs" / "prefect-server.log"
         deadline = time.monotonic() + 60
         while not (scheduled := httpx.post(f"{api}/flow_runs/filter", json=body).json()):
             if SCHEDULER_BUG in server_log.read_text(errors="replace"):
@@ -95,59 +116,24 @@ def test_services_deploy_run_and_stop(tmp_path, monkeypatch):
             assert time.monotonic() < deadline, "the scheduler scheduled no runs"
             time.sleep(1)
 
-        client = MlflowClient(services.mlflow_uri)
+        client = MlflowClient(mlflow_uri)
         champion = client.get_model_version_by_alias("ganpipe-generator", "champion")
         mlrun = client.get_run(champion.run_id)
         assert mlrun.info.status == "FINISHED"
         assert mlrun.data.tags["promotion.decision"] == "promoted"
         assert "classifier_fd" in mlrun.data.metrics
         assert (tmp_path / "root" / "metrics" / "eval.json").exists()
-        pids = services.pids()
-        assert len(pids) >= 3
-    assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
-    assert services.services == []
-    # The scheduler made the cron's upcoming runs (it does not on SQLAlchemy 2.1: see constraints).
-    assert scheduled, f"no scheduled runs; {SCHEDULER_BUG!r} in {server_log}?"
-    assert all(r["auto_scheduled"] for r in scheduled)
 
-
-def test_cli_serve_stops_everything_on_sigterm(tmp_path):
-    import os
-    import signal
-    import subprocess
-
-    import httpx
-    import psutil
-
-    from tests.helpers import GANPIPE, quiet_env
-
-    prefect_port, mlflow_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [GANPIPE, "serve", "--no-worker", "--state-dir", str(tmp_path / "state"),
-         "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)],
-        env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        for url in (f"http://127.0.0.1:{mlflow_port}/health",
-                    f"http://127.0.0.1:{prefect_port}/api/health"):  # fmt: skip
-            while True:
-                assert proc.poll() is None, proc.stdout.read()
-                try:
-                    if httpx.get(url, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"{url} not up"
-                time.sleep(0.5)
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-        assert len(children) >= 2
+        assert len(children) >= 3  # Prefect server, MLflow server, worker (and their children)
         os.kill(proc.pid, signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
+        out = proc.communicate(timeout=60)[0].decode(errors="replace")
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, out
-    assert "MLflow UI" in out and "stopped" in out
+    assert proc.returncode == 0, printed + out
+    assert "MLflow UI" in printed and "stopped" in out
     assert all(gone(p) for p in children), [p for p in children if not gone(p)]
-    assert (tmp_path / "state" / "logs" / "prefect-server.log").exists()
+    # The scheduler made the cron's upcoming runs (it does not on SQLAlchemy 2.1: see constraints).
+    assert scheduled, f"no scheduled runs; {SCHEDULER_BUG!r} in {server_log}?"
+    assert all(r["auto_scheduled"] for r in scheduled)
