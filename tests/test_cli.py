@@ -63,11 +63,7 @@ def test_mlflow_holds_one_run_with_params_metrics_images_and_registered_generato
     assert "samples/final.png" in artifacts
     versions = client.search_model_versions("name='ganpipe-generator'")
     assert [v.run_id for v in versions] == [run_.info.run_id]
-
-    # A stage run on its own (as dvc repro runs it) logs into the same run.
-    again = run(["ganpipe", "evaluate"], cwd=root)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert len(client.search_runs([exp.experiment_id])) == 1
+    # (stages run as their own processes log into the same run: tests/test_dvc.py)
 
 
 def test_bad_param_stops_before_any_work(tmp_path):

@@ -23,9 +23,10 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
     """The stage: `paths.prepared` -> `paths.models` (checkpoints in `paths.checkpoints`); returns
     the trainer's summary (`train_summary.json`). TensorFlow or JAX is loaded only when it runs."""
     from ganpipe.data.prepared import load_prepared
+
+    summary = load_prepared(paths.prepared).summary  # missing data: an error before TF loads
     from ganpipe.training.trainer import train
 
-    summary = load_prepared(paths.prepared).summary
     tracker.set_tags(
         {"data.content_hash": summary["content_hash"], "data.source": summary["source"]}
     )
