@@ -129,8 +129,12 @@ def test_serve_deploy_run_and_stop_on_sigterm(tmp_path, monkeypatch):
         os.kill(proc.pid, signal.SIGTERM)
         out = proc.communicate(timeout=60)[0].decode(errors="replace")
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed check: stop the services too, not just the CLI
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert proc.returncode == 0, printed + out
     assert "MLflow UI" in printed and "stopped" in out
     assert all(gone(p) for p in children), [p for p in children if not gone(p)]

@@ -135,6 +135,9 @@ class Services:
         env.update(PREFECT_HOME=str(self.state_dir / "prefect"))
         env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # MLflow's server otherwise starts five job-queue processes (~280 MB each) for its GenAI
+        # jobs (evaluation, trace roll-ups), which ganpipe never submits. Set it to true to keep them.
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         env.update(extra)
         return env
 
