@@ -236,23 +236,20 @@ class Services:
                 procs.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
-        for s in reversed(self.services):
-            if s.proc is not None and s.proc.poll() is None:
-                _signal_group(s.proc.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
+
+        def send(sig: int, services: list[Service], processes: list[psutil.Process]) -> None:
+            for s in services:
+                if s.proc is not None and s.proc.poll() is None:
+                    _signal_group(s.proc.pid, sig)
+            for p in processes:
+                try:
+                    p.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+
+        send(signal.SIGTERM, list(reversed(self.services)), procs)
         _, alive = psutil.wait_procs(procs, timeout=grace)
-        for s in self.services:
-            if s.proc is not None and s.proc.poll() is None:
-                _signal_group(s.proc.pid, signal.SIGKILL)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        send(signal.SIGKILL, self.services, alive)
         psutil.wait_procs(alive, timeout=5)
         for s in self.services:
             if s.proc is not None:
