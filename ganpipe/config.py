@@ -58,6 +58,9 @@ class DataParams(Section):
     image_size: int | None = Field(None, ge=4, le=1024)
     # Keep at most this many training images per class (small-data experiments); null keeps all.
     max_per_class: int | None = Field(None, ge=1)
+    # Cap chosen classes' training images, by class name, after max_per_class (a long tail from
+    # any dataset): {"5": 20, "6": 20}. The test split is never capped.
+    class_caps: dict[str, Annotated[int, Field(ge=1)]] | None = None
     label_column: str = "label"
     seed: int = 0
 
@@ -109,6 +112,10 @@ class TrainParams(Section):
     # when there is more than one device), none, or data_parallel. batch_size is the global batch,
     # split evenly across the devices.
     distribute: Literal["auto", "none", "data_parallel"] = "auto"
+    # Draw real batches class-balanced (every class equally often, its images cycled) instead of
+    # one pass over the data per epoch: rare classes get as many of D's and G's steps (the fake
+    # batch uses the real batch's labels) as common ones. For long-tailed data.
+    class_balance: bool = False
 
     @field_validator("diffaugment")
     @classmethod
@@ -117,8 +124,13 @@ class TrainParams(Section):
 
 
 class GenerateParams(Section):
-    per_class: int = Field(500, ge=1)
-    # True: split per_class * num_classes across classes in proportion to the real counts.
+    # Samples per class: a number, or "auto": what augment's mode needs for each class times
+    # `headroom` (room for its filters), at least `min_per_class`.
+    per_class: int | Literal["auto"] = "auto"
+    headroom: float = Field(1.5, ge=1.0)
+    min_per_class: int = Field(100, ge=1)
+    # True (with a number per_class): split per_class * num_classes across classes in proportion
+    # to the real counts.
     proportional: bool = False
     seed: int = 1
     batch_size: int = Field(256, ge=1)
@@ -126,13 +138,41 @@ class GenerateParams(Section):
 
 
 class AugmentParams(Section):
+    # How many synthetic images each class gets: ratio (synthetic_ratio x its real count),
+    # balance (up to target_per_class, default the largest class's real count), counts (by name).
+    mode: Literal["ratio", "balance", "counts"] = "ratio"
     # Synthetic images added per real image (0.5: half as many synthetic as real).
     synthetic_ratio: float = Field(1.0, ge=0)
+    target_per_class: int | None = Field(None, ge=1)
+    counts: dict[str, Annotated[int, Field(ge=0)]] | None = None
     seed: int = 0
-    # Keep only synthetic samples the domain classifier (evaluator/) assigns to their label, with
-    # at least min_confidence probability: off-label samples are label noise (ganpipe.evaluator.accept_mask).
+    # Filters, in this order (ganpipe.filters). Keep only synthetic samples the domain classifier
+    # (evaluator/) assigns to their label, with at least min_confidence probability: off-label
+    # samples are label noise.
     reject_off_label: bool = False
     min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
+    # Drop near-copies of training images (ganpipe.memorization): closer to their nearest training
+    # image, in pixels (any 1-pixel shift) or in evaluator features, than the
+    # memorization_quantile/2 quantile of real images' distance to their nearest other training
+    # image in that space. A held-out real image is dropped with probability <= the quantile.
+    memorization_guard: bool = True
+    memorization_quantile: float = Field(0.02, gt=0.0, lt=1.0)
+    # Keep only samples inside the real training images' k-NN balls in evaluator features (the
+    # precision criterion of Kynkaanniemi et al. 2019).
+    fidelity_filter: bool = False
+    fidelity_k: int = Field(5, ge=1)
+    # Refuse to export when metrics/utility.json's verdict is "hurts" (needs utility.enabled).
+    require_benefit: bool = False
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> AugmentParams:
+        if self.mode == "counts" and not self.counts:
+            raise ValueError("augment.counts (class name: number) required when mode is 'counts'")
+        if self.counts and self.mode != "counts":
+            raise ValueError("augment.counts is only read when augment.mode is 'counts'")
+        if self.target_per_class is not None and self.mode != "balance":
+            raise ValueError("augment.target_per_class is only read when augment.mode is 'balance'")
+        return self
 
 
 class EvaluateParams(Section):
@@ -153,14 +193,6 @@ class EvaluateParams(Section):
     model_path: str | None = None
     layer: str | None = None
     model_input_range: Literal["-1..1", "0..1", "0..255"] = "-1..1"
-    # Downstream utility (CAS, augmentation uplift): trains several classifiers, so off by default.
-    utility: bool = False
-    utility_epochs: int = Field(3, ge=1)
-    uplift_fractions: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = (0.01, 0.1)
-    uplift_seeds: int = Field(3, ge=1)
-    # Synthetic samples added per real one in the uplift's augmented arm (per class, as
-    # augment.synthetic_ratio); null: every evaluated synthetic sample. Honours augment's rejection.
-    uplift_synthetic_ratio: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _keras_model_needs_path_and_layer(self) -> EvaluateParams:
@@ -171,6 +203,46 @@ class EvaluateParams(Section):
                     f"evaluate.{' and evaluate.'.join(missing)} required when evaluate.extractor "
                     "is 'keras_model'"
                 )
+        return self
+
+
+class UtilityParams(Section):
+    """The downstream test (ganpipe.stages.utility): does adding the synthetic samples help a
+    classifier that is not the evaluator? Arms real, real+classic, real+synthetic,
+    real+classic+synthetic; the verdict compares the last two."""
+
+    enabled: bool = True
+    # Scenarios: the data as given; a stratified label_fraction of it; a long tail (class_caps).
+    # Each non-given scenario trains its own GAN (and evaluator) on the data it keeps.
+    scenarios: tuple[Literal["as_given", "label_fraction", "long_tail"], ...] = ("as_given",)
+    label_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    class_caps: dict[str, Annotated[int, Field(ge=1)]] | None = None
+    seeds: int = Field(3, ge=3)
+    seed: int = 0
+    # null: ganpipe's small CNN (not the evaluator's architecture); or your compiled-or-not .keras
+    # model taking the images in [-1, 1] and returning class logits or probabilities.
+    model_path: str | None = None
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(3, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    # "auto": class-weighted loss when the arm's training classes are imbalanced (max/min > 1.5).
+    class_weight: bool | Literal["auto"] = "auto"
+    # Classic augmentation: random shifts (fraction of the size) and rotations (degrees).
+    classic_shift: float = Field(0.1, ge=0.0, lt=0.5)
+    classic_rotation: float = Field(10.0, ge=0.0, le=180.0)
+    # The headline metric the verdict is read from.
+    verdict_metric: Literal["accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall"] = (
+        "balanced_accuracy"
+    )
+
+    @model_validator(mode="after")
+    def _long_tail_needs_caps(self) -> UtilityParams:
+        if "long_tail" in self.scenarios and not self.class_caps:
+            raise ValueError("utility.class_caps required for the long_tail scenario")
+        if len(set(self.scenarios)) != len(self.scenarios) or not self.scenarios:
+            raise ValueError("utility.scenarios: list each scenario once, at least one")
         return self
 
 
@@ -193,7 +265,14 @@ class Params(Section):
     generate: GenerateParams = GenerateParams()
     augment: AugmentParams = AugmentParams()
     evaluate: EvaluateParams = EvaluateParams()
+    utility: UtilityParams = UtilityParams()
     tracking: TrackingParams = TrackingParams()
+
+    @model_validator(mode="after")
+    def _benefit_needs_utility(self) -> Params:
+        if self.augment.require_benefit and not self.utility.enabled:
+            raise ValueError("augment.require_benefit needs utility.enabled: true")
+        return self
 
     _origin: str = PrivateAttr(default="<defaults>")
 

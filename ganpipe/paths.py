@@ -18,6 +18,8 @@ class Paths:
     augmented: Path = Path("data/augmented")
     evaluator: Path = Path("evaluator")
     metrics: Path = Path("metrics")
+    # the utility stage's work: its scenarios' data, GANs and arms (kept between runs, not an output)
+    utility: Path = Path("utility")
 
     @classmethod
     def under(cls, root: str | os.PathLike[str]) -> Paths:

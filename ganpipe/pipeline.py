@@ -19,8 +19,9 @@ from ganpipe.paths import Paths
 __all__ = ["STAGES", "Paths", "run_file", "run_stage"]
 
 # The pipeline order; each name is a module in ganpipe/stages/. The classifier (the evaluator)
-# comes before augment, whose off-label filter uses it.
-STAGES = ("prepare", "train", "generate", "classifier", "augment", "evaluate")
+# comes before augment, whose filters use it; utility before augment, whose export it can gate
+# (augment.require_benefit).
+STAGES = ("prepare", "train", "generate", "classifier", "utility", "augment", "evaluate")
 DEFAULT_PATHS = Paths()
 
 

@@ -106,12 +106,3 @@ def test_off_label_rejection_end_to_end(tracked_run, tmp_path):
     accepted = sum(rejection["accepted_by_class"].values())
     assert accepted + sum(rejection["rejected_by_class"].values()) == len(labels)
     assert 0.5 < rejection["accept_rate"] == accepted / len(labels) < 1.0
-
-    utility = ["--set", "evaluate.utility=true", "--set", "evaluate.utility_epochs=1"]
-    utility += ["--set", "evaluate.uplift_seeds=1", "--set", "evaluate.uplift_fractions=[0.5]"]
-    utility += ["--set", "evaluate.max_samples=1000"]  # all of them, as augment saw
-    result = run(["ganpipe", "evaluate", *on, *utility], cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((root / "metrics/eval.json").read_text())
-    assert metrics["synthetic_accept_rate"] == pytest.approx(rejection["accept_rate"])
-    assert metrics["uplift_50pct_num_synthetic"] == accepted

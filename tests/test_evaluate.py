@@ -297,38 +297,6 @@ def _noisy(
     return np.clip(split.images[idx] + noise, 0, 255).astype(np.uint8), split.labels[idx]
 
 
-def test_utility_keys_only_when_enabled(digits, cache_dir, tmp_path):
-    data_dir, prepared = digits
-    syn = write_samples(
-        tmp_path / "syn", *_noisy(prepared.train, np.arange(400), np.random.default_rng(2))
-    )
-    params = PARAMS.model_copy(
-        update={
-            "utility": True,
-            "utility_epochs": 1,
-            "uplift_fractions": (0.1,),
-            "uplift_seeds": 2,
-            "max_samples": 400,
-        }
-    )
-    with pytest.warns(UserWarning):
-        out = evaluate(params, data_dir, syn, tmp_path / "m", cache_dir)
-    on_disk = json.loads((tmp_path / "m" / "eval.json").read_text())
-    utility = {
-        "cas_accuracy",
-        "real_accuracy",
-        "uplift_10pct_real_mean",
-        "uplift_10pct_real_std",
-        "uplift_10pct_aug_mean",
-        "uplift_10pct_aug_std",
-        "uplift_10pct_delta",
-        "uplift_10pct_num_real",
-    }
-    assert utility <= set(on_disk) and on_disk == out
-    assert all(0.0 <= out[k] <= 1.0 for k in utility if not k.endswith(("delta", "num_real")))
-    assert -1.0 <= out["uplift_10pct_delta"] <= 1.0
-
-
 def test_inception_without_weights_refuses_before_any_training(digits, tmp_path, monkeypatch):
     from ganpipe.metrics import extractors
 

@@ -2,8 +2,8 @@
 
 One feature pass per image set (real train subsample, real test, synthetic subsample; the real ones
 come from the reference statistics cache after the first evaluation of a dataset), then every
-registered metric over those arrays, and optionally the downstream utility (CAS, augmentation
-uplift). Writes to `<out_dir>/`:
+registered metric over those arrays. (Whether the samples help a downstream classifier is the
+utility stage's question.) Writes to `<out_dir>/`:
 
   eval.json                the headline numbers (for `dvc metrics show`)
   per_class.csv            per class: counts, conditional accuracy, Fréchet distance
@@ -20,7 +20,6 @@ Headline metrics (the Fréchet key is `fid` with evaluate.extractor=inception, e
   classifier_score         exp(E KL(p(y|x) || p(y))) over synthetic samples; 1..num_classes
   evaluator_test_accuracy  the domain classifier's accuracy on the real test set (sanity check)
   num_synthetic, num_real  samples evaluated (after the max_samples cap)
-  cas_accuracy, real_accuracy, uplift_*   with evaluate.utility only (ganpipe.utility)
 """
 
 from __future__ import annotations
@@ -204,8 +203,7 @@ def evaluate(
     The domain classifier is cached in `cache_dir`; the real sets' features and statistics in
     `reference_dir` (default `.ganpipe_cache/reference` beside `cache_dir`: see REFERENCE_CACHE).
     Writes eval.json, per_class.csv and the plots to `out_dir`, logs them to `tracker`, and returns
-    the headline metrics (a flat dict of floats, plus ints for the sample counts). With
-    `augment_params.reject_off_label`, the uplift adds only the samples the augment stage would keep.
+    the headline metrics (a flat dict of floats, plus ints for the sample counts).
     """
     from ganpipe.evaluator import get_evaluator
     from ganpipe.metrics.extractors import build_extractor, load_feature_network
@@ -264,14 +262,6 @@ def evaluate(
     headline: dict[str, Any] = {k: float(v) for k, v in compute_metrics(inputs).items()}
     headline["num_synthetic"] = len(syn)
     headline["num_real"] = len(real.features)
-    if params.utility:
-        from ganpipe.evaluator import accept_mask
-        from ganpipe.utility import downstream_utility
-
-        accept = None
-        if augment_params is not None and augment_params.reject_off_label:
-            accept = accept_mask(syn.probs, syn.labels, augment_params.min_confidence)
-        headline.update(downstream_utility(prepared, synthetic, params, accept).metrics)
     for k, v in headline.items():
         if not math.isfinite(v):
             raise ValueError(f"metric {k} is not finite ({v}); the features are degenerate")
