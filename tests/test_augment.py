@@ -9,14 +9,21 @@ import pytest
 
 from ganpipe.config import AugmentParams
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
-from ganpipe.errors import DataError
+from ganpipe.data.synthetic import synthetic_counts, wanted_counts
+from ganpipe.errors import ConfigError, DataError
 from ganpipe.evaluator import Evaluator, accept_mask
 from ganpipe.io import read_json, save_npz, write_json
-from ganpipe.stages.augment import augment, synthetic_counts
+from ganpipe.stages.augment import augment
 
 CLASS_NAMES = ["zero", "one", "two"]
 REAL_COUNTS = [8, 4, 3]
 SHAPE = (4, 4, 1)
+
+
+def P(**kw) -> AugmentParams:
+    """Augment params with the memorization guard off (its own tests switch it on): these 4x4
+    stand-ins have no evaluator features to measure copies in."""
+    return AugmentParams(**({"memorization_guard": False} | kw))
 
 
 @pytest.fixture
@@ -52,7 +59,7 @@ def load_train(out: Path):
 def test_ratio_counts_and_flags(data_dir, tmp_path):
     syn = make_synthetic(tmp_path / "synthetic", per_class=10)
     out = tmp_path / "augmented"
-    summary = augment(AugmentParams(synthetic_ratio=0.5, seed=3), data_dir, syn, out)
+    summary = augment(P(synthetic_ratio=0.5, seed=3), data_dir, syn, out)
 
     images, labels, is_syn = load_train(out)
     expected_syn = [4, 2, 2]  # round(0.5 * [8, 4, 3]), halves up
@@ -88,9 +95,9 @@ def test_ratio_counts_and_flags(data_dir, tmp_path):
 
 def test_seeded_selection(data_dir, tmp_path):
     syn = make_synthetic(tmp_path / "synthetic", per_class=10)
-    augment(AugmentParams(synthetic_ratio=1.0, seed=0), data_dir, syn, tmp_path / "a")
-    augment(AugmentParams(synthetic_ratio=1.0, seed=0), data_dir, syn, tmp_path / "b")
-    augment(AugmentParams(synthetic_ratio=1.0, seed=1), data_dir, syn, tmp_path / "c")
+    augment(P(synthetic_ratio=1.0, seed=0), data_dir, syn, tmp_path / "a")
+    augment(P(synthetic_ratio=1.0, seed=0), data_dir, syn, tmp_path / "b")
+    augment(P(synthetic_ratio=1.0, seed=1), data_dir, syn, tmp_path / "c")
     a, b, c = (load_train(tmp_path / n) for n in "abc")
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
@@ -100,7 +107,7 @@ def test_seeded_selection(data_dir, tmp_path):
 def test_ratio_zero_is_real_copy(data_dir, tmp_path):
     out = tmp_path / "augmented"
     # no synthetic samples are needed at ratio 0
-    summary = augment(AugmentParams(synthetic_ratio=0), data_dir, tmp_path / "missing", out)
+    summary = augment(P(synthetic_ratio=0), data_dir, tmp_path / "missing", out)
     images, labels, is_syn = load_train(out)
     real = load_prepared(data_dir)
     np.testing.assert_array_equal(images, real.train.images)
@@ -115,34 +122,34 @@ def test_not_enough_synthetic(data_dir, tmp_path):
     syn = make_synthetic(tmp_path / "synthetic", per_class=5)
     out = tmp_path / "augmented"
     with pytest.raises(
-        DataError, match=r"'zero': needs 8, has 5.*generate\.per_class to at least 8 with"
+        DataError, match=r"'zero': needs 8, has 5\): generate more \(generate\.per_class: auto"
     ):
-        augment(AugmentParams(synthetic_ratio=1.0), data_dir, syn, out)
+        augment(P(synthetic_ratio=1.0), data_dir, syn, out)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_missing_synthetic(data_dir, tmp_path):
     with pytest.raises(DataError, match="samples.npz: not found.*ganpipe generate"):
-        augment(AugmentParams(), data_dir, tmp_path / "nothing", tmp_path / "out")
+        augment(P(), data_dir, tmp_path / "nothing", tmp_path / "out")
 
 
 def test_shape_mismatch(data_dir, tmp_path):
     syn = make_synthetic(tmp_path / "synthetic", per_class=10, shape=(8, 8, 1))
     with pytest.raises(DataError, match=r"images are 8x8x1.*4x4x1"):
-        augment(AugmentParams(), data_dir, syn, tmp_path / "out")
+        augment(P(), data_dir, syn, tmp_path / "out")
 
 
 def test_class_mismatch(data_dir, tmp_path):
     syn = make_synthetic(tmp_path / "synthetic", per_class=10, class_names=["a", "b", "c"])
     with pytest.raises(DataError, match="differ from the real classes"):
-        augment(AugmentParams(), data_dir, syn, tmp_path / "out")
+        augment(P(), data_dir, syn, tmp_path / "out")
 
 
 def test_failure_keeps_previous_output(data_dir, tmp_path, monkeypatch):
     syn = make_synthetic(tmp_path / "synthetic", per_class=10)
     out = tmp_path / "augmented"
-    augment(AugmentParams(synthetic_ratio=0.5), data_dir, syn, out)
+    augment(P(synthetic_ratio=0.5), data_dir, syn, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     import ganpipe.stages.augment as aug_mod
@@ -152,7 +159,7 @@ def test_failure_keeps_previous_output(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(aug_mod.shutil, "copyfile", broken)
     with pytest.raises(OSError, match="disk full"):
-        augment(AugmentParams(synthetic_ratio=1.0), data_dir, syn, out)
+        augment(P(synthetic_ratio=1.0), data_dir, syn, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -199,31 +206,32 @@ def test_reject_off_label(data_dir, tmp_path):
     off = make_drawn(tmp_path / "synthetic", per_class=10, off_label={0: 3, 2: 1})
     with np.load(tmp_path / "synthetic" / "samples.npz") as f:
         codes_off = set(f["images"][off, 0, 0, 0].tolist())  # the distinct-row codes
-    params = AugmentParams(synthetic_ratio=0.5, seed=3, reject_off_label=True)
+    params = P(synthetic_ratio=0.5, seed=3, reject_off_label=True)
     summary = augment(params, data_dir, tmp_path / "synthetic", tmp_path / "out", label_reader())
 
     images, labels, is_syn = load_train(tmp_path / "out")
     assert np.bincount(labels[is_syn], minlength=3).tolist() == [4, 2, 2]
     assert not codes_off & set(images[is_syn, 0, 0, 0].tolist())  # no off-label sample kept
-    rejection = summary["rejection"]
-    assert rejection["rejected_by_class"] == {"zero": 3, "one": 0, "two": 1}
-    assert rejection["accepted_by_class"] == {"zero": 7, "one": 10, "two": 9}
-    assert rejection["accept_rate"] == pytest.approx(26 / 30)
-    assert read_json(tmp_path / "out" / "summary.json")["rejection"] == rejection
+    filters = summary["filters"]
+    off_label = filters["filters"]["off_label"]
+    assert off_label["dropped_by_class"] == {"zero": 3, "one": 0, "two": 1}
+    assert off_label["kept_by_class"] == {"zero": 7, "one": 10, "two": 9}
+    assert filters["keep_rate"] == pytest.approx(26 / 30) and filters["kept"] == 26
+    assert read_json(tmp_path / "out" / "summary.json")["filters"] == filters
 
-    # class "zero" needs 8 at ratio 1, and only 7 pass: the message says rejection is why
-    with pytest.raises(DataError, match=r"'zero': needs 8, has 7 \(3 more rejected as off-label\)"):
+    # class "zero" needs 8 at ratio 1, and only 7 pass: the message says the filters are why
+    with pytest.raises(
+        DataError, match=r"'zero': needs 8, has 7 \(3 more dropped by the filters\)"
+    ):
         augment(
-            AugmentParams(synthetic_ratio=1.0, reject_off_label=True),
+            P(synthetic_ratio=1.0, reject_off_label=True),
             data_dir, tmp_path / "synthetic", tmp_path / "out2", label_reader(),
         )  # fmt: skip
     with pytest.raises(ValueError, match="needs the evaluator"):
         augment(params, data_dir, tmp_path / "synthetic", tmp_path / "out3")
-    # off by default: the same samples are all eligible, and the summary says no rejection ran
-    summary = augment(
-        AugmentParams(synthetic_ratio=1.0), data_dir, tmp_path / "synthetic", tmp_path / "out4"
-    )
-    assert summary["rejection"] is None and summary["num_synthetic"] == 15
+    # off: the same samples are all eligible, and the summary says no filter ran
+    summary = augment(P(synthetic_ratio=1.0), data_dir, tmp_path / "synthetic", tmp_path / "out4")
+    assert summary["filters"] is None and summary["num_synthetic"] == 15
 
 
 def test_accept_mask_confidence():
@@ -234,3 +242,51 @@ def test_accept_mask_confidence():
     assert accept_mask(probs, labels, min_confidence=0.6).tolist() == [True, False, False, False]
     with pytest.raises(ValueError, match="do not match"):
         accept_mask(probs, labels[:2])
+
+
+# ---- modes ---------------------------------------------------------------------------------------
+
+
+def test_wanted_counts_per_mode():
+    names = ["a", "b", "c"]
+    real = np.array([100, 20, 5])
+    assert wanted_counts(P(synthetic_ratio=0.5), real, names).tolist() == [50, 10, 3]
+    assert wanted_counts(P(mode="balance"), real, names).tolist() == [0, 80, 95]
+    target = P(mode="balance", target_per_class=50)
+    assert wanted_counts(target, real, names).tolist() == [0, 30, 45]  # never below 0
+    counts = P(mode="counts", counts={"c": 7, "a": 1})
+    assert wanted_counts(counts, real, names).tolist() == [1, 0, 7]
+    with pytest.raises(ConfigError, match=r"augment.counts: unknown class 'd'.*'a', 'b', 'c'"):
+        wanted_counts(P(mode="counts", counts={"d": 1}), real, names)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"mode": "counts"}, "augment.counts .* required when mode is 'counts'"),
+        ({"counts": {"a": 1}}, "only read when augment.mode is 'counts'"),
+        ({"target_per_class": 5}, "only read when augment.mode is 'balance'"),
+    ],
+)
+def test_mode_params_checked(kw, message):
+    with pytest.raises(ValueError, match=message):
+        AugmentParams(**kw)
+
+
+def test_balance_fills_small_classes(data_dir, tmp_path):
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10)
+    summary = augment(P(mode="balance"), data_dir, syn, tmp_path / "out")
+    _, labels, is_syn = load_train(tmp_path / "out")
+    assert np.bincount(labels, minlength=3).tolist() == [8, 8, 8]  # real 8, 4, 3 topped up
+    assert np.bincount(labels[is_syn], minlength=3).tolist() == [0, 4, 5]
+    assert summary["mode"] == "balance" and summary["synthetic_counts"] == [0, 4, 5]
+    with pytest.raises(DataError, match=r"class 'two': needs 17, has 10"):
+        augment(P(mode="balance", target_per_class=20), data_dir, syn, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_counts_mode(data_dir, tmp_path):
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10)
+    augment(P(mode="counts", counts={"two": 6}), data_dir, syn, tmp_path / "out")
+    _, labels, is_syn = load_train(tmp_path / "out")
+    assert np.bincount(labels[is_syn], minlength=3).tolist() == [0, 0, 6]

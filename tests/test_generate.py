@@ -157,7 +157,7 @@ def test_proportional_counts_exact(model_dir, data_dir, tmp_path):
 )
 def test_class_counts_largest_remainder(per_class, counts):
     params = GenerateParams(per_class=per_class, proportional=True)
-    got = class_counts(params, counts, len(counts))
+    got = class_counts(params, counts, [str(k) for k in range(len(counts))])
     assert got.sum() == per_class * len(counts)
     exact = np.asarray(counts) / sum(counts) * per_class * len(counts)
     assert np.all(np.abs(got - exact) < 1)
@@ -239,3 +239,25 @@ def test_failure_keeps_previous_output(model_dir, data_dir, tmp_path, monkeypatc
     after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir()] == ["synthetic"]  # no temp dir left behind
+
+
+def test_auto_counts_follow_augment_mode():
+    """per_class auto: what augment's mode needs x headroom, at least min_per_class; a fixed
+    number that is too few for augment stops before anything is written, naming the class."""
+    from ganpipe.config import AugmentParams
+
+    names = ["a", "b", "c"]
+    real = [1000, 20, 300]
+    auto = GenerateParams(per_class="auto", headroom=1.5, min_per_class=100)
+    balance = AugmentParams(mode="balance")
+    assert class_counts(auto, real, names, balance).tolist() == [100, 1470, 1050]
+    ratio = AugmentParams(synthetic_ratio=0.5)
+    assert class_counts(auto, real, names, ratio).tolist() == [750, 100, 225]
+    with pytest.raises(DataError, match="per_class auto needs the augment params"):
+        class_counts(auto, real, names)
+    fixed = GenerateParams(per_class=500)
+    assert class_counts(fixed, real, names, ratio).tolist() == [500, 500, 500]
+    with pytest.raises(
+        DataError, match=r"class 'b': needs 980, would get 500; class 'c': needs 700"
+    ):
+        class_counts(fixed, real, names, balance)

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ganpipe.config import AugmentParams
 from ganpipe.data.prepared import Split, load_split
-from ganpipe.errors import DataError
+from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import file_sha256, read_json
 
 SAMPLES_FILE = "samples.npz"
@@ -71,6 +72,29 @@ def synthetic_counts(ratio: float, real_counts: np.ndarray) -> np.ndarray:
     return np.floor(ratio * np.asarray(real_counts, dtype=np.float64) + 0.5).astype(np.int64)
 
 
+def wanted_counts(
+    params: AugmentParams, real_counts: np.ndarray, class_names: list[str]
+) -> np.ndarray:
+    """Synthetic samples augment.mode asks for, per class:
+    ratio    round(synthetic_ratio x the class's real count);
+    balance  up to target_per_class (default: the largest class's real count), never below 0;
+    counts   augment.counts by class name (classes it does not name get none).
+    ConfigError for a class name the data does not have."""
+    real = np.asarray(real_counts, dtype=np.int64)
+    if params.mode == "ratio":
+        return synthetic_counts(params.synthetic_ratio, real)
+    if params.mode == "balance":
+        target = params.target_per_class or int(real.max(initial=0))
+        return np.maximum(target - real, 0)
+    unknown = sorted(set(params.counts or {}) - set(class_names))
+    if unknown:
+        raise ConfigError(
+            f"augment.counts: unknown class {', '.join(map(repr, unknown))}; the classes are "
+            f"{', '.join(map(repr, class_names))}"
+        )
+    return np.asarray([(params.counts or {}).get(n, 0) for n in class_names], dtype=np.int64)
+
+
 def select_synthetic(
     labels: np.ndarray,
     wanted: np.ndarray,
@@ -87,19 +111,17 @@ def select_synthetic(
     if short:
         detail = "; ".join(
             f"class {class_names[k]!r}: needs {wanted[k]}, has {available[k]}"
-            + (f" ({rejected[k]} more rejected as off-label)" if rejected is not None else "")
+            + (f" ({rejected[k]} more dropped by the filters)" if rejected is not None else "")
             for k in short
         )
         if remedy is None:
-            need = f"to at least {int(wanted.max())}"
-            if rejected is not None:
-                need = f"above {int(wanted.max())} (the rejection drops some)"
             remedy = (
-                f"raise generate.per_class {need} with generate.proportional=false and re-run "
-                "`ganpipe generate`, or lower augment.synthetic_ratio"
+                "generate more (generate.per_class: auto with a larger generate.headroom, or a "
+                "larger number) and re-run `ganpipe generate`, or ask for fewer (augment.mode "
+                "and its synthetic_ratio / target_per_class / counts)"
             )
             if rejected is not None:
-                remedy += " or augment.min_confidence"
+                remedy += ", or loosen the filters"
         raise DataError(f"not enough synthetic samples ({detail}): {remedy}")
     picks = [
         rng.choice(np.flatnonzero(labels == k), size=int(wanted[k]), replace=False)

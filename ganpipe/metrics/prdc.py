@@ -94,6 +94,20 @@ def _kth_nn_sq_radii(x: np.ndarray, k: int, batch_size: int) -> np.ndarray:
     return radii
 
 
+def inside_manifold(
+    real: np.ndarray, fake: np.ndarray, k: int = 3, batch_size: int = 2048
+) -> np.ndarray:
+    """Bool per fake sample: inside the real k-NN manifold (within some real sample's distance to
+    its k-th nearest real neighbour). Its mean is the precision; the augment stage's fidelity
+    filter keeps the True ones."""
+    real, fake = _validate(real, fake, k, batch_size)
+    r_real = _kth_nn_sq_radii(real, k, batch_size)
+    inside = np.zeros(len(fake), dtype=bool)
+    for start, stop, d2 in _sq_dist_blocks(real, fake, batch_size):
+        inside |= (d2 <= r_real[start:stop, None]).any(axis=0)
+    return inside
+
+
 def precision_recall(
     real: np.ndarray, fake: np.ndarray, k: int = 3, batch_size: int = 2048
 ) -> tuple[float, float]:

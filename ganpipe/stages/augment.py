@@ -5,9 +5,11 @@
 `is_synthetic` (bool, N) and is shuffled with augment.seed; `test.npz` is the real test split,
 copied unchanged. With nothing synthetic to add (ratio 0) train.npz keeps the real order: a copy.
 
-With `augment.reject_off_label`, samples the evaluator does not assign to their label (see
-`ganpipe.evaluator.accept_mask`) are dropped before the per-class draw; summary.json records how many
-per class.
+How many per class: `augment.mode` (`ganpipe.data.synthetic.wanted_counts`: ratio, balance,
+counts). Before the per-class draw the filters (`ganpipe.filters`: off-label, memorization guard,
+fidelity) drop samples; summary.json records what each kept and dropped per class. Nothing is
+written unless every class gets what it asked for. With `augment.require_benefit` the stage first
+reads the utility stage's verdict (metrics/utility.json) and refuses to export when it is "hurts".
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import numpy as np
 
 from ganpipe.config import AugmentParams, Params
 from ganpipe.data.prepared import Split, load_prepared, make_summary
-from ganpipe.data.synthetic import load_synthetic, select_synthetic, synthetic_counts
+from ganpipe.data.synthetic import load_synthetic, select_synthetic, wanted_counts
+from ganpipe.errors import DataError
+from ganpipe.filters import active_filters, apply_filters
 from ganpipe.io import atomic_dir, save_npz, write_json
 from ganpipe.ops.tracking import Tracker
 from ganpipe.paths import Paths
@@ -31,13 +35,38 @@ if TYPE_CHECKING:
 
 
 def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
-    """The stage: prepared + synthetic (+ the evaluator, for the off-label filter) -> augmented."""
+    """The stage: prepared + synthetic (+ the evaluator, for the filters) -> augmented."""
+    if params.augment.require_benefit:
+        check_benefit(paths.metrics)
     evaluator = None
-    if params.augment.reject_off_label:
+    if active_filters(params.augment):
         from ganpipe.evaluator import get_evaluator
 
         evaluator = get_evaluator(paths.prepared, params.evaluate, paths.evaluator)
-    return augment(params.augment, paths.prepared, paths.synthetic, paths.augmented, evaluator)
+    summary = augment(params.augment, paths.prepared, paths.synthetic, paths.augmented, evaluator)
+    tracker.log_metrics(
+        {
+            "augment_num_synthetic": float(summary["num_synthetic"]),
+            **{
+                f"augment_{name}_dropped": float(f["dropped"])
+                for name, f in (summary["filters"] or {}).get("filters", {}).items()
+            },
+        }
+    )
+    return summary
+
+
+def check_benefit(metrics_dir: str | os.PathLike[str]) -> None:
+    """augment.require_benefit: DataError with the verdict and its numbers when the utility
+    stage found that the synthetic samples hurt."""
+    from ganpipe.utility import read_verdict
+
+    verdict = read_verdict(metrics_dir)
+    if verdict["verdict"] == "hurts":
+        raise DataError(
+            f"augment.require_benefit: the utility stage's verdict is 'hurts' "
+            f"({verdict['summary']}); not exporting the augmented dataset"
+        )
 
 
 def augment(
@@ -47,21 +76,23 @@ def augment(
     out_dir: str | os.PathLike[str],
     evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
-    """Merge the real train split with `synthetic_ratio` synthetic images per real image, per
-    class; write the result to `out_dir` atomically and return its summary.
+    """Merge the real train split with the synthetic samples `params.mode` asks for, per class,
+    after the filters; write the result to `out_dir` atomically and return its summary.
 
-    `evaluator` (`ganpipe.evaluator.get_evaluator`) is required
-    when `params.reject_off_label` is set. Raises DataError if the synthetic samples are missing
-    (ratio > 0), of another shape or class set, or too few (after rejection) for some class.
+    `evaluator` (`ganpipe.evaluator.get_evaluator`) is required when a filter is on (ValueError).
+    Raises DataError if the synthetic samples are missing (when some are wanted), of another shape
+    or class set, or too few (after the filters) for some class.
     """
-    if params.reject_off_label and evaluator is None:
-        raise ValueError("augment.reject_off_label needs the evaluator")
+    if active_filters(params) and evaluator is None:
+        raise ValueError(
+            f"augment's {', '.join(active_filters(params))} filter needs the evaluator"
+        )
     data_dir, synthetic_dir, out = Path(data_dir), Path(synthetic_dir), Path(out_dir)
     real = load_prepared(data_dir)
     class_names = real.class_names
     k = len(class_names)
     real_counts = np.bincount(real.train.labels, minlength=k)
-    wanted = synthetic_counts(params.synthetic_ratio, real_counts)
+    wanted = wanted_counts(params, real_counts, class_names)
 
     synthetic_source: dict[str, Any] | None = None
     chosen = np.zeros(0, dtype=np.int64)
@@ -69,18 +100,14 @@ def augment(
     if wanted.sum() > 0:
         syn, synthetic_source = load_synthetic(synthetic_dir, class_names, real.image_shape)
     rng = np.random.default_rng(params.seed)
-    rejection: dict[str, Any] | None = None
+    filtered: dict[str, Any] | None = None
     if wanted.sum() > 0:
-        pool = np.arange(len(syn))
-        rejected = None
-        if params.reject_off_label:
-            from ganpipe.evaluator import rejection_summary
-
-            mask = evaluator.accept_mask(syn.images, syn.labels, params.min_confidence)
-            pool = np.flatnonzero(mask)
-            rejection = rejection_summary(syn.labels, mask, class_names, params.min_confidence)
-            rejected = np.asarray(list(rejection["rejected_by_class"].values()))
-        chosen = pool[select_synthetic(syn.labels[pool], wanted, rng, class_names, rejected)]
+        result = apply_filters(params, syn, real.train, class_names, evaluator)
+        pool = np.flatnonzero(result.keep)
+        dropped = None
+        if result.report["filters"]:
+            filtered, dropped = result.report, result.dropped_by_class()
+        chosen = pool[select_synthetic(syn.labels[pool], wanted, rng, class_names, dropped)]
 
     n_real, n_syn = len(real.train), len(chosen)
     images = np.concatenate([real.train.images, syn.images[chosen]])
@@ -97,7 +124,8 @@ def augment(
             "seed": params.seed,
             "real_counts": real_counts.tolist(),
             "synthetic_counts": wanted.tolist(),
-            "rejection": rejection,
+            "mode": params.mode,
+            "filters": filtered,
             "num_real": n_real,
             "num_synthetic": n_syn,
             "counts_by_class": {

@@ -20,9 +20,10 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from ganpipe.config import GenerateParams, Params
+from ganpipe.config import AugmentParams, GenerateParams, Params
 from ganpipe.data.prepared import to_uint8
 from ganpipe.data.sampling import largest_remainder
+from ganpipe.data.synthetic import wanted_counts
 from ganpipe.errors import DataError
 from ganpipe.images import readable_scale, save_grid
 from ganpipe.io import atomic_dir, file_sha256, read_json, save_npz, write_json
@@ -35,10 +36,11 @@ _PNG_CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA
 
 
 def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
-    """The stage: `paths.models`/generator.keras -> `paths.synthetic`."""
+    """The stage: `paths.models`/generator.keras -> `paths.synthetic`, as many per class as
+    the augment stage's mode needs (generate.per_class: auto) or at least checked against it."""
     return generate(
         params.generate, paths.models, paths.prepared, paths.synthetic,
-        latent_dim=params.model.latent_dim, tracker=tracker,
+        latent_dim=params.model.latent_dim, tracker=tracker, augment_params=params.augment,
     )  # fmt: skip
 
 
@@ -49,12 +51,14 @@ def generate(
     out_dir: str | os.PathLike[str],
     latent_dim: int | None = None,
     tracker: Tracker | None = None,
+    augment_params: AugmentParams | None = None,
 ) -> dict[str, Any]:
-    """Sample `params.per_class` images per class (or proportionally) and write them to `out_dir`.
+    """Sample images per class (`class_counts`) and write them to `out_dir`.
 
     Returns the summary written to `out_dir/summary.json`, plus `paths` (absolute output paths).
-    Raises DataError for a missing generator or data summary, or a generator that does not fit
-    the dataset (class count, image shape).
+    Raises DataError for a missing generator or data summary, a generator that does not fit
+    the dataset (class count, image shape), or (with `augment_params`) a fixed per_class that
+    gives some class fewer samples than augment's mode needs: before anything is written.
     """
     tracker = tracker or NULL_TRACKER
     model_path = Path(model_dir) / GENERATOR_FILE
@@ -71,7 +75,7 @@ def generate(
     gen = _inspect_generator(model, model_path, latent_dim)
     _check_fits(gen, model_path, Path(data_dir), class_names, image_shape)
 
-    counts = class_counts(params, data_summary.get("train_counts"), num_classes)
+    counts = class_counts(params, data_summary.get("train_counts"), class_names, augment_params)
     generator_sha256 = file_sha256(model_path)
     generator_version = generator_sha256[:12]
     images, labels = sample(model, gen, counts, params.seed, params.batch_size)
@@ -135,21 +139,65 @@ def generate(
 
 
 def class_counts(
-    params: GenerateParams, train_counts: list[int] | None, num_classes: int
+    params: GenerateParams,
+    train_counts: list[int] | None,
+    class_names: list[str],
+    augment_params: AugmentParams | None = None,
 ) -> np.ndarray:
-    """Samples per class: `per_class` each, or `per_class * num_classes` split in proportion to
-    the real training counts by largest remainder (ties to the lower class index), so the total
-    is exact."""
+    """Samples per class.
+
+    per_class auto: what `augment_params.mode` asks for per class times `headroom` (rounded up),
+    at least `min_per_class`. A number: that many each, or with `proportional` that times the
+    class count split in proportion to the real training counts by largest remainder (ties to
+    the lower class index, so the total is exact); with `augment_params`, a DataError naming every
+    class that would get fewer than augment needs.
+    """
+    num_classes = len(class_names)
+    real = _real_counts(train_counts, num_classes, params)
+    if params.per_class == "auto":
+        if augment_params is None:
+            raise DataError(
+                "generate.per_class auto needs the augment params (the stage passes them)"
+            )
+        need = wanted_counts(augment_params, real, class_names)
+        return np.maximum(np.ceil(need * params.headroom), params.min_per_class).astype(np.int64)
     if not params.proportional:
-        return np.full(num_classes, params.per_class, dtype=np.int64)
+        counts = np.full(num_classes, params.per_class, dtype=np.int64)
+    else:
+        if real.sum() <= 0:
+            raise DataError(f"generate.proportional: bad real train_counts {list(train_counts)}")
+        counts = largest_remainder(real.astype(np.float64), params.per_class * num_classes)
+    if augment_params is not None:
+        need = wanted_counts(augment_params, real, class_names)
+        short = [k for k in range(num_classes) if counts[k] < need[k]]
+        if short:
+            detail = "; ".join(
+                f"class {class_names[k]!r}: needs {need[k]}, would get {counts[k]}" for k in short
+            )
+            raise DataError(
+                f"generate.per_class={params.per_class} is too few for augment.mode="
+                f"{augment_params.mode} ({detail}): set generate.per_class: auto (it generates "
+                "what augment needs, with headroom for its filters) or a larger number"
+            )
+    return counts
+
+
+def _real_counts(
+    train_counts: list[int] | None, num_classes: int, params: GenerateParams
+) -> np.ndarray:
+    """The real training counts from the data summary (zeros when absent and not needed)."""
+    needed = params.per_class == "auto" or params.proportional
     if train_counts is None or len(train_counts) != num_classes:
-        raise DataError(
-            "generate.proportional needs the real train_counts per class in the data summary.json"
-        )
-    real = np.asarray(train_counts, dtype=np.float64)
-    if real.sum() <= 0 or (real < 0).any():
-        raise DataError(f"generate.proportional: bad real train_counts {list(train_counts)}")
-    return largest_remainder(real, params.per_class * num_classes)
+        if needed:
+            raise DataError(
+                "generate.per_class auto and generate.proportional need the real train_counts "
+                "per class in the data summary.json (re-run `ganpipe prepare`)"
+            )
+        return np.zeros(num_classes, dtype=np.int64)
+    real = np.asarray(train_counts, dtype=np.int64)
+    if (real < 0).any():
+        raise DataError(f"bad real train_counts {list(train_counts)} in the data summary.json")
+    return real
 
 
 def sample(
