@@ -74,7 +74,7 @@ def pipeline(
     update: bool = True,
     promote_champion: bool = True,
 ) -> dict[str, Any]:
-    """[dvc pull] → prepare → train → generate → classifier → augment → evaluate, under one MLflow
+    """[dvc pull] → prepare → train → generate → classifier → utility → augment → evaluate, under one MLflow
     run, then champion promotion (tracking and model registration on)."""
     params = load_params(params_file, overrides or [])
     paths = Paths.under(root)
@@ -89,7 +89,15 @@ def pipeline(
         if promote_champion and params.tracking.register_model and tracker.run_id is not None:
             results["promotion"] = promote(params, paths, tracker)
     create_markdown_artifact(
-        pipeline_report(results["evaluate"], paths, tracker.run_id, results.get("promotion"), url),
+        pipeline_report(
+            results["evaluate"],
+            paths,
+            tracker.run_id,
+            results.get("promotion"),
+            url,
+            utility=results["utility"],
+            augment=results["augment"],
+        ),  # fmt: skip
         key="ganpipe-report",
         description="ganpipe metrics and outputs",
     )

@@ -24,9 +24,12 @@ def pipeline_report(
     run_id: str | None,
     promotion: dict[str, Any] | None = None,
     run_url: str | None = None,
+    utility: dict[str, Any] | None = None,
+    augment: dict[str, Any] | None = None,
 ) -> str:
     """The run's report: metrics (beside the champion's when promotion compared them), the
-    promotion decision (`Decision.as_dict()`), and where the outputs are."""
+    utility stage's verdict, what augment's filters kept and dropped, the promotion decision
+    (`Decision.as_dict()`), and where the outputs are."""
     champ = (promotion or {}).get("champion_metrics") or {}
     if champ:
         label = f"champion v{promotion['champion_version']} ({promotion['basis']})"
@@ -38,6 +41,7 @@ def pipeline_report(
         head = "| metric | value |\n|---|---|\n"
         rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in sorted(metrics.items()))
     text = f"# ganpipe run\n\n{head}{rows}\n"
+    text += utility_section(utility) + filters_section(augment)
     if promotion:
         text += (
             f"\n## Champion: {promotion['decision']}\n"
@@ -56,6 +60,40 @@ def pipeline_report(
         f"- augmented data: `{paths.augmented / 'train.npz'}`\n"
         f"- metrics: `{metrics_dir / 'eval.json'}`, `{metrics_dir / 'per_class.csv'}`\n"
         f"- MLflow run: {run}\n"
+    )
+
+
+def utility_section(utility: dict[str, Any] | None) -> str:
+    """Does it help? The verdict and, per scenario, the headline comparison's numbers."""
+    if not utility or not utility.get("enabled"):
+        return ""
+    lines = [f"\n## Does it help? {utility.get('verdict')}\n"]
+    metric = utility.get("verdict_metric")
+    for name, sc in (utility.get("scenarios") or {}).items():
+        lines.append(f"- {name}: **{sc.get('verdict')}** on {metric} ({sc.get('summary', '')})")
+    return "\n".join(lines) + "\n"
+
+
+def filters_section(augment: dict[str, Any] | None) -> str:
+    """Per filter: dropped per class; then what was exported."""
+    filters = ((augment or {}).get("filters") or {}).get("filters") or {}
+    if not filters:
+        return ""
+    names = list(next(iter(filters.values()))["dropped_by_class"])
+    head = "| filter | " + " | ".join(names) + " | dropped |\n|---|" + "---|" * (len(names) + 1)
+    rows = [
+        f"| {f} | "
+        + " | ".join(str(v["dropped_by_class"][n]) for n in names)
+        + f" | {v['dropped']} |"
+        for f, v in filters.items()
+    ]
+    added = f"{augment['num_synthetic']} synthetic added to {augment['num_real']} real"
+    return (
+        "\n## Filters (samples dropped per class)\n"
+        + head
+        + "\n"
+        + "\n".join(rows)
+        + (f"\n\n{added} (augment.mode {augment.get('mode')})\n")
     )
 
 
