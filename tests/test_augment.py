@@ -290,3 +290,62 @@ def test_counts_mode(data_dir, tmp_path):
     augment(P(mode="counts", counts={"two": 6}), data_dir, syn, tmp_path / "out")
     _, labels, is_syn = load_train(tmp_path / "out")
     assert np.bincount(labels[is_syn], minlength=3).tolist() == [0, 0, 6]
+
+
+# ---- filters -------------------------------------------------------------------------------------
+
+
+class PixelFeatures:
+    """A stand-in evaluator whose features are the pixels (scaled to [0, 1]) and whose
+    probabilities say every sample is its own label's: for the filters that measure distances."""
+
+    def __init__(self, labels_of=None):
+        self.labels_of = labels_of
+
+    def features(self, images, batch_size=256):
+        feats = images.reshape(len(images), -1).astype(np.float32) / 255.0
+        probs = np.full((len(images), 3), 1 / 3, np.float32)
+        return feats, probs
+
+
+def test_memorization_guard_drops_planted_copies(data_dir, tmp_path):
+    """Exact copies of training images planted among the samples are dropped by the guard,
+    counted per class in the report, and never exported."""
+    real = load_prepared(data_dir)
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10)
+    with np.load(syn / "samples.npz") as f:
+        images, labels = f["images"], f["labels"]
+    planted = np.flatnonzero(labels == 0)[:3]
+    sources = np.flatnonzero(real.train.labels == 0)[:3]
+    images[planted] = real.train.images[sources]
+    save_npz(syn / "samples.npz", images=images, labels=labels)
+
+    params = AugmentParams(synthetic_ratio=0.5, memorization_guard=True)
+    summary = augment(params, data_dir, syn, tmp_path / "out", PixelFeatures())
+    guard = summary["filters"]["filters"]["memorization"]
+    assert guard["dropped_by_class"]["zero"] >= 3
+    out_images, _, is_syn = load_train(tmp_path / "out")
+    exported = {bytes(x) for x in out_images[is_syn]}
+    assert not exported & {bytes(x) for x in real.train.images[sources]}
+
+
+def test_fidelity_filter_drops_outliers(data_dir, tmp_path):
+    """Samples far from every real training image (outside the real k-NN balls) are dropped;
+    samples equal to a real image's neighbourhood are kept."""
+    real = load_prepared(data_dir)
+    syn = make_synthetic(tmp_path / "synthetic", per_class=10)
+    with np.load(syn / "samples.npz") as f:
+        images, labels = f["images"], f["labels"]
+    # class "one": samples one grey level away from real images of any class (inside the balls)
+    near = np.flatnonzero(labels == 1)
+    images[near] = real.train.images[np.arange(len(near)) % len(real.train)] + 1
+    save_npz(syn / "samples.npz", images=images, labels=labels)
+
+    params = P(mode="counts", counts={"one": 5}, fidelity_filter=True, fidelity_k=2)
+    summary = augment(params, data_dir, syn, tmp_path / "out", PixelFeatures())
+    fidelity = summary["filters"]["filters"]["fidelity"]
+    assert fidelity["kept_by_class"]["one"] == 10  # all near ones kept
+    assert fidelity["dropped_by_class"]["zero"] == 10 == fidelity["dropped_by_class"]["two"]
+    with pytest.raises(DataError, match=r"class 'zero': needs 1, has 0 \(10 more dropped"):
+        augment(P(mode="counts", counts={"zero": 1}, fidelity_filter=True), data_dir, syn,
+                tmp_path / "out2", PixelFeatures())  # fmt: skip
