@@ -1,4 +1,4 @@
-"""`ganpipe prepare|train|generate|classifier|augment|evaluate|run`: thin callers of `run_stage`.
+"""`ganpipe prepare|train|generate|classifier|utility|augment|evaluate|run`: thin callers of `run_stage`.
 
 Every command takes `--params FILE` and repeated `--set section.key=value`. Errors the user can fix
 print one message and exit 2; nothing else is printed in their place.
@@ -22,13 +22,14 @@ if TYPE_CHECKING:
     from ganpipe.config import Params
 
 # Stages that log into the pipeline's MLflow run; `train` opens it, the later ones rejoin it.
-TRACKED = {"train", "generate", "evaluate"}
+TRACKED = {"train", "generate", "utility", "augment", "evaluate"}
 
 HELP = {
     "prepare": "load and validate the raw data; write data/prepared/{train,test}.npz + summary.json",
     "train": "train the class-conditional GAN; write models/ (resumes from checkpoints/)",
     "generate": "sample labelled synthetic images into data/synthetic/",
-    "augment": "merge real and synthetic training data into data/augmented/",
+    "utility": "does adding the samples help a downstream classifier? write metrics/utility.json",
+    "augment": "merge real and filtered synthetic training data into data/augmented/",
     "classifier": "train (or reuse) the domain classifier the evaluation uses, in evaluator/",
     "evaluate": "score the synthetic samples; write metrics/eval.json and metrics/per_class.csv",
     "run": "run every stage in order under one MLflow run",
@@ -124,12 +125,15 @@ def print_report(results: dict, paths: Paths) -> None:
     print("\nMetrics (metrics/eval.json):")
     for k, v in sorted(metrics.items()):
         print(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
+    utility = results.get("utility") or {}
+    if utility.get("enabled"):
+        print(f"\nDoes it help? (metrics/utility.json): {utility.get('verdict')}")
     print("\nOutputs:")
     print(f"  prepared data    {paths.prepared}/")
     print(f"  generator        {paths.models}/generator.keras (samples in {paths.models}/samples/)")
     print(f"  synthetic data   {paths.synthetic}/ (samples.npz, images/, manifest.csv)")
     print(f"  augmented data   {paths.augmented}/train.npz")
-    print(f"  metrics          {paths.metrics}/eval.json, per_class.csv, per_class_accuracy.png")
+    print(f"  metrics          {paths.metrics}/eval.json, per_class.csv, utility.json, *.png")
     if results.get("run_id"):
         print(
             f"  MLflow run       {results['run_id']} (mlflow ui --backend-store-uri sqlite:///mlflow.db)"
