@@ -15,6 +15,7 @@ reads the utility stage's verdict (metrics/utility.json) and refuses to export w
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,16 +45,20 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
 
         evaluator = get_evaluator(paths.prepared, params.evaluate, paths.evaluator)
     summary = augment(params.augment, paths.prepared, paths.synthetic, paths.augmented, evaluator)
-    tracker.log_metrics(
-        {
-            "augment_num_synthetic": float(summary["num_synthetic"]),
-            **{
-                f"augment_{name}_dropped": float(f["dropped"])
-                for name, f in (summary["filters"] or {}).get("filters", {}).items()
-            },
-        }
-    )
+    filters = (summary["filters"] or {}).get("filters", {})
+    metrics = {"augment_num_synthetic": float(summary["num_synthetic"])}
+    for name, f in filters.items():
+        metrics[f"augment_{name}_dropped"] = float(f["dropped"])
+        for cls, n in f["dropped_by_class"].items():
+            metrics[f"augment_{name}_dropped_{metric_safe(cls)}"] = float(n)
+    tracker.log_metrics(metrics)
+    tracker.log_artifact(paths.augmented / "summary.json", "augment")
     return summary
+
+
+def metric_safe(name: str) -> str:
+    """A class name as an MLflow metric-key fragment (letters, digits, _ - . / and space)."""
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
 
 
 def check_benefit(metrics_dir: str | os.PathLike[str]) -> None:
