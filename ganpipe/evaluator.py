@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "classifier.keras"
 META_FILE = "meta.json"
 LEARNING_RATE = 1e-3
+# Training classes whose largest count exceeds the smallest by more than this are imbalanced: the
+# classifier then trains with class weights (`class_weights`).
+IMBALANCE_RATIO = 1.5
 # The source that shapes the cached network: its builder and this training recipe.
 CODE = ("models/classifier.py", "evaluator.py")
 
@@ -100,9 +103,29 @@ def cache_key(prepared: Prepared, params: EvaluateParams) -> dict[str, Any]:
     }
 
 
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
+    """Inverse-frequency class weights, normalised to mean 1 over the classes present, when the
+    classes are imbalanced (largest count over smallest above IMBALANCE_RATIO); None otherwise.
+
+    On a long tail (1,000 images of some classes, 20 of others) an unweighted classifier learns
+    that the rare classes hardly ever occur and assigns few images to them, generated or real: it
+    would then judge a generator's rare classes by its own prior, not by the images."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    present = np.flatnonzero(counts)
+    if counts[present].max() <= IMBALANCE_RATIO * counts[present].min():
+        return None
+    inverse = 1.0 / counts[present]
+    weights = inverse / inverse.mean()
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
 def _train(prepared: Prepared, params: EvaluateParams) -> tuple[keras.Model, dict[str, Any]]:
-    """Train a fresh classifier on the real training split; (model, training history summary)."""
+    """Train a fresh classifier on the real training split; (model, training history summary,
+    with `class_weighted` saying whether `class_weights` applied)."""
     model = new_classifier(prepared.image_shape, prepared.num_classes, params.seed)
+    weights = class_weights(prepared.train.labels, prepared.num_classes)
+    # Balanced data passes no class_weight at all, so it trains exactly as it always has.
+    extra = {} if weights is None else {"class_weight": weights}
     history = model.fit(
         to_float(prepared.train.images),
         prepared.train.labels,
@@ -110,8 +133,10 @@ def _train(prepared: Prepared, params: EvaluateParams) -> tuple[keras.Model, dic
         batch_size=params.classifier_batch_size,
         shuffle=True,
         verbose=0,
+        **extra,
     )
-    return model, {k: float(v[-1]) for k, v in history.history.items()}
+    summary = {k: float(v[-1]) for k, v in history.history.items()}
+    return model, {**summary, "class_weighted": weights is not None}
 
 
 def _load_cached(cache: Path, key: dict[str, Any]) -> Evaluator | None:
@@ -161,6 +186,7 @@ def get_evaluator(
         "test_accuracy": classifier_accuracy(model, prepared.test.images, prepared.test.labels),
         "train_accuracy": classifier_accuracy(model, prepared.train.images, prepared.train.labels),
         "final_loss": history.get("loss"),
+        "class_weighted": history["class_weighted"],
         "num_train": len(prepared.train),
         "num_test": len(prepared.test),
         "class_names": prepared.class_names,

@@ -71,6 +71,37 @@ def test_max_per_class_caps_training_only(tmp_path: Path) -> None:
     assert summary["shape"] == [14, 14, 1]
 
 
+def test_class_caps_cap_named_classes_after_max_per_class(tmp_path: Path) -> None:
+    summary = _run(tmp_path, source="digits", max_per_class=100, class_caps={"3": 5, "7": 200})
+    counts = summary["train_counts"]
+    # "7" is capped at 200 but max_per_class came first: 100; "3" at 5; the test split untouched.
+    assert counts[3] == 5 and counts[7] == 100
+    assert [c for i, c in enumerate(counts) if i != 3] == [100] * 9
+    assert summary["test_counts"] == _run(tmp_path / "plain", source="digits")["test_counts"]
+    assert summary["class_caps"] == {"3": 5, "7": 200}
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["class_caps"] == {
+        "3": 5,
+        "7": 200,
+    }
+    # Seeded, and the order the caps are written in does not matter.
+    again = prepare(DataParams(source="digits", max_per_class=100, class_caps={"7": 200, "3": 5}),
+                    tmp_path / "again")  # fmt: skip
+    assert again["content_hash"] == summary["content_hash"]
+    other = prepare(DataParams(source="digits", max_per_class=100, class_caps={"3": 5}, seed=1),
+                    tmp_path / "other")  # fmt: skip
+    assert other["content_hash"] != summary["content_hash"]
+
+
+def test_class_caps_unknown_class_names_the_key_and_the_classes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.class_caps.*'five'.*'0', '1'.*'9'"):
+        _run(tmp_path, source="digits", class_caps={"5": 3, "five": 3})
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_class_caps_no_summary_key(tmp_path: Path) -> None:
+    assert "class_caps" not in _run(tmp_path, source="digits")
+
+
 def test_digits_rescaled_to_0_255(tmp_path: Path) -> None:
     summary = _run(tmp_path, source="digits")
     prepared = load_prepared(tmp_path / "out")

@@ -432,3 +432,67 @@ def test_train_stage_tracks_what_the_pipeline_tracked(tmp_path, data_dir):
         ("history.csv", "train"),
         ("generator", "generator.keras"),
     ]
+
+
+# --- train.class_balance: the epoch order (ganpipe/training/sampling.py) -------------------------
+
+
+def _long_tail_labels() -> np.ndarray:
+    """Classes 0-4 with 1,000 images, 5-9 with 20, shuffled."""
+    labels = np.repeat(np.arange(10), [1000] * 5 + [20] * 5)
+    return np.random.default_rng(7).permutation(labels)
+
+
+def test_balanced_order_gives_every_class_an_equal_share():
+    from ganpipe.training.sampling import epoch_order
+
+    labels = _long_tail_labels()
+    order = epoch_order(3, 0, labels, class_balance=True)
+    assert order.shape == labels.shape and order.dtype == np.int64
+    share = np.bincount(labels[order], minlength=10) / len(order)
+    np.testing.assert_allclose(share, 0.1, atol=1e-3)
+    # Rare images are cycled: each one used 25 or 26 times (510 positions over 20 images).
+    rare_uses = np.bincount(order, minlength=len(labels))[labels >= 5]
+    assert rare_uses.min() >= 25 and rare_uses.max() <= 26
+    # Common ones are sub-sampled: 510 distinct images of 1,000, no repeats within the epoch.
+    common = order[labels[order] == 0]
+    assert len(np.unique(common)) == len(common)
+    # The classes are spread over the epoch, not in blocks: a batch of 64 holds most classes.
+    assert len(np.unique(labels[order[:64]])) >= 8
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
+    from ganpipe.training.sampling import epoch_order
+
+    labels = _long_tail_labels()
+    a = epoch_order(3, 5, labels, class_balance=True)
+    np.testing.assert_array_equal(a, epoch_order(3, 5, labels.copy(), class_balance=True))
+    assert not np.array_equal(a, epoch_order(3, 6, labels, class_balance=True))
+    assert not np.array_equal(a, epoch_order(4, 5, labels, class_balance=True))
+    # Without the option: exactly the permutation the trainer always drew.
+    plain = epoch_order(3, 5, labels, class_balance=False)
+    np.testing.assert_array_equal(plain, np.random.default_rng([3, 5]).permutation(len(labels)))
+
+
+def test_class_balance_is_in_the_run_key_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
+    from ganpipe.data.prepared import load_split
+    from ganpipe.training.sampling import balanced_order
+
+    assert run_key(tiny(class_balance=True), "h") != run_key(tiny(), "h")
+    seen = []
+    begin = step_tf.HostRunner.begin_epoch
+    monkeypatch.setattr(
+        step_tf.HostRunner, "begin_epoch", lambda self, perm: (seen.append(perm), begin(self, perm))
+    )
+    ck = tmp_path / "ck"
+    train(tiny(epochs=1, class_balance=True), data_dir, tmp_path / "m1", ck, progress=False)
+    labels = load_split(data_dir / "train.npz").labels
+    np.testing.assert_array_equal(seen[0], balanced_order(0, 0, labels))  # what the runner got
+    resumed = train(tiny(epochs=2, class_balance=True), data_dir, tmp_path / "m2", ck,
+                    progress=False)  # fmt: skip
+    assert resumed["resumed_from_step"] == STEPS_PER_EPOCH
+    train(tiny(epochs=2, class_balance=True), data_dir, tmp_path / "m3", tmp_path / "ck2",
+          progress=False)  # fmt: skip
+    cols = ["d_loss", "g_loss", "d_real", "d_fake"]
+    a, b = (pd.read_csv(tmp_path / m / "history.csv")[cols] for m in ("m2", "m3"))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-4)

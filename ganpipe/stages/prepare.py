@@ -62,10 +62,15 @@ def build_prepared(params: DataParams, origin: str = "<params>") -> Prepared:
         train, test = Split(images, labels), Split(test_images, test_labels)
     if params.max_per_class is not None:
         train = cap_per_class(train, params.max_per_class, rng)
+    if params.class_caps:
+        train = cap_classes(train, class_cap_indices(params.class_caps, names, origin), rng)
     if params.image_size is not None:
         train, test = resize(train, params.image_size), resize(test, params.image_size)
     validate(train, test, names)
-    return Prepared(train, test, make_summary(train, test, names, params.source))
+    summary = make_summary(train, test, names, params.source)
+    if params.class_caps:
+        summary["class_caps"] = dict(params.class_caps)
+    return Prepared(train, test, summary)
 
 
 def _check_replaceable(out: Path) -> None:
@@ -144,6 +149,31 @@ def cap_per_class(split: Split, max_per_class: int, rng: np.random.Generator) ->
         rng.permutation(np.flatnonzero(split.labels == c))[:max_per_class]
         for c in np.unique(split.labels)
     ]
+    idx = np.sort(np.concatenate(keep))
+    return Split(split.images[idx], split.labels[idx])
+
+
+def class_cap_indices(
+    class_caps: dict[str, int], names: list[str], origin: str = "<params>"
+) -> dict[int, int]:
+    """`data.class_caps` (class name -> cap) as class index -> cap; ConfigError naming the key and
+    the known class names for a name the data does not have."""
+    unknown = [name for name in class_caps if name not in names]
+    if unknown:
+        raise ConfigError(
+            f"{origin}: data.class_caps names unknown class(es) {', '.join(map(repr, unknown))}; "
+            f"the classes are {', '.join(map(repr, names))}"
+        )
+    return {names.index(name): cap for name, cap in class_caps.items()}
+
+
+def cap_classes(split: Split, caps: dict[int, int], rng: np.random.Generator) -> Split:
+    """Keep a seeded random `caps[c]` images of each capped class c (all of the others), in their
+    original order. Classes are visited in index order, whatever the order of `caps`, so the same
+    caps always keep the same images."""
+    keep = [np.flatnonzero(~np.isin(split.labels, list(caps)))]
+    for c in sorted(caps):
+        keep.append(rng.permutation(np.flatnonzero(split.labels == c))[: caps[c]])
     idx = np.sort(np.concatenate(keep))
     return Split(split.images[idx], split.labels[idx])
 

@@ -17,7 +17,8 @@ The loop is backend-neutral; a runner per Keras backend does the steps (`make_ru
   device until fetched; the Keras variables are synced from the device state only for
   checkpoints, sample grids and the final save.
 Everything is driven by one step counter, and every random draw is seeded from (train.seed, epoch)
-for the shuffle and (train.seed, step) for the noise (and the options' draws), so a run resumed
+for the shuffle (a permutation, or with `train.class_balance` a class-balanced order:
+sampling.py) and (train.seed, step) for the noise (and the options' draws), so a run resumed
 from a checkpoint draws exactly what an uninterrupted run would have drawn (on the same backend:
 the run key includes it). The loop takes the losses in batches (every LOG_EVERY steps, and before
 every checkpoint and sample grid): on JAX that is when they leave the device, so the host does not
@@ -47,6 +48,7 @@ from ganpipe.training import distribute
 from ganpipe.training.checkpoint import HISTORY_COLUMNS, Checkpoints
 from ganpipe.training.export import export, write_samples
 from ganpipe.training.plan import Run, plan_run
+from ganpipe.training.sampling import epoch_order
 from ganpipe.training.state import GanState, build_for_training
 
 LOG_EVERY = 20  # steps between tracker.log_metrics calls (means over the window)
@@ -166,7 +168,8 @@ def train_loop(
     """Steps `start` to the end: history rows (the restored ones first), window means to the
     tracker every LOG_EVERY steps, sample grids and checkpoints on their schedules. Returns (all
     rows, seconds in the loop); TrainingError at the first nonfinite loss."""
-    tp, total, spe, n = run.params.train, run.total, run.steps_per_epoch, len(run.data.train)
+    tp, total, spe = run.params.train, run.total, run.steps_per_epoch
+    labels = run.data.train.labels
     rows = [tuple(r) for r in history.tolist()]
     window: list[tuple[float, float, float]] = []
     pending: list[tuple[int, int, Any]] = []  # (step done, epoch, metrics handle), not taken yet
@@ -189,7 +192,7 @@ def train_loop(
         for step in range(start, total):
             epoch = step // spe
             if epoch != perm_epoch:
-                runner.begin_epoch(np.random.default_rng([tp.seed, epoch]).permutation(n))
+                runner.begin_epoch(epoch_order(tp.seed, epoch, labels, tp.class_balance))
                 perm_epoch = epoch
             done = step + 1
             pending.append((done, epoch + 1, runner.step(step)))
