@@ -1,196 +1,420 @@
-"""Does the synthetic data help? Downstream classifiers trained with and without it.
+"""Does adding the synthetic samples help a classifier? The protocol of the utility stage.
 
-Off by default (`evaluate.utility`): it trains 2 + 2 x len(uplift_fractions) x uplift_seeds small
-classifiers. Each is a fresh `ganpipe.evaluator.new_classifier` network (the domain classifier's
-architecture and training recipe), batches of `evaluate.classifier_batch_size`, and is
-scored on the real test split.
+One study per scenario (the stage, `ganpipe.stages.utility`, prepares the scenarios' data and
+synthetic samples and writes the outputs). For each of `utility.seeds` seeds, four arms train the
+same downstream classifier (`ganpipe.models.downstream`; not the evaluator's network) from the same
+seeded initialisation, on the same seeded stratified train/validation split of the REAL training
+images:
 
-  cas_accuracy   Classification Accuracy Score (Ravuri & Vinyals 2019): trained on synthetic samples
-                 only, tested on real test images. Near real_accuracy: the samples carry the classes.
-  real_accuracy  the same budget (optimisation steps) on the real training split, for scale.
-  uplift_<p>pct_{real,aug}_{mean,std}, uplift_<p>pct_delta, uplift_<p>pct_num_real
-                 for each fraction p of the real training split (a stratified, seeded subset of at
-                 least one image per class): test accuracy trained on the subset alone (real) and on
-                 the subset plus synthetic samples (aug), over uplift_seeds seeds (a new subset and
-                 initialisation per seed; std over seeds, ddof=1); delta = aug_mean - real_mean.
-                 Positive: the synthetic data helps at that label budget.
-                 The synthetic samples added: every evaluated one, or with
-                 evaluate.uplift_synthetic_ratio r, round(r x the subset's count) per class drawn
-                 per seed, as the augment stage draws; with augment.reject_off_label only those the
-                 domain classifier accepts (`accept`). uplift_<p>pct_num_synthetic: how many.
-  synthetic_accept_rate  with rejection: the fraction of evaluated samples the filter keeps.
+  real                    the real training part
+  real_classic            the same, through classic augmentation (random shifts and rotations)
+  real_synthetic          the real training part plus the synthetic samples
+  real_classic_synthetic  both
 
-Same budget: within a comparison both arms run exactly the same number of optimisation steps on
-batches of the same size (epochs x ceil(size of the larger training set / batch size)); batches are
-drawn from consecutive seeded permutations, so a set smaller than a batch is repeated within it.
-`UtilityResult.steps` reports the steps each training actually ran.
+Synthetic samples only ever join the training part. Each training runs to convergence: up to
+`max_epochs`, early stopping (`patience`, best weights restored) on the validation loss, whose
+images are real and never augmented. The test split is used for nothing but the final scores:
+accuracy, balanced accuracy (mean per-class recall), macro F1 and the worst class's recall.
 
-Caveat: this in-pipeline uplift augments with the pipeline's generator, which was trained on the
-*whole* real training split, so at small fractions it leaks information the subset does not have.
-A faithful small-data study trains the GAN on the subset too (the issue-6 study does that).
+Comparisons are paired by seed (same split, same initialisation): the headline is
+real_classic_synthetic vs real_classic (does the GAN add anything over the augmentation everyone
+already does?), and real_synthetic vs real is reported too. For each metric: the per-seed
+differences, their mean and 95% Student-t interval, and a verdict: `helps` if the interval lies
+above 0, `hurts` if below, else `no measurable effect`.
+
+Nothing here imports Keras at module level: `read_verdict` (the augment stage's gate) stays cheap.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ganpipe.config import EvaluateParams
+from ganpipe.config import UtilityParams
 from ganpipe.data.prepared import Prepared, Split, to_float
-from ganpipe.data.sampling import stratified_subsample
-from ganpipe.data.synthetic import select_synthetic, synthetic_counts
-from ganpipe.errors import DataError
+from ganpipe.errors import ConfigError, DataError
+from ganpipe.io import read_json
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+ARMS = ("real", "real_classic", "real_synthetic", "real_classic_synthetic")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall")
+# name -> (baseline arm, treatment arm); the first one decides the verdict.
+COMPARISONS = {
+    "real_classic_synthetic_vs_real_classic": ("real_classic", "real_classic_synthetic"),
+    "real_synthetic_vs_real": ("real", "real_synthetic"),
+}
+HEADLINE = next(iter(COMPARISONS))
+HELPS, HURTS, NO_EFFECT = "helps", "hurts", "no measurable effect"
+CONFIDENCE = 0.95
+# class_weight "auto": weight the loss when the largest training class is more than this many
+# times the smallest.
+IMBALANCE_RATIO = 1.5
+UTILITY_JSON = "utility.json"
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    test_accuracy: float
-    steps: int  # optimisation steps actually run
+# ---- pure functions: metrics, the paired interval, splits, weights ----------------------------
 
 
-@dataclass(frozen=True)
-class UtilityResult:
-    metrics: dict[str, float | int]
-    steps: dict[str, list[int]] = field(default_factory=dict)  # per arm, one entry per training
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int
+) -> dict[str, float]:
+    """accuracy, balanced_accuracy (mean recall), macro_f1 and worst_class_recall. The per-class
+    ones average over the classes present in `y_true` (a class absent from the test split has
+    no recall); a class never predicted has precision 0 (sklearn's zero_division=0)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if len(y_true) == 0 or len(y_true) != len(y_pred):
+        raise ValueError(
+            f"need equally many labels and predictions, got {len(y_true)}, {len(y_pred)}"
+        )
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    tp = np.diag(confusion).astype(np.float64)
+    n_true = confusion.sum(axis=1).astype(np.float64)
+    n_pred = confusion.sum(axis=0).astype(np.float64)
+    present = n_true > 0
+    recall = tp[present] / n_true[present]
+    precision = np.divide(tp, n_pred, out=np.zeros_like(tp), where=n_pred > 0)[present]
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    return {
+        "accuracy": float(tp.sum() / len(y_true)),
+        "balanced_accuracy": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "worst_class_recall": float(recall.min()),
+    }
 
 
-def budget_steps(n_examples: int, epochs: int, batch_size: int) -> int:
-    """Optimisation steps for `epochs` passes over `n_examples` in batches of `batch_size`."""
-    return epochs * math.ceil(n_examples / batch_size)
+def verdict_of(low: float, high: float) -> str:
+    """`helps` when the whole interval is above 0, `hurts` when below, else `no measurable effect`."""
+    if low > 0:
+        return HELPS
+    if high < 0:
+        return HURTS
+    return NO_EFFECT
 
 
-def batch_indices(
-    n: int, steps: int, batch_size: int, rng: np.random.Generator
-) -> Iterator[np.ndarray]:
-    """`steps` batches of `batch_size` indices into range(n), read off consecutive permutations
-    (every index once per pass; a batch may span two passes, and repeats indices when n < batch)."""
-    if n < 1:
-        raise ValueError("cannot draw batches from an empty set")
-    buf = np.empty(0, dtype=np.int64)
-    for _ in range(steps):
-        while len(buf) < batch_size:
-            buf = np.concatenate([buf, rng.permutation(n)])
-        yield buf[:batch_size]
-        buf = buf[batch_size:]
+def paired_interval(
+    baseline: list[float] | np.ndarray,
+    treatment: list[float] | np.ndarray,
+    confidence: float = CONFIDENCE,
+) -> dict[str, Any]:
+    """The per-seed differences treatment - baseline, their mean, the `confidence` Student-t
+    interval of the mean (n - 1 degrees of freedom) and its verdict. Pairing by seed removes the
+    seed-to-seed spread (split, initialisation) that both arms share."""
+    from scipy import stats
+
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(treatment, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError("need two equally long series of at least 2 paired values")
+    diff = b - a
+    mean = float(diff.mean())
+    half = float(
+        stats.t.ppf(0.5 + confidence / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    )
+    low, high = mean - half, mean + half
+    return {
+        "per_seed": diff.tolist(),
+        "mean": mean,
+        "low": low,
+        "high": high,
+        "confidence": confidence,
+        "verdict": verdict_of(low, high),
+    }
 
 
-def train_and_test(
-    train: Split,
-    test: Split,
-    image_shape: tuple[int, int, int],
-    num_classes: int,
-    steps: int,
-    batch_size: int,
-    seed: int,
-) -> TrainResult:
-    """Train a fresh `build_classifier` network for exactly `steps` steps on `train`; its accuracy
-    on `test`."""
-    from ganpipe.evaluator import classifier_accuracy, new_classifier
-
-    model = new_classifier(image_shape, num_classes, seed)
-    done = 0
-    for idx in batch_indices(len(train), steps, batch_size, np.random.default_rng(seed)):
-        model.train_on_batch(to_float(train.images[idx]), train.labels[idx])
-        done += 1
-    return TrainResult(classifier_accuracy(model, test.images, test.labels), done)
+def validation_split(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, validation) indices: per class round(fraction x its count) images to
+    validation, at most all but one (every class keeps an image to train on)."""
+    labels = np.asarray(labels)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(len(idx) - 1, int(np.floor(fraction * len(idx) + 0.5)))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def fraction_tag(fraction: float) -> str:
-    """0.01 -> "1pct", 0.1 -> "10pct", 0.005 -> "0p5pct": a metric-key-safe percentage."""
-    pct = round(fraction * 100, 6)
-    text = f"{pct:g}" if pct != int(pct) else str(int(pct))
-    return text.replace(".", "p") + "pct"
+def class_weights(
+    labels: np.ndarray, num_classes: int, mode: bool | str
+) -> dict[int, float] | None:
+    """Keras `class_weight` for training labels `labels`: inverse class frequency scaled so the
+    mean weight per training image is 1 (sklearn's "balanced": n / (k x n_c), k the classes
+    present), so the loss keeps its scale. None when off: mode False, or "auto" and the classes
+    are balanced (largest / smallest <= IMBALANCE_RATIO). Absent classes get weight 1."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    present = counts > 0
+    if mode is False:
+        return None
+    if mode == "auto" and counts[present].max() <= IMBALANCE_RATIO * counts[present].min():
+        return None
+    weights = np.ones(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return {int(c): float(w) for c, w in enumerate(weights)}
+
+
+def label_fraction_subset(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted indices of a stratified `fraction` of `labels`: round(fraction x n_c) of each class,
+    at least 1."""
+    labels = np.asarray(labels)
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n = max(1, int(np.floor(fraction * len(idx) + 0.5)))
+        picked.append(rng.choice(idx, n, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def class_caps_subset(
+    labels: np.ndarray, class_names: list[str], caps: dict[str, int], rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted indices keeping at most caps[name] images (a seeded draw) of each named class, all of
+    the others. ConfigError for a name that is not a class."""
+    unknown = [name for name in caps if name not in class_names]
+    if unknown:
+        raise ConfigError(
+            f"utility.class_caps: unknown class name(s) {', '.join(map(repr, unknown))}; the "
+            f"classes are {', '.join(map(repr, class_names))}"
+        )
+    labels = np.asarray(labels)
+    keep = []
+    for c, name in enumerate(class_names):
+        idx = np.flatnonzero(labels == c)
+        cap = caps.get(name)
+        if cap is not None and len(idx) > cap:
+            idx = rng.choice(idx, cap, replace=False)
+        keep.append(idx)
+    return np.sort(np.concatenate(keep))
+
+
+def seed_value(params: UtilityParams, i: int) -> int:
+    """The training seed of seed index `i` (shared by the four arms: paired comparisons)."""
+    return (params.seed + i) % 2**32
+
+
+def split_rng(params: UtilityParams, i: int) -> np.random.Generator:
+    """The validation split's generator for seed index `i`: the same for every arm."""
+    return np.random.default_rng([i, params.seed % 2**32])
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    return Split(split.images[idx], split.labels[idx])
 
 
 def _concat(a: Split, b: Split) -> Split:
     return Split(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+# ---- training one arm ---------------------------------------------------------------------------
 
 
-def _synthetic_for(
-    subset: Split,
-    pool: Split,
-    ratio: float | None,
-    class_names: list[str],
-    rng: np.random.Generator,
-) -> Split:
-    """The synthetic samples the uplift adds to `subset`: all of `pool`, or (ratio) per class
-    round(ratio x the subset's count), drawn as the augment stage draws."""
-    if ratio is None:
-        return pool
-    wanted = synthetic_counts(ratio, np.bincount(subset.labels, minlength=len(class_names)))
-    remedy = (
-        f"for evaluate.uplift_synthetic_ratio={ratio} among the evaluated (and accepted) "
-        "samples: lower it, or raise generate.per_class and evaluate.max_samples"
-    )
-    idx = select_synthetic(pool.labels, wanted, rng, class_names, remedy=remedy)
-    return Split(pool.images[idx], pool.labels[idx])
+@dataclass(frozen=True)
+class TrainResult:
+    scores: dict[str, float]  # METRICS on the test split
+    epochs: int  # epochs run (early stopping may end before max_epochs)
+    best_epoch: int  # 1-based epoch whose weights were kept (lowest validation loss)
+    seconds: float  # training and scoring
+    class_weighted: bool
 
 
-def downstream_utility(
-    prepared: Prepared,
-    synthetic: Split,
-    params: EvaluateParams,
-    accept: np.ndarray | None = None,
-) -> UtilityResult:
-    """CAS, real accuracy and augmentation uplift (see the module docstring) as flat metrics.
-    `accept`: bool mask over `synthetic`, the samples the uplift may add (CAS uses all)."""
-    if len(synthetic) < 1:
-        raise DataError("downstream utility needs synthetic samples")
-    shape, k, bs = prepared.image_shape, prepared.num_classes, params.classifier_batch_size
-    test = prepared.test
-    metrics: dict[str, float | int] = {}
-    steps: dict[str, list[int]] = {}
+def train_and_score(
+    train: Split,
+    val: Split,
+    test: Split,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    params: UtilityParams,
+    seed: int,
+    classic: bool,
+    template: keras.Model | None = None,
+) -> TrainResult:
+    """Train a fresh downstream classifier on `train` (through classic augmentation when
+    `classic`), early-stopped on `val`'s loss with the best weights restored; score it on `test`.
+    `test` is only predicted, after training: nothing about the training depends on it."""
+    import keras
 
-    def run(arm: str, train: Split, n_steps: int, seed: int) -> float:
-        result = train_and_test(train, test, shape, k, n_steps, bs, seed)
-        steps.setdefault(arm, []).append(result.steps)
-        return result.test_accuracy
+    from ganpipe.models.downstream import fresh_network, outputs_probabilities
 
-    n_cas = budget_steps(max(len(synthetic), len(prepared.train)), params.utility_epochs, bs)
-    metrics["cas_accuracy"] = run("cas", synthetic, n_cas, params.seed)
-    metrics["real_accuracy"] = run("real", prepared.train, n_cas, params.seed)
-
-    pool = synthetic
-    if accept is not None:
-        pool = Split(synthetic.images[accept], synthetic.labels[accept])
-        metrics["synthetic_accept_rate"] = float(np.mean(accept))
-        if len(pool) < 1:
-            raise DataError("the off-label rejection kept no synthetic sample for the uplift")
-    train = prepared.train
-    for fraction in params.uplift_fractions:
-        tag = f"uplift_{fraction_tag(fraction)}"
-        n_sub = min(len(train), max(k, round(fraction * len(train))))
-        real_acc, aug_acc = [], []
-        for i in range(params.uplift_seeds):
-            seed = params.seed + i
-            rng = np.random.default_rng([params.seed, i, round(fraction * 1_000_000)])
-            idx = stratified_subsample(train.labels, n_sub, rng)
-            subset = Split(train.images[idx], train.labels[idx])
-            added = _synthetic_for(
-                subset, pool, params.uplift_synthetic_ratio, prepared.class_names, rng
-            )
-            n_steps = budget_steps(n_sub + len(added), params.utility_epochs, bs)
-            real_acc.append(run(f"{tag}_real", subset, n_steps, seed))
-            aug_acc.append(run(f"{tag}_aug", _concat(subset, added), n_steps, seed))
-        real_mean, real_std = _mean_std(real_acc)
-        aug_mean, aug_std = _mean_std(aug_acc)
-        metrics.update(
-            {
-                f"{tag}_real_mean": real_mean,
-                f"{tag}_real_std": real_std,
-                f"{tag}_aug_mean": aug_mean,
-                f"{tag}_aug_std": aug_std,
-                f"{tag}_delta": aug_mean - real_mean,
-                f"{tag}_num_real": n_sub,
-                f"{tag}_num_synthetic": len(added),
-            }
+    if len(val) == 0:
+        raise DataError(
+            "the utility stage's validation split is empty: too few real training images per "
+            "class (raise utility.validation_fraction or use more data)"
         )
-    return UtilityResult(metrics, steps)
+    t0 = time.perf_counter()
+    augmentation = (params.classic_shift, params.classic_rotation) if classic else None
+    model = fresh_network(template, image_shape, num_classes, seed, augmentation)
+    from_logits = template is None or not outputs_probabilities(template)
+    model.compile(
+        optimizer=keras.optimizers.Adam(params.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+    )
+    weights = class_weights(train.labels, num_classes, params.class_weight)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=params.patience, restore_best_weights=True
+    )
+    history = model.fit(
+        to_float(train.images),
+        train.labels,
+        validation_data=(to_float(val.images), val.labels),
+        epochs=params.max_epochs,
+        batch_size=params.batch_size,
+        shuffle=True,
+        class_weight=weights,
+        callbacks=[stop],
+        verbose=0,
+    )
+    pred = model.predict(to_float(test.images), batch_size=max(256, params.batch_size), verbose=0)
+    scores = classification_metrics(test.labels, np.asarray(pred).argmax(axis=1), num_classes)
+    return TrainResult(
+        scores=scores,
+        epochs=len(history.history["loss"]),
+        best_epoch=int(stop.best_epoch) + 1,
+        seconds=time.perf_counter() - t0,
+        class_weighted=weights is not None,
+    )
+
+
+# ---- one scenario's study -------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)), "per_seed": v.tolist()}
+
+
+def summarize(per_seed: dict[str, list[dict[str, float]]], verdict_metric: str) -> dict[str, Any]:
+    """arms (mean, std, per_seed per metric), comparisons (paired intervals per metric) and the
+    verdict (the headline comparison's on `verdict_metric`) from each arm's per-seed scores."""
+    arms = {
+        arm: {m: _mean_std([s[m] for s in scores]) for m in METRICS}
+        for arm, scores in per_seed.items()
+    }
+    comparisons = {}
+    for name, (base, treat) in COMPARISONS.items():
+        comparisons[name] = {
+            "baseline": base,
+            "treatment": treat,
+            "metrics": {
+                m: paired_interval(arms[base][m]["per_seed"], arms[treat][m]["per_seed"])
+                for m in METRICS
+            },
+        }
+    return {
+        "arms": arms,
+        "comparisons": comparisons,
+        "headline_comparison": HEADLINE,
+        "verdict": comparisons[HEADLINE]["metrics"][verdict_metric]["verdict"],
+    }
+
+
+def run_study(
+    real: Prepared,
+    synthetic: Split,
+    params: UtilityParams,
+    template: keras.Model | None = None,
+    on_trained: Callable[[str, int, TrainResult], None] | None = None,
+    name: str = "",
+) -> dict[str, Any]:
+    """The four arms x `params.seeds` seeds on `real` (train split for training and validation,
+    test split for the scores) and `synthetic` (added to the training part); `summarize`'s result
+    plus counts, seconds per arm (sum over seeds) and epochs per training. `on_trained(arm, seed,
+    result)` after each training (progress)."""
+    if len(synthetic) == 0:
+        raise DataError(
+            f"utility{f' ({name})' if name else ''}: no synthetic samples to add (the augment "
+            "stage's settings exported none: check augment.mode and its filters)"
+        )
+    shape, k = real.image_shape, real.num_classes
+    per_seed: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
+    trainings: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    n_val = 0
+    for i in range(params.seeds):
+        seed = seed_value(params, i)
+        train_idx, val_idx = validation_split(
+            real.train.labels, params.validation_fraction, split_rng(params, i)
+        )
+        train, val = _take(real.train, train_idx), _take(real.train, val_idx)
+        n_val = len(val)
+        for arm in ARMS:
+            data = _concat(train, synthetic) if arm.endswith("synthetic") else train
+            result = train_and_score(
+                data, val, real.test, shape, k, params, seed, "classic" in arm, template
+            )
+            per_seed[arm].append(result.scores)
+            trainings[arm].append(
+                {
+                    "seed": seed,
+                    "epochs": result.epochs,
+                    "best_epoch": result.best_epoch,
+                    "seconds": round(result.seconds, 2),
+                    "class_weighted": result.class_weighted,
+                }
+            )
+            log.info(
+                "utility %s: arm %s seed %d: %d epochs (best %d), %.1fs, %s %.4f",
+                name, arm, seed, result.epochs, result.best_epoch, result.seconds,
+                params.verdict_metric, result.scores[params.verdict_metric],
+            )  # fmt: skip
+            if on_trained is not None:
+                on_trained(arm, seed, result)
+    out = summarize(per_seed, params.verdict_metric)
+    out.update(
+        {
+            "num_real": len(real.train),
+            "num_real_train": len(real.train) - n_val,
+            "num_validation": n_val,
+            "num_synthetic": len(synthetic),
+            "num_test": len(real.test),
+            "seconds_per_arm": {
+                arm: round(sum(t["seconds"] for t in trainings[arm]), 2) for arm in ARMS
+            },
+            "epochs": {arm: [t["epochs"] for t in trainings[arm]] for arm in ARMS},
+            "trainings": trainings,
+        }
+    )
+    return out
+
+
+# ---- the augment stage's gate ---------------------------------------------------------------------
+
+
+def read_verdict(metrics_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The utility stage's verdict for `augment.require_benefit`: {"verdict", "verdict_metric",
+    "headline"} from `<metrics_dir>/utility.json`, or None when that file says the stage was
+    disabled (no verdict). DataError when the file is missing or unreadable."""
+    path = Path(metrics_dir) / UTILITY_JSON
+    if not path.exists():
+        raise DataError(f"{path}: not found (run `ganpipe utility` first, with utility.enabled)")
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({e}); run `ganpipe utility` again") from None
+    if not isinstance(data, dict) or "enabled" not in data:
+        raise DataError(f"{path}: not a utility stage result; run `ganpipe utility` again")
+    if not data["enabled"]:
+        return None
+    if data.get("verdict") not in (HELPS, HURTS, NO_EFFECT) or "headline" not in data:
+        raise DataError(f"{path}: no verdict recorded; run `ganpipe utility` again")
+    return {
+        "verdict": data["verdict"],
+        "verdict_metric": data.get("verdict_metric"),
+        "headline": data["headline"],
+    }

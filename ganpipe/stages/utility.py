@@ -1,0 +1,291 @@
+"""Stage `utility`: does adding the synthetic samples help a classifier? (the protocol:
+`ganpipe.utility`)
+
+For each scenario in `utility.scenarios` it finds the real data, the synthetic samples the augment
+stage would export for that data, and the evaluator that augment's filters use; then it trains the
+four arms over `utility.seeds` seeds and scores them on the real test split.
+
+  as_given        the pipeline's own prepared data, synthetic samples and evaluator.
+  label_fraction  a seeded stratified `utility.label_fraction` of the prepared training split.
+  long_tail       the prepared training split with `utility.class_caps` applied.
+
+The last two are small-data questions, so their GAN must not have seen the images the scenario
+drops (it would leak them into the "synthetic" samples): the subset is written as prepared data
+under `<paths.utility>/<scenario>/data/prepared` (test split unchanged), and the pipeline's own
+train, generate and classifier stages run on it there. Checkpoints go to the pipeline's
+`paths.checkpoints`, keyed by params + data + code, so a rerun reuses a finished GAN.
+
+Writes (atomically) `<paths.metrics>/utility.json` (everything; `headline` is a flat dict for
+`dvc metrics show`), `utility.csv` (scenario, arm, metric, mean, std: for `dvc plots`) and
+`utility.png` (bars per metric and arm with std error bars, a row per scenario).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ganpipe.config import Params
+from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
+from ganpipe.io import atomic_dir, atomic_path, write_json
+from ganpipe.ops.tracking import NULL_TRACKER, Tracker
+from ganpipe.paths import Paths
+from ganpipe.utility import (
+    ARMS,
+    COMPARISONS,
+    HEADLINE,
+    METRICS,
+    UTILITY_JSON,
+    class_caps_subset,
+    label_fraction_subset,
+    read_verdict,
+    run_study,
+)
+
+log = logging.getLogger(__name__)
+
+UTILITY_CSV = "utility.csv"
+UTILITY_PNG = "utility.png"
+CSV_COLUMNS = ("scenario", "arm", "metric", "mean", "std")
+# The stages that give a subset scenario its own GAN, synthetic samples and evaluator.
+SUBSET_STAGES = ("train", "generate", "classifier")
+
+__all__ = ["read_verdict", "run", "scenario_paths", "utility", "write_subset"]
+
+
+def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
+    """The stage: prepared + synthetic + evaluator (+ each subset scenario's own pipeline under
+    `paths.utility`) -> `paths.metrics`/utility.{json,csv,png}; logs to `tracker`."""
+    result = utility(params, paths, progress)
+    if result["enabled"]:
+        _track(tracker, result, paths.metrics)
+    return result
+
+
+def utility(params: Params, paths: Paths, progress: bool = True) -> dict[str, Any]:
+    """Run every scenario's study and write the outputs; return utility.json's content."""
+    up = params.utility
+    out = Path(paths.metrics)
+    if not up.enabled:
+        # the stage stays in the DAG: it still leaves (empty) outputs for DVC to track
+        result: dict[str, Any] = {"enabled": False, "verdict": None}
+        _write_outputs(out, result)
+        return result
+
+    template = None
+    if up.model_path:
+        from ganpipe.models.downstream import check_fits, load_user_model
+
+        # every scenario keeps the prepared data's image shape and classes: check once, before
+        # any scenario trains a GAN
+        data = load_prepared(paths.prepared).summary
+        template = load_user_model(up.model_path)
+        check_fits(template, data["shape"], len(data["class_names"]), "utility.model_path")
+    from tqdm import tqdm
+
+    total = len(up.scenarios) * up.seeds * len(ARMS)
+    bar = tqdm(total=total, desc="utility", unit="fit", file=sys.stderr, disable=not progress)
+    scenarios: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    with bar:
+        for name in up.scenarios:
+            real, synthetic = scenario_inputs(name, params, paths, progress)
+
+            def tick(arm: str, seed: int, _result: Any, scenario: str = name) -> None:
+                bar.set_postfix_str(f"{scenario} {arm} seed {seed}")
+                bar.update()
+
+            log.info(
+                "utility %s: %d real training images (validation taken from them), %d synthetic, "
+                "%d test", name, len(real.train), len(synthetic), len(real.test),
+            )  # fmt: skip
+            study = run_study(real, synthetic, up, template, on_trained=tick, name=name)
+            scenarios[name] = study
+            log.info("utility %s: verdict %s on %s", name, study["verdict"], up.verdict_metric)
+    first = up.scenarios[0]
+    result = {
+        "enabled": True,
+        "verdict": scenarios[first]["verdict"],
+        "verdict_metric": up.verdict_metric,
+        "headline_scenario": first,
+        "headline": headline(scenarios[first], up.verdict_metric),
+        "scenarios": scenarios,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    _write_outputs(out, result)
+    return result
+
+
+# ---- the scenarios' inputs ------------------------------------------------------------------------
+
+
+def scenario_paths(paths: Paths, scenario: str) -> Paths:
+    """The pipeline layout below `<paths.utility>/<scenario>`, but with the pipeline's checkpoint
+    directory: GAN checkpoints are keyed by params + data + code, so they are safe to share and a
+    rerun reuses them."""
+    return dataclasses.replace(
+        Paths.under(Path(paths.utility) / scenario), checkpoints=Path(paths.checkpoints)
+    )
+
+
+def subset_indices(scenario: str, params: Params, real: Prepared) -> np.ndarray:
+    """The training images a subset scenario keeps (seeded with utility.seed)."""
+    rng = np.random.default_rng(params.utility.seed % 2**32)
+    labels = real.train.labels
+    if scenario == "label_fraction":
+        return label_fraction_subset(labels, params.utility.label_fraction, rng)
+    if scenario == "long_tail":
+        return class_caps_subset(labels, real.class_names, params.utility.class_caps or {}, rng)
+    raise ValueError(f"{scenario!r} is not a subset scenario")
+
+
+def write_subset(
+    scenario: str, params: Params, source_dir: str | Path, out_dir: str | Path
+) -> dict[str, Any]:
+    """Write `scenario`'s subset of the prepared data in `source_dir` to `out_dir` as prepared
+    data (train subset, test split unchanged); return its summary."""
+    real = load_prepared(source_dir)
+    idx = subset_indices(scenario, params, real)
+    train = Split(real.train.images[idx], real.train.labels[idx])
+    summary = make_summary(train, real.test, real.class_names, source=f"utility:{scenario}")
+    summary["parent_content_hash"] = real.content_hash
+    with atomic_dir(out_dir) as tmp:
+        save_prepared(tmp, Prepared(train, real.test, summary))
+    return summary
+
+
+def scenario_inputs(
+    scenario: str, params: Params, paths: Paths, progress: bool = True
+) -> tuple[Prepared, Split]:
+    """The scenario's real data and the synthetic samples augment would export for it (augment
+    run with require_benefit off into `<paths.utility>/<scenario>/data/augmented`, with the
+    scenario's evaluator for its filters)."""
+    from ganpipe.evaluator import get_evaluator
+    from ganpipe.pipeline import run_stage
+    from ganpipe.stages.augment import augment
+
+    if scenario == "as_given":
+        data_dir, synthetic_dir, evaluator_dir = paths.prepared, paths.synthetic, paths.evaluator
+    else:
+        sub = scenario_paths(paths, scenario)
+        summary = write_subset(scenario, params, paths.prepared, sub.prepared)
+        log.info(
+            "utility %s: %d of the training images kept (%s); training its own GAN in %s",
+            scenario, summary["num_train"], summary["train_counts"], sub.models,
+        )  # fmt: skip
+        for stage in SUBSET_STAGES:
+            t0 = time.perf_counter()
+            run_stage(stage, params, sub, NULL_TRACKER, progress)
+            log.info("utility %s: %s done in %.1fs", scenario, stage, time.perf_counter() - t0)
+        data_dir, synthetic_dir, evaluator_dir = sub.prepared, sub.synthetic, sub.evaluator
+    evaluator = get_evaluator(data_dir, params.evaluate, evaluator_dir)
+    augment_params = params.augment.model_copy(update={"require_benefit": False})
+    work = scenario_paths(paths, scenario).augmented
+    augment(augment_params, data_dir, synthetic_dir, work, evaluator)
+    with np.load(Path(work) / "train.npz") as f:
+        is_syn = f["is_synthetic"].astype(bool)
+        synthetic = Split(f["images"][is_syn], f["labels"][is_syn].astype(np.int64))
+    return load_prepared(data_dir), synthetic
+
+
+# ---- outputs ----------------------------------------------------------------------------------------
+
+
+def headline(study: dict[str, Any], verdict_metric: str) -> dict[str, float]:
+    """Flat key numbers of one scenario (for `dvc metrics show` and MLflow): each arm's mean
+    `verdict_metric`, the headline comparison's mean difference and interval per metric, the
+    synthetic-only comparison's mean difference, and the counts."""
+    flat: dict[str, float] = {}
+    for arm in ARMS:
+        flat[f"{arm}_{verdict_metric}"] = study["arms"][arm][verdict_metric]["mean"]
+    for m, c in study["comparisons"][HEADLINE]["metrics"].items():
+        flat[f"delta_{m}"] = c["mean"]
+        flat[f"delta_{m}_low"] = c["low"]
+        flat[f"delta_{m}_high"] = c["high"]
+    other = [n for n in COMPARISONS if n != HEADLINE]
+    for name in other:
+        flat[f"synthetic_only_delta_{verdict_metric}"] = study["comparisons"][name]["metrics"][
+            verdict_metric
+        ]["mean"]
+    flat["num_real"] = study["num_real"]
+    flat["num_synthetic"] = study["num_synthetic"]
+    return flat
+
+
+def csv_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tidy rows (scenario, arm, metric, mean, std) of every scenario's arms."""
+    return [
+        {"scenario": s, "arm": arm, "metric": m, "mean": v["mean"], "std": v["std"]}
+        for s, study in result.get("scenarios", {}).items()
+        for arm, metrics in study["arms"].items()
+        for m, v in metrics.items()
+    ]
+
+
+def _write_outputs(out: Path, result: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / UTILITY_CSV, suffix=".csv") as tmp:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(csv_rows(result))
+    plot(out / UTILITY_PNG, result)
+    write_json(out / UTILITY_JSON, result)  # last: its presence means the others are complete
+
+
+def plot(path: Path, result: dict[str, Any]) -> None:
+    """A row of bar charts per scenario, one per metric: each arm's mean with std error bars
+    (Agg, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    scenarios = result.get("scenarios", {})
+    rows = max(1, len(scenarios))
+    fig = Figure(figsize=(4.0 * len(METRICS), 3.4 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = np.asarray(fig.subplots(rows, len(METRICS), squeeze=False))
+    if not scenarios:
+        for ax in axes.ravel():
+            ax.set_axis_off()
+        axes[0, 0].text(0, 0.5, "utility stage disabled (utility.enabled: false)")
+    colours = ("tab:gray", "tab:blue", "tab:orange", "tab:green")
+    x = np.arange(len(ARMS))
+    for r, (name, study) in enumerate(scenarios.items()):
+        for c, m in enumerate(METRICS):
+            ax = axes[r, c]
+            means = [study["arms"][a][m]["mean"] for a in ARMS]
+            stds = [study["arms"][a][m]["std"] for a in ARMS]
+            ax.bar(x, means, yerr=stds, capsize=4, color=colours)
+            low = min(mu - s for mu, s in zip(means, stds, strict=True))
+            ax.set_ylim(max(0.0, low - 0.05), 1.0)
+            verdict = study["comparisons"][HEADLINE]["metrics"][m]["verdict"]
+            ax.set_title(f"{name}: {m}\n(+synthetic over classic: {verdict})", fontsize=9)
+            ax.set_xticks(x, [a.replace("_", "\n") for a in ARMS], fontsize=7)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _track(tracker: Tracker, result: dict[str, Any], out: Path) -> None:
+    """Flat metrics (the first scenario unprefixed, the others with their name), the verdicts as
+    tags, utility.json and utility.png as artifacts."""
+    metrics: dict[str, float] = {}
+    tags = {"utility.verdict": str(result["verdict"])}
+    for i, (name, study) in enumerate(result["scenarios"].items()):
+        prefix = "utility_" if i == 0 else f"utility_{name}_"
+        for arm in ARMS:
+            for m in METRICS:
+                metrics[f"{prefix}{arm}_{m}_mean"] = study["arms"][arm][m]["mean"]
+        for m, c in study["comparisons"][HEADLINE]["metrics"].items():
+            metrics[f"{prefix}delta_{m}"] = c["mean"]
+        tags[f"utility.verdict.{name}"] = study["verdict"]
+    tracker.log_metrics(metrics)
+    tracker.set_tags(tags)
+    tracker.log_artifact(out / UTILITY_JSON, "utility")
+    tracker.log_artifact(out / UTILITY_PNG, "utility")
