@@ -13,6 +13,7 @@ import pytest
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, Split, save_prepared, save_split
 from ganpipe.errors import ConfigError, DataError
+from ganpipe.memorization import HEADLINE_KEYS as MEMORIZATION_KEYS
 from ganpipe.ops.tracking import Tracker
 from ganpipe.stages.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
 from tests.helpers import digits_prepared
@@ -172,7 +173,7 @@ def test_evaluate_realistic_beats_noise(digits, cache_dir, tmp_path):
         "recall",
         "density",
         "coverage",
-    }
+    } | set(MEMORIZATION_KEYS)
     on_disk = json.loads((tmp_path / "m_good" / "eval.json").read_text())
     assert keys <= set(on_disk) and on_disk == good
     assert all(math.isfinite(v) for v in good.values())
@@ -186,6 +187,9 @@ def test_evaluate_realistic_beats_noise(digits, cache_dir, tmp_path):
     # the floor uses the same code on real test images: the noisy copy sits close to it
     assert good["classifier_fd"] < 2 * good["classifier_fd_floor"] + 1.0
     assert good["classifier_fd_floor"] < 0.1 * bad["classifier_fd"]
+    # the "good" samples are noisy copies of the held-out set: nearer it than the training images
+    assert good["closer_to_train_fraction"] < 0.2 and good["dcr_ratio"] > 1.0
+    assert bad["near_copy_fraction"] == 0.0
     assert bad["classifier_fd_floor"] == pytest.approx(good["classifier_fd_floor"])
 
     assert good["num_real"] == min(PARAMS.max_samples, len(prepared.train))
@@ -195,9 +199,15 @@ def test_evaluate_realistic_beats_noise(digits, cache_dir, tmp_path):
     assert lines[0].split(",") == list(PER_CLASS_COLUMNS)
     assert len(lines) == 1 + prepared.num_classes
     assert tracker.metrics == [good]
-    outputs = ["per_class.csv", "per_class_accuracy.png", "feature_space.png"]
+    outputs = [
+        "per_class.csv",
+        "per_class_accuracy.png",
+        "feature_space.png",
+        "memorization.json",
+        "nearest_copies.png",
+    ]
     assert tracker.artifacts == [(str(tmp_path / "m_good" / f), "evaluate") for f in outputs]
-    for png in outputs[1:]:
+    for png in (f for f in outputs if f.endswith(".png")):
         assert (tmp_path / "m_good" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (tmp_path / "m_good").iterdir()) == sorted(
         ["eval.json", *outputs]
@@ -212,6 +222,35 @@ def test_evaluate_caps_synthetic_samples(digits, cache_dir, tmp_path):
     with pytest.warns(UserWarning):
         out = evaluate(params, data_dir, syn, tmp_path / "m", cache_dir)
     assert out["num_synthetic"] == 200
+
+
+def test_evaluate_reports_memorization(digits, cache_dir, tmp_path):
+    """Copies of training images, some moved by a pixel: all of them are near-copies."""
+    data_dir, prepared = digits
+    train = prepared.train
+    rng = np.random.default_rng(6)
+    # digits whose last column is blank lose nothing when moved one pixel to the right
+    blank = np.flatnonzero((train.images[:, :, -1] == 0).all(axis=(1, 2)))
+    pick = rng.choice(blank, 100, replace=False)
+    copies = train.images[pick].copy()
+    copies[:30] = np.roll(copies[:30], 1, axis=2)
+    syn = write_samples(tmp_path / "syn", copies, train.labels[pick])
+    tracker = RecordingTracker()
+    with pytest.warns(UserWarning):
+        out = evaluate(PARAMS, data_dir, syn, tmp_path / "m", cache_dir, tracker)
+    assert set(MEMORIZATION_KEYS) <= set(json.loads((tmp_path / "m" / "eval.json").read_text()))
+    assert (tmp_path / "m" / "nearest_copies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (str(tmp_path / "m" / "nearest_copies.png"), "evaluate") in tracker.artifacts
+    assert out["near_copy_fraction"] == 1.0
+    # a quarter of the copies' originals are in the DCR train reference (matched to the 360
+    # held-out images out of 1437): those are nearer the training set, the rest are a coin toss
+    assert out["closer_to_train_fraction"] > 0.5 and out["pixel_closer_to_train_fraction"] > 0.5
+
+    report = json.loads((tmp_path / "m" / "memorization.json").read_text())
+    assert set(report["per_class"]) == set(prepared.class_names)
+    assert report["guard"]["num_train"] == len(train)  # the whole train split, not max_samples
+    assert report["guard"]["quantile"] == 0.02  # augment.memorization_quantile's default
+    assert report["num_dcr_reference"] == len(prepared.test)
 
 
 def test_evaluate_missing_samples_is_data_error(digits, cache_dir, tmp_path):
@@ -268,20 +307,21 @@ def test_second_generator_reuses_the_real_reference(digits, cache_dir, tmp_path,
         first = evaluate(
             PARAMS, data_dir, gens[0], tmp_path / "m0", cache_dir, reference_dir=ref_dir
         )
-    assert extracted == [PARAMS.max_samples, len(prepared.test), 300]
-    assert len(list(ref_dir.glob("classifier-*.npz"))) == 2
+    # train and test subsamples, the samples, then the whole train split for the memorization guard
+    assert extracted == [PARAMS.max_samples, len(prepared.test), 300, len(prepared.train)]
+    assert len(list(ref_dir.glob("classifier-*.npz"))) == 3
     with pytest.warns(UserWarning):
         second = evaluate(
             PARAMS, data_dir, gens[1], tmp_path / "m1", cache_dir, reference_dir=ref_dir
         )
-    assert extracted[3:] == [300], "the real sets must come from the reference cache"
+    assert extracted[4:] == [300], "the real sets must come from the reference cache"
     assert second["classifier_fd_floor"] == first["classifier_fd_floor"]
     assert second["classifier_fd"] != first["classifier_fd"]
     # another sample of the real data (seed, max_samples) is another reference
     params = PARAMS.model_copy(update={"max_samples": 250})
     with pytest.warns(UserWarning):
         evaluate(params, data_dir, gens[1], tmp_path / "m2", cache_dir, reference_dir=ref_dir)
-    assert extracted[4:] == [250, 250, 250]
+    assert extracted[5:] == [250, 250, 250]
     # by default the cache lives beside the classifier's directory, not in it (a DVC output)
     classifier_files = sorted(p.name for p in cache_dir.iterdir())
     with pytest.warns(UserWarning):

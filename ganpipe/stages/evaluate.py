@@ -9,6 +9,10 @@ utility stage's question.) Writes to `<out_dir>/`:
   per_class.csv            per class: counts, conditional accuracy, Fréchet distance
   per_class_accuracy.png   bar chart of the per-class conditional accuracy and distance
   feature_space.png        real and synthetic features on the real set's two principal axes
+  memorization.json        near-copies and distances to closest records, overall and per class
+                           (ganpipe.memorization), with the guard's thresholds
+  nearest_copies.png       the 20 synthetic samples closest to a training image in pixels, each
+                           beside that image, with the distance (red: flagged as a near-copy)
 
 Headline metrics (the Fréchet key is `fid` with evaluate.extractor=inception, else classifier_fd):
   classifier_fd | fid      Fréchet distance, synthetic vs real train, in the extractor's features
@@ -20,6 +24,20 @@ Headline metrics (the Fréchet key is `fid` with evaluate.extractor=inception, e
   classifier_score         exp(E KL(p(y|x) || p(y))) over synthetic samples; 1..num_classes
   evaluator_test_accuracy  the domain classifier's accuracy on the real test set (sanity check)
   num_synthetic, num_real  samples evaluated (after the max_samples cap)
+
+Memorization (ganpipe.memorization; always in the domain classifier's features, whatever
+evaluate.extractor is, plus pixels; the guard is fit on the whole prepared train split with
+augment.memorization_quantile, and the held-out set is the real test subsample above):
+  near_copy_fraction       synthetic samples that are near-copies of a training image (in pixels,
+                           up to a one-pixel shift, or in features); real held-out images score
+                           about augment.memorization_quantile or less
+  dcr_train_median, dcr_holdout_median   median distance of a synthetic sample to its nearest
+                           training / held-out image (the training images subsampled per class to
+                           the held-out set's counts), in features
+  dcr_ratio                train median / held-out median: ~1 without memorization, << 1 copying
+  closer_to_train_fraction samples nearer a training than a held-out image: ~0.5 without
+                           memorization, towards 1 copying
+  pixel_dcr_...            the same four DCR numbers in pixels ([0, 1] units, one-pixel shifts)
 """
 
 from __future__ import annotations
@@ -40,6 +58,8 @@ from ganpipe.data.sampling import stratified_subsample
 from ganpipe.data.synthetic import SAMPLES_FILE, load_synthetic
 from ganpipe.errors import DataError
 from ganpipe.io import atomic_path, write_json
+from ganpipe.memorization import HEADLINE_KEYS as MEMORIZATION_KEYS
+from ganpipe.memorization import fit_guard, memorization_report, nearest_copies_figure
 from ganpipe.metrics import MetricInputs, compute_metrics, per_class_table
 from ganpipe.metrics.reference import real_reference
 from ganpipe.ops.tracking import NULL_TRACKER, Tracker
@@ -57,6 +77,10 @@ PER_CLASS_COLUMNS = (
 )
 PER_CLASS_PLOT = "per_class_accuracy.png"
 FEATURE_PLOT = "feature_space.png"
+MEMORIZATION_FILE = "memorization.json"
+NEAREST_PLOT = "nearest_copies.png"
+# Synthetic samples drawn in nearest_copies.png.
+NEAREST_SHOWN = 20
 # The reference statistics cache, beside the classifier's cache directory rather than inside it: under
 # DVC `evaluator/` is the classifier stage's output, and files the evaluate stage added there would
 # change that output's hash (so `dvc repro` would never be a no-op). `.ganpipe_cache/` is gitignored.
@@ -174,15 +198,93 @@ def plot_feature_space(
     _save_figure(fig, path)
 
 
-def _plots(out: Path, rows: list[dict[str, Any]], fd_key: str, real: Any, syn: Any) -> list[Path]:
+def _has_matplotlib(warn: bool = True) -> bool:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        warnings.warn("matplotlib is not installed: no evaluation plots", stacklevel=3)
+        if warn:
+            warnings.warn("matplotlib is not installed: no evaluation plots", stacklevel=4)
+        return False
+    return True
+
+
+def _plots(out: Path, rows: list[dict[str, Any]], fd_key: str, real: Any, syn: Any) -> list[Path]:
+    if not _has_matplotlib():
         return []
     plot_per_class(out / PER_CLASS_PLOT, rows, fd_key)
     plot_feature_space(out / FEATURE_PLOT, real.features, real.labels, syn.features, syn.labels)
     return [out / PER_CLASS_PLOT, out / FEATURE_PLOT]
+
+
+# ---- memorization ----------------------------------------------------------------------------------
+
+
+def _memorization(
+    out: Path,
+    prepared: Any,
+    synthetic: Split,
+    syn: Any,
+    refs: dict[str, Any],
+    indices: dict[str, np.ndarray],
+    extractor: Any,
+    evaluator: Any,
+    ref_dir: Path,
+    params: EvaluateParams,
+    quantile: float,
+) -> tuple[dict[str, float], list[Path]]:
+    """Near-copies and DCR of `synthetic` (ganpipe.memorization), in the domain classifier's
+    features and in pixels; writes memorization.json and nearest_copies.png to `out`; returns the
+    headline numbers and the files written.
+
+    The guard sees the whole train split: a copy of an image outside evaluate.max_samples' subsample
+    is still a copy. Its classifier features go through the reference cache (once per dataset); the
+    sets the other metrics already ran through the classifier are reused, not recomputed."""
+    from ganpipe.metrics.extractors import build_extractor
+
+    is_classifier = extractor.name == "classifier"
+    # the domain classifier alone: the guard must not depend on evaluate.extractor
+    clf = extractor if is_classifier else build_extractor(None, evaluator.extractor, evaluator.meta)
+
+    def classifier_features(name: str, split: Split, idx: np.ndarray) -> np.ndarray:
+        if is_classifier and np.array_equal(indices[name], idx):
+            return refs[name].features.features
+        ref = real_reference(
+            ref_dir, prepared.content_hash, name, split.images, split.labels, idx, clf
+        )
+        return ref.features.features
+
+    train, test = prepared.train, prepared.test
+    train_features = classifier_features("train", train, np.arange(len(train)))
+    test_idx = indices["test"]
+    holdout = Split(test.images[test_idx], test.labels[test_idx])
+    holdout_features = classifier_features("test", test, test_idx)
+    syn_features = syn.features if is_classifier else evaluator.features(synthetic.images)[0]
+
+    guard = fit_guard(train.images, train_features, quantile, seed=params.seed)
+    near = guard.near_copies(synthetic.images, syn_features)
+    report = memorization_report(
+        synthetic.images,
+        syn_features,
+        synthetic.labels,
+        train_images=train.images,
+        train_features=train_features,
+        train_labels=train.labels,
+        holdout_images=holdout.images,
+        holdout_features=holdout_features,
+        holdout_labels=holdout.labels,
+        guard=guard,
+        class_names=prepared.class_names,
+        seed=params.seed,
+        near=near,
+    )
+    write_json(out / MEMORIZATION_FILE, report)
+    written = [out / MEMORIZATION_FILE]
+    if _has_matplotlib(warn=False):  # _plots says so, once
+        nearest_copies_figure(
+            out / NEAREST_PLOT, synthetic.images, train.images, near, NEAREST_SHOWN
+        )
+        written.append(out / NEAREST_PLOT)
+    return {k: float(report[k]) for k in MEMORIZATION_KEYS}, written
 
 
 # ---- the stage -------------------------------------------------------------------------------------
@@ -236,9 +338,10 @@ def evaluate(
     extractor = build_extractor(network, evaluator.extractor, meta)
 
     ref_dir = Path(reference_dir or Path(cache_dir).parent / REFERENCE_CACHE)
-    refs = {}
+    refs, indices = {}, {}
     for stream, (name, split) in enumerate((("train", prepared.train), ("test", prepared.test))):
         idx = _subsample(split, params.max_samples, _rng(params.seed, stream), f"real {name}")
+        indices[name] = idx
         refs[name] = real_reference(
             ref_dir, prepared.content_hash, name, split.images, split.labels, idx, extractor
         )
@@ -262,6 +365,22 @@ def evaluate(
     headline: dict[str, Any] = {k: float(v) for k, v in compute_metrics(inputs).items()}
     headline["num_synthetic"] = len(syn)
     headline["num_real"] = len(real.features)
+    out = Path(out_dir)
+    quantile = (augment_params or AugmentParams()).memorization_quantile
+    memorized, memorization_files = _memorization(
+        out,
+        prepared,
+        synthetic,
+        syn,
+        refs,
+        indices,
+        extractor,
+        evaluator,
+        ref_dir,
+        params,
+        quantile,
+    )
+    headline.update(memorized)
     for k, v in headline.items():
         if not math.isfinite(v):
             raise ValueError(f"metric {k} is not finite ({v}); the features are degenerate")
@@ -277,13 +396,12 @@ def evaluate(
     )
     for row in rows:
         row[fd_key] = row.pop("classifier_fd")
-    out = Path(out_dir)
     _write_per_class(out / "per_class.csv", rows, PER_CLASS_COLUMNS[:-1] + (fd_key,))
     plots = _plots(out, rows, fd_key, real.features, syn)
     write_json(out / "eval.json", headline)
 
     tracker.log_metrics(headline)
-    for path in (out / "per_class.csv", *plots):
+    for path in (out / "per_class.csv", *plots, *memorization_files):
         tracker.log_artifact(path, "evaluate")
     log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
     return headline
