@@ -86,7 +86,7 @@ def apply_filters(
             )
             near = guard.near_copies(synthetic.images, syn_features)
             passed = ~near.mask
-            detail = guard.describe()
+            detail = guard.summary()
         else:
             from ganpipe.metrics.prdc import inside_manifold
 
