@@ -82,9 +82,10 @@ def apply_filters(
             from ganpipe.memorization import fit_guard
 
             guard = fit_guard(
-                train.images, train_features, params.memorization_quantile, params.seed
-            )
-            near = guard.near_copies(synthetic.images, syn_features)
+                train.images, train_features, params.memorization_quantile, params.seed,
+                train_labels=train.labels,
+            )  # fmt: skip
+            near = guard.near_copies(synthetic.images, syn_features, synthetic.labels)
             passed = ~near.mask
             detail = guard.summary()
         else:

@@ -9,7 +9,11 @@ training image when it is closer to its nearest training image than real data it
 * Two spaces. Pixels: the L2 distance between images as floats in [0, 1], minimised over every
   integer shift of the sample by up to `shift` (default 1) pixel in each direction (9 shifts; the
   pixels shifted in are background, 0), so a copy moved by one pixel is still at distance ~0.
-  Features: the plain L2 distance between the evaluator's (domain classifier's) feature vectors.
+  Given labels (the augment and evaluate stages pass them), a sample is compared in pixels with
+  the training images of its own class only: 1/k of the work for k classes, which is what makes
+  the 9-shift search affordable on full MNIST. Features: the plain L2 distance between the
+  evaluator's (domain classifier's) feature vectors, against every training image (so a copy
+  drawn under another label is still caught).
 * A threshold per space: the (quantile / 2)-quantile of real training images' distance to their
   nearest *other* training image (leave-one-out: the query is excluded by its index, so an exact
   duplicate elsewhere in the training set legitimately counts as distance 0), measured for a
@@ -180,14 +184,20 @@ def pixel_nearest(
     reference: np.ndarray,
     shift: int = 1,
     exclude: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    reference_labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(distance, index): each image's nearest `reference` image in pixels.
 
     The distance is L2 over pixels scaled to [0, 1] (uint8 / 255), minimised over the image's
     shifts by up to `shift` pixels in each direction (`shifts`; 0 shifted in), so a training image
     moved by a pixel is still at distance ~0. `exclude` as in `nearest` (it excludes the row under
-    every shift).
+    every shift). With `labels` and `reference_labels`, each image searches only the reference
+    images of its own class (inf and index -1 where there is none): k times less work for k
+    classes, which is what makes the 9-shift search affordable on full MNIST.
     """
+    if labels is not None:
+        return _pixel_nearest_by_class(images, reference, shift, exclude, labels, reference_labels)
     x, ref = _as_nhwc(images), _as_nhwc(reference)
     if x.shape[1:] != ref.shape[1:]:
         raise ValueError(f"images {x.shape[1:]} and reference {ref.shape[1:]} differ in shape")
@@ -212,6 +222,35 @@ def pixel_nearest(
         if len(sel):
             dist[sel] = _exact(_flat32(_shifted(x[sel], dy, dx)), r, arg[sel])
     return dist / 255.0, arg
+
+
+def _pixel_nearest_by_class(
+    images: np.ndarray,
+    reference: np.ndarray,
+    shift: int,
+    exclude: np.ndarray | None,
+    labels: np.ndarray,
+    reference_labels: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`pixel_nearest` within each class; indices (and `exclude`) are into the whole reference."""
+    if reference_labels is None or len(reference_labels) != len(reference):
+        raise ValueError("a class-restricted search needs one reference label per reference image")
+    labels, ref_labels = np.asarray(labels), np.asarray(reference_labels)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    dist = np.full(len(images), np.inf)
+    arg = np.full(len(images), -1, dtype=np.int64)
+    for c in np.unique(labels):
+        qi, ri = np.flatnonzero(labels == c), np.flatnonzero(ref_labels == c)
+        if len(ri) == 0 or (exclude is not None and len(ri) == 1 and (exclude[qi] == ri[0]).all()):
+            continue  # no same-class image to compare with: infinitely far
+        ex = None
+        if exclude is not None:  # global index -> position among this class's reference rows
+            pos = np.clip(np.searchsorted(ri, exclude[qi]), 0, len(ri) - 1)
+            ex = np.where(ri[pos] == exclude[qi], pos, -1)
+        d, a = pixel_nearest(images[qi], reference[ri], shift, ex)
+        dist[qi], arg[qi] = d, np.where(a >= 0, ri[np.maximum(a, 0)], -1)
+    return dist, arg
 
 
 # ---- the guard ------------------------------------------------------------------------------------
@@ -249,11 +288,25 @@ class Guard:
     num_queries: int
     train_images: np.ndarray = field(repr=False, compare=False)
     train_features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # With labels, the pixel search compares a sample with training images of its own class only
+    # (the feature search stays global and catches a copy drawn under another label).
+    train_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
-    def near_copies(self, images: np.ndarray, features: np.ndarray | None = None) -> NearCopies:
+    def near_copies(
+        self,
+        images: np.ndarray,
+        features: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+    ) -> NearCopies:
         """Which of uint8 `images` (with their evaluator `features`, required when the guard has
-        a feature threshold) are near-copies of a training image."""
-        pd, pi = pixel_nearest(images, self.train_images, self.shift)
+        a feature threshold, and their `labels`, required when it was fit with labels) are
+        near-copies of a training image."""
+        if self.train_labels is not None and labels is None:
+            raise ValueError("this guard searches pixels per class: pass the samples' labels")
+        by_class = {} if self.train_labels is None else {"labels": labels}
+        pd, pi = pixel_nearest(
+            images, self.train_images, self.shift, reference_labels=self.train_labels, **by_class
+        )
         by_pixels = pd <= self.pixel_threshold
         if self.train_features is None or self.feature_threshold is None:
             return NearCopies(by_pixels, pd, pi, by_pixels)
@@ -282,10 +335,12 @@ def fit_guard(
     seed: int = 0,
     max_queries: int = DEFAULT_MAX_QUERIES,
     shift: int = 1,
+    train_labels: np.ndarray | None = None,
 ) -> Guard:
     """The near-copy guard for uint8 `train_images` (and their evaluator `train_features`; None
     for pixels only): per space, the `quantile`/2 quantile of leave-one-out nearest-neighbour
-    distances of at most `max_queries` seeded training images."""
+    distances of at most `max_queries` seeded training images. With `train_labels` the pixel
+    distances (leave-one-out ones included) are to images of the same class only."""
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
     n = len(train_images)
@@ -302,7 +357,13 @@ def fit_guard(
     def threshold(d: np.ndarray) -> float:
         return float(np.quantile(d, level, method="lower"))
 
-    pixel_d, _ = pixel_nearest(train_images[q], train_images, shift, exclude=q)
+    by_class = {}
+    if train_labels is not None:
+        train_labels = np.asarray(train_labels)
+        if len(train_labels) != n:
+            raise ValueError(f"{n} training images but {len(train_labels)} labels")
+        by_class = {"labels": train_labels[q], "reference_labels": train_labels}
+    pixel_d, _ = pixel_nearest(train_images[q], train_images, shift, exclude=q, **by_class)
     feature_t = None
     if train_features is not None:
         feature_d, _ = nearest(np.asarray(train_features)[q], train_features, exclude=q)
@@ -315,6 +376,7 @@ def fit_guard(
         num_queries=len(q),
         train_images=np.asarray(train_images),
         train_features=None if train_features is None else np.asarray(train_features),
+        train_labels=train_labels,
     )
 
 
@@ -386,7 +448,7 @@ def memorization_report(
     """
     syn_labels = np.asarray(syn_labels, dtype=np.int64)
     if near is None:
-        near = guard.near_copies(syn_images, syn_features)
+        near = guard.near_copies(syn_images, syn_features, syn_labels)
     if len(near) != len(syn_labels):
         raise ValueError(f"near covers {len(near)} samples, there are {len(syn_labels)}")
     ti, hi = matched_subsample(train_labels, holdout_labels, np.random.default_rng(seed))
@@ -398,8 +460,22 @@ def memorization_report(
             nearest(syn_features, np.asarray(holdout_features)[hi])[0],
         ),
         "pixel_": (
-            pixel_nearest(syn_images, np.asarray(train_images)[ti], guard.shift)[0],
-            pixel_nearest(syn_images, np.asarray(holdout_images)[hi], guard.shift)[0],
+            pixel_nearest(
+                syn_images,
+                np.asarray(train_images)[ti],
+                guard.shift,
+                None,
+                syn_labels,
+                np.asarray(train_labels)[ti],
+            )[0],
+            pixel_nearest(
+                syn_images,
+                np.asarray(holdout_images)[hi],
+                guard.shift,
+                None,
+                syn_labels,
+                np.asarray(holdout_labels)[hi],
+            )[0],
         ),
     }
 

@@ -261,3 +261,31 @@ def test_nearest_copies_figure(sets, guard, tmp_path):
     nearest_copies_figure(path, syn, images, near, n=12)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["nearest_copies.png"]  # no temp file left
+
+
+def test_class_restricted_pixel_search(sets):
+    """With labels, each image's nearest pixel neighbour is the nearest of its own class (indices
+    into the whole reference), leave-one-out still excludes by index, and a guard fit with labels
+    flags planted copies and about as few held-out images as the unrestricted one promises."""
+    images, labels = sets.train
+    q_images, q_labels = sets.holdout
+    dist, idx = pixel_nearest(q_images[:60], images, 1, None, q_labels[:60], labels)
+    assert (labels[idx] == q_labels[:60]).all()
+    for c in np.unique(q_labels[:60]):
+        sel = np.flatnonzero(q_labels[:60] == c)
+        ref = np.flatnonzero(labels == c)
+        d, i = pixel_nearest(q_images[:60][sel], images[ref], 1)
+        np.testing.assert_allclose(dist[sel], d)
+        np.testing.assert_array_equal(idx[sel], ref[i])
+    loo = np.arange(20)
+    d, i = pixel_nearest(images[:20], images, 1, loo, labels[:20], labels)
+    assert (i != loo).all() and (d > 0).any()
+
+    guard = fit_guard(images, sets.features(images), QUANTILE, 0, 1000, train_labels=labels)
+    with pytest.raises(ValueError, match="pass the samples' labels"):
+        guard.near_copies(images[:5], sets.features(images[:5]))
+    copies = shifted(images[:50], 1, 0)
+    assert guard.near_copies(copies, sets.features(copies), labels[:50]).mask.all()
+    near = guard.near_copies(q_images, sets.features(q_images), q_labels)
+    m = len(q_images)
+    assert near.fraction <= QUANTILE + 3 * math.sqrt(QUANTILE * (1 - QUANTILE) / m)

@@ -260,8 +260,10 @@ def _memorization(
     holdout_features = classifier_features("test", test, test_idx)
     syn_features = syn.features if is_classifier else evaluator.features(synthetic.images)[0]
 
-    guard = fit_guard(train.images, train_features, quantile, seed=params.seed)
-    near = guard.near_copies(synthetic.images, syn_features)
+    guard = fit_guard(
+        train.images, train_features, quantile, seed=params.seed, train_labels=train.labels
+    )
+    near = guard.near_copies(synthetic.images, syn_features, synthetic.labels)
     report = memorization_report(
         synthetic.images,
         syn_features,
