@@ -349,3 +349,58 @@ def test_fidelity_filter_drops_outliers(data_dir, tmp_path):
     with pytest.raises(DataError, match=r"class 'zero': needs 1, has 0 \(10 more dropped"):
         augment(P(mode="counts", counts={"zero": 1}, fidelity_filter=True), data_dir, syn,
                 tmp_path / "out2", PixelFeatures())  # fmt: skip
+
+
+# ---- the utility gate ----------------------------------------------------------------------------
+
+
+def write_verdict(metrics_dir: Path, treated_shift: float) -> str:
+    """A utility.json as the utility stage writes it, from hand-made per-seed scores where the
+    synthetic arm's scores are the baseline's + treated_shift (with a little spread)."""
+    from ganpipe.stages.utility import headline
+    from ganpipe.utility import ARMS, METRICS, summarize
+
+    base = [0.90, 0.91, 0.92]
+    per_seed = {
+        arm: [
+            {m: b + (treated_shift + 0.001 * i if "synthetic" in arm else 0.0) for m in METRICS}
+            for i, b in enumerate(base)
+        ]
+        for arm in ARMS
+    }
+    study = summarize(per_seed, "balanced_accuracy")
+    study.update({"num_real": 15, "num_synthetic": 8})
+    write_json(
+        metrics_dir / "utility.json",
+        {
+            "enabled": True,
+            "verdict": study["verdict"],
+            "verdict_metric": "balanced_accuracy",
+            "headline": headline(study, "balanced_accuracy"),
+        },
+    )
+    return study["verdict"]
+
+
+def test_require_benefit_gates_the_export(data_dir, tmp_path):
+    """augment.require_benefit: a 'hurts' verdict stops the stage before it writes anything,
+    with the numbers; 'helps' exports; a missing verdict file is a clear error."""
+    from ganpipe.config import Params
+    from ganpipe.ops.tracking import NULL_TRACKER
+    from ganpipe.paths import Paths
+    from ganpipe.stages.augment import run as run_augment
+
+    make_synthetic(tmp_path / "synthetic", per_class=10)
+    paths = Paths(prepared=data_dir, synthetic=tmp_path / "synthetic",
+                  augmented=tmp_path / "augmented", metrics=tmp_path / "metrics")  # fmt: skip
+    params = Params.model_validate(
+        {"augment": {"synthetic_ratio": 0.5, "memorization_guard": False, "require_benefit": True}}
+    )
+    with pytest.raises(DataError, match=r"utility.json: not found \(run `ganpipe utility`"):
+        run_augment(params, paths, NULL_TRACKER)
+    assert write_verdict(tmp_path / "metrics", -0.05) == "hurts"
+    with pytest.raises(DataError, match=r"verdict is 'hurts'.*balanced_accuracy by -0\.04"):
+        run_augment(params, paths, NULL_TRACKER)
+    assert not paths.augmented.exists()
+    assert write_verdict(tmp_path / "metrics", +0.05) == "helps"
+    assert run_augment(params, paths, NULL_TRACKER)["num_synthetic"] == 8

@@ -63,14 +63,24 @@ def metric_safe(name: str) -> str:
 
 def check_benefit(metrics_dir: str | os.PathLike[str]) -> None:
     """augment.require_benefit: DataError with the verdict and its numbers when the utility
-    stage found that the synthetic samples hurt."""
+    stage found that the synthetic samples hurt (or recorded no verdict)."""
     from ganpipe.utility import read_verdict
 
     verdict = read_verdict(metrics_dir)
-    if verdict["verdict"] == "hurts":
+    if verdict is None:
         raise DataError(
-            f"augment.require_benefit: the utility stage's verdict is 'hurts' "
-            f"({verdict['summary']}); not exporting the augmented dataset"
+            f"augment.require_benefit: {Path(metrics_dir) / 'utility.json'} has no verdict (the "
+            "utility stage ran disabled); run `ganpipe utility` with utility.enabled: true"
+        )
+    if verdict["verdict"] == "hurts":
+        m = verdict["verdict_metric"]
+        h = verdict["headline"]
+        raise DataError(
+            f"augment.require_benefit: the utility stage's verdict is 'hurts': adding the "
+            f"synthetic samples changes {m} by {h[f'delta_{m}']:+.4f} (95% interval "
+            f"{h[f'delta_{m}_low']:+.4f} .. {h[f'delta_{m}_high']:+.4f}; real + classic "
+            f"{h[f'real_classic_{m}']:.4f}, with synthetic {h[f'real_classic_synthetic_{m}']:.4f}); "
+            "not exporting the augmented dataset"
         )
 
 
