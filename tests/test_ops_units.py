@@ -273,6 +273,35 @@ def test_pipeline_report_beside_the_champion():
     assert "(classifier_fd, min is better)" in text and f"- MLflow run: [r1]({url})" in text
 
 
+def test_pipeline_report_shows_the_verdict_and_the_filters():
+    from ganpipe.utility import ARMS, METRICS, summarize
+
+    per_seed = {
+        arm: [{m: 0.9 + 0.01 * i + (0.02 if "synthetic" in arm else 0.0) for m in METRICS}
+              for i in range(3)]
+        for arm in ARMS
+    }  # fmt: skip
+    study = summarize(per_seed, "balanced_accuracy")
+    utility = {"enabled": True, "verdict": study["verdict"], "verdict_metric": "balanced_accuracy",
+               "scenarios": {"as_given": study}}  # fmt: skip
+    augment = {
+        "num_real": 15, "num_synthetic": 8, "mode": "balance",
+        "filters": {"filters": {
+            "off_label": {"dropped_by_class": {"a": 3, "b": 0}, "dropped": 3},
+            "memorization": {"dropped_by_class": {"a": 1, "b": 2}, "dropped": 3},
+        }},
+    }  # fmt: skip
+    text = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"), None,
+                           utility=utility, augment=augment)  # fmt: skip
+    assert "## Does it help? **helps** (balanced_accuracy)" in text
+    assert "- as_given: **helps**: real_classic_synthetic 0.9300 vs real_classic 0.9100, " in text
+    assert "difference +0.0200 (95% interval +0.0200 .. +0.0200, 3 seeds)" in text
+    assert "| filter | a | b | dropped |" in text and "| memorization | 1 | 2 | 3 |" in text
+    assert "8 synthetic added to 15 real (augment.mode balance)" in text
+    plain = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"), None)
+    assert "Does it help" not in plain and "Filters" not in plain
+
+
 def test_sweep_report_bolds_the_best_and_shows_failures():
     spec = a_sweep()
     ok = {"name": spec.configs[0].name, "root": "/o/0", "run_id": "r0",

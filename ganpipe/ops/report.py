@@ -64,13 +64,21 @@ def pipeline_report(
 
 
 def utility_section(utility: dict[str, Any] | None) -> str:
-    """Does it help? The verdict and, per scenario, the headline comparison's numbers."""
+    """Does it help? The verdict and, per scenario, the headline comparison on the verdict
+    metric: both arms' means and the paired difference with its 95% interval."""
     if not utility or not utility.get("enabled"):
         return ""
-    lines = [f"\n## Does it help? {utility.get('verdict')}\n"]
-    metric = utility.get("verdict_metric")
+    m = utility.get("verdict_metric")
+    lines = [f"\n## Does it help? **{utility.get('verdict')}** ({m})\n"]
     for name, sc in (utility.get("scenarios") or {}).items():
-        lines.append(f"- {name}: **{sc.get('verdict')}** on {metric} ({sc.get('summary', '')})")
+        comp = sc["comparisons"][sc["headline_comparison"]]
+        base, treat = sc["arms"][comp["baseline"]][m], sc["arms"][comp["treatment"]][m]
+        d = comp["metrics"][m]
+        lines.append(
+            f"- {name}: **{sc['verdict']}**: {comp['treatment']} {treat['mean']:.4f} vs "
+            f"{comp['baseline']} {base['mean']:.4f}, difference {d['mean']:+.4f} "
+            f"(95% interval {d['low']:+.4f} .. {d['high']:+.4f}, {len(base['per_seed'])} seeds)"
+        )
     return "\n".join(lines) + "\n"
 
 
