@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -206,6 +207,39 @@ def test_training_never_sees_the_test_split_and_is_reproducible(small):
     assert (a.epochs, a.best_epoch) == (b.epochs, b.best_epoch) == (c.epochs, c.best_epoch)
     assert a.scores == pytest.approx(b.scores, abs=0.02)  # seeded; CPU kernels may differ in bits
     assert c.scores["accuracy"] < a.scores["accuracy"] - 0.2  # the labels did change
+
+
+def test_fit_gets_class_weights_exactly_when_imbalanced(small, monkeypatch):
+    """What train_and_score hands Keras's fit: class weights for imbalanced training classes only
+    (class_weight auto), the classic augmentation layers only for classic arms, the validation
+    split as validation data. fit itself is stood in for (no training)."""
+    seen: list[dict] = []
+
+    def fake_fit(model, x, y, **kw):
+        names = {layer.name for layer in model.layers}
+        seen.append(kw | {"classic": "classic_augmentation" in names, "n": len(x)})
+        for callback in kw["callbacks"]:
+            callback.set_model(model)
+            callback.on_train_begin()
+        return SimpleNamespace(history={"loss": [1.0]})  # what train_and_score reads
+
+    monkeypatch.setattr(keras.Model, "fit", fake_fit)
+    params = UtilityParams(max_epochs=2, class_weight="auto")
+    labels = small.train.labels
+    val = Split(small.train.images[:30], labels[:30])
+    balanced_idx = np.concatenate([np.flatnonzero(labels == c)[-20:] for c in range(10)])
+    balanced = Split(small.train.images[balanced_idx], labels[balanced_idx])
+    skewed_idx = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)[:60]])
+    skewed = Split(small.train.images[skewed_idx], labels[skewed_idx])
+    for train, classic in ((balanced, False), (skewed, True)):
+        U.train_and_score(train, val, small.test, (8, 8, 1), 10, params, 0, classic)
+    assert seen[0]["class_weight"] is None and not seen[0]["classic"]
+    assert seen[1]["class_weight"] is not None and seen[1]["classic"]
+    w = seen[1]["class_weight"]
+    assert w[0] < 1 < w[1]  # the common class down, rare ones up
+    for call in seen:
+        assert np.array_equal(call["validation_data"][1], val.labels)
+        assert call["epochs"] == 2 and call["callbacks"][0].restore_best_weights
 
 
 # ---- the study with a stand-in trainer --------------------------------------------------------------
