@@ -322,3 +322,14 @@ def test_refuses_to_replace_unrelated_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="precious.txt"):
         _run(tmp_path, source="digits")
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_evaluator_class_weights_only_for_imbalanced_training_data() -> None:
+    # Prepared long-tailed data is what the evaluator's class weights are for (ganpipe/evaluator.py).
+    from ganpipe.evaluator import class_weights
+
+    assert class_weights(np.repeat(np.arange(3), [100, 90, 70]), 3) is None  # 100/70 <= 1.5
+    w = class_weights(np.repeat(np.arange(4), [1000, 1000, 20, 20]), 4)
+    assert w is not None and sorted(w) == [0, 1, 2, 3]
+    assert np.mean(list(w.values())) == pytest.approx(1.0)
+    assert w[2] == pytest.approx(50 * w[0])
