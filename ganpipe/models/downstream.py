@@ -35,7 +35,10 @@ def build_downstream(image_shape: tuple[int, int, int], num_classes: int) -> ker
     x = inputs
     for filters in (32, 64):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)  # BN has the bias
-        x = layers.BatchNormalization()(x)
+        # momentum 0.9, not Keras's 0.99: a small dataset gives a few dozen steps per epoch, and
+        # with 0.99 the moving statistics (used for validation) lag the weights for many epochs,
+        # so the validation loss jumps about and early stopping stops on noise
+        x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D(2, padding="same")(x)
         h, w = math.ceil(h / 2), math.ceil(w / 2)
