@@ -77,12 +77,6 @@ class Evaluator:
         """Fraction of uint8 `images` assigned their label."""
         return classifier_accuracy(self.model, images, labels)
 
-    def accept_mask(
-        self, images: np.ndarray, labels: np.ndarray, min_confidence: float = 0.0
-    ) -> np.ndarray:
-        """`accept_mask` of uint8 `images` through this classifier."""
-        return accept_mask(self.features(images)[1], labels, min_confidence)
-
 
 def classifier_accuracy(model: keras.Model, images: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of uint8 `images` a `build_classifier` model labels correctly."""
@@ -206,8 +200,8 @@ def get_evaluator(
 # ---- the off-label filter: pure functions over the evaluator's probabilities ------------------------
 # A conditional generator sometimes draws a sample that looks like another class (a "4" asked for,
 # a "9" drawn); added with the asked-for label it is label noise. The augment stage
-# (augment.reject_off_label) and the utility uplift keep a sample only when the evaluator predicts
-# its conditioning label with at least `min_confidence` probability.
+# (augment.reject_off_label, ganpipe.filters) keeps a sample only when the evaluator predicts its
+# conditioning label with at least `min_confidence` probability.
 
 
 def accept_mask(probs: np.ndarray, labels: np.ndarray, min_confidence: float = 0.0) -> np.ndarray:
@@ -219,19 +213,3 @@ def accept_mask(probs: np.ndarray, labels: np.ndarray, min_confidence: float = 0
         raise ValueError(f"probs {probs.shape} and labels {labels.shape} do not match")
     on_label = probs[np.arange(len(labels)), labels]
     return (probs.argmax(axis=1) == labels) & (on_label >= min_confidence)
-
-
-def rejection_summary(
-    labels: np.ndarray, mask: np.ndarray, class_names: list[str], min_confidence: float
-) -> dict[str, Any]:
-    """What the filter did, for summaries: accept rate, accepted and rejected counts per class."""
-    labels = np.asarray(labels, dtype=np.int64)
-    k = len(class_names)
-    accepted = np.bincount(labels[mask], minlength=k)[:k]
-    rejected = np.bincount(labels[~mask], minlength=k)[:k]
-    return {
-        "min_confidence": min_confidence,
-        "accept_rate": float(mask.mean()) if len(mask) else 1.0,
-        "accepted_by_class": dict(zip(class_names, accepted.tolist(), strict=True)),
-        "rejected_by_class": dict(zip(class_names, rejected.tolist(), strict=True)),
-    }
