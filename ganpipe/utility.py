@@ -281,8 +281,16 @@ def train_and_score(
         callbacks=[stop],
         verbose=0,
     )
-    pred = model.predict(to_float(test.images), batch_size=max(256, params.batch_size), verbose=0)
-    scores = classification_metrics(test.labels, np.asarray(pred).argmax(axis=1), num_classes)
+    # batches through the model's call, not model.predict: predict traces a new function for
+    # every fresh model, and TensorFlow warns about "retracing" after a few of them
+    bs = max(256, params.batch_size)
+    pred = np.concatenate(
+        [
+            np.asarray(model(to_float(test.images[i : i + bs]), training=False)).argmax(axis=1)
+            for i in range(0, len(test), bs)
+        ]
+    )
+    scores = classification_metrics(test.labels, pred, num_classes)
     return TrainResult(
         scores=scores,
         epochs=len(history.history["loss"]),

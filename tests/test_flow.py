@@ -65,7 +65,16 @@ def test_flow_retries_reports_and_skips_stages_unchanged_by_dvc_status(
     monkeypatch.setattr(fp, "run_stage", counting)
     result = fp.pipeline(params_file=params_file, root=str(repo))
     # first run: everything, generate twice (retried), recorded in dvc.lock
-    assert ran == ["prepare", "train", "generate", "generate", "classifier", "augment", "evaluate"]
+    assert ran == [
+        "prepare",
+        "train",
+        "generate",
+        "generate",
+        "classifier",
+        "utility",
+        "augment",
+        "evaluate",
+    ]
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == set(fp.STAGES)
     assert (repo / "metrics/eval.json").exists()
     assert 0.0 <= result["evaluate"]["conditional_accuracy"] <= 1.0
@@ -84,7 +93,7 @@ def test_flow_retries_reports_and_skips_stages_unchanged_by_dvc_status(
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran.clear()
     fp.pipeline(params_file=params_file, root=str(repo))
-    assert ran == ["generate", "augment", "evaluate"]  # downstream of the change only
+    assert ran == ["generate", "utility", "augment", "evaluate"]  # downstream of the change only
 
     # Overrides differ from what dvc.lock records: no skipping. The first stage runs although
     # dvc.lock vouches for it; it stops the run there (a DataError is not retried) to save time.
