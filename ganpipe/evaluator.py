@@ -3,7 +3,7 @@
 A small CNN (`ganpipe.models.classifier.build_classifier`) trained on the prepared real training
 split. Its penultimate layer ("features") plays the role of Inception's pool3 for the Fréchet and
 kernel distances; its logits give the conditional accuracy, the classifier score and the off-label
-filter (`accept_mask`). The classifier stage trains it, and augment, evaluate and the utility study
+filter (`accept_mask`). The classifier stage trains it, and augment, evaluate and the utility stage
 load it from the cache in `<cache_dir>/` (classifier.keras + meta.json).
 
 The cache key holds the prepared data's content hash, the classifier params and a fingerprint of
@@ -46,7 +46,7 @@ CODE = ("models/classifier.py", "evaluator.py")
 
 def new_classifier(image_shape: tuple[int, int, int], num_classes: int, seed: int) -> keras.Model:
     """A seeded, compiled `build_classifier` network: the one training recipe (Adam at
-    LEARNING_RATE, cross-entropy on logits) for the evaluator and the utility study's models."""
+    LEARNING_RATE, cross-entropy on logits) for the evaluator (and benchmarks' reference judges)."""
     keras.utils.set_random_seed(seed)
     model = build_classifier(image_shape, num_classes)
     model.compile(

@@ -1,4 +1,4 @@
-"""Per-class quotas and stratified draws, shared by generate, evaluate and the utility study."""
+"""Per-class quotas and stratified draws, shared by generate, evaluate and the utility stage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The generated-samples contract, as augment, evaluate and the utility study read it.
+"""The generated-samples contract, as augment, evaluate and the utility stage read it.
 
 `<synthetic_dir>/samples.npz` (images, labels: the prepared-data format) and its `summary.json`
 (class names, generator version) are written by the generate stage; `load_synthetic` checks them

@@ -1,7 +1,7 @@
 """The domain classifier's network: a small CNN with a named "features" layer.
 
-Built here, trained and cached by `ganpipe.evaluator` (the evaluator), and also the architecture of
-the utility study's downstream classifiers.
+Built here, trained and cached by `ganpipe.evaluator` (the evaluator). The utility stage's
+downstream classifier is deliberately another network (`ganpipe.models.downstream`).
 """
 
 from __future__ import annotations

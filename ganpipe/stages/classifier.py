@@ -1,7 +1,7 @@
 """Stage `classifier`: train (or find in its cache) the evaluator for the prepared data.
 
 The evaluator itself (network, training recipe, cache, features, off-label filter) lives in
-`ganpipe.evaluator`; augment, evaluate and the utility study load it from the same cache.
+`ganpipe.evaluator`; augment, evaluate and the utility stage load it from the same cache.
 """
 
 from __future__ import annotations
