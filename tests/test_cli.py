@@ -13,7 +13,7 @@ from tests.helpers import run, tiny_project
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
     root = tiny_project(tmp_path_factory.mktemp("cli"), tracking=True)
-    result = run(["ganpipe", "run"], cwd=root)
+    result = run(["ganpipe", "run", "--set", "utility.enabled=true"], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result
 
@@ -32,6 +32,11 @@ def test_run_writes_every_output_and_prints_metrics(tracked_run):
         "evaluator/classifier.keras",
         "metrics/eval.json",
         "metrics/per_class.csv",
+        "metrics/memorization.json",
+        "metrics/nearest_copies.png",
+        "metrics/utility.json",
+        "metrics/utility.csv",
+        "metrics/utility.png",
     ]:
         assert (root / rel).exists(), rel
     metrics = json.loads((root / "metrics/eval.json").read_text())
@@ -56,14 +61,46 @@ def test_mlflow_holds_one_run_with_params_metrics_images_and_registered_generato
     assert run_.data.params["data.source"] == "digits"
     summary = json.loads((root / "data/prepared/summary.json").read_text())
     assert run_.data.tags["data.content_hash"] == summary["content_hash"]
-    for key in ("classifier_fd", "conditional_accuracy", "d_loss", "g_loss"):
+    for key in ("classifier_fd", "conditional_accuracy", "d_loss", "g_loss", "near_copy_fraction",
+                "augment_num_synthetic", "augment_memorization_dropped"):  # fmt: skip
         assert key in run_.data.metrics, key
+    utility = json.loads((root / "metrics/utility.json").read_text())
+    assert run_.data.tags["utility.verdict"] == utility["verdict"]
     assert len(client.get_metric_history(run_.info.run_id, "d_loss")) > 1  # per-step losses
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id, "samples")}
     assert "samples/final.png" in artifacts
     versions = client.search_model_versions("name='ganpipe-generator'")
     assert [v.run_id for v in versions] == [run_.info.run_id]
     # (stages run as their own processes log into the same run: tests/test_dvc.py)
+
+
+def test_utility_verdict_printed_and_gating_the_export(tracked_run, tmp_path):
+    """`ganpipe run` printed the utility verdict; with augment.require_benefit the augment
+    command exports exactly when that verdict is not 'hurts' (and says why when it is)."""
+    import shutil
+
+    root, result = tracked_run
+    utility = json.loads((root / "metrics/utility.json").read_text())
+    assert utility["enabled"] and utility["verdict"] in ("helps", "no measurable effect", "hurts")
+    assert f"Does it help? (metrics/utility.json): {utility['verdict']}" in result.stdout
+    arms = utility["scenarios"]["as_given"]["arms"]
+    assert set(arms) == {"real", "real_classic", "real_synthetic", "real_classic_synthetic"}
+    assert all(len(a["balanced_accuracy"]["per_seed"]) == 3 for a in arms.values())
+
+    copy = tmp_path / "project"
+    shutil.copytree(root, copy)
+    before = (copy / "data/augmented/train.npz").read_bytes()
+    gate = ["--set", "augment.require_benefit=true", "--set", "utility.enabled=true"]
+    gated = run(["ganpipe", "augment", *gate, "--set", "augment.seed=9"], cwd=copy)
+    if utility["verdict"] == "hurts":
+        assert gated.returncode == 2 and "verdict is 'hurts'" in gated.stderr
+        assert (copy / "data/augmented/train.npz").read_bytes() == before
+    else:
+        assert gated.returncode == 0, gated.stderr[-2000:]
+    (copy / "metrics/utility.json").write_text(json.dumps({"enabled": False, "verdict": None}))
+    gated = run(["ganpipe", "augment", *gate], cwd=copy)
+    assert gated.returncode == 2 and "has no verdict" in gated.stderr
+    assert "Traceback" not in gated.stderr
 
 
 def test_bad_param_stops_before_any_work(tmp_path):
@@ -102,7 +139,11 @@ def test_off_label_rejection_end_to_end(tracked_run, tmp_path):
 
     result = run(["ganpipe", "augment", *on, "--set", "augment.synthetic_ratio=0.1"], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
-    rejection = json.loads((root / "data/augmented/summary.json").read_text())["rejection"]
-    accepted = sum(rejection["accepted_by_class"].values())
-    assert accepted + sum(rejection["rejected_by_class"].values()) == len(labels)
-    assert 0.5 < rejection["accept_rate"] == accepted / len(labels) < 1.0
+    filters = json.loads((root / "data/augmented/summary.json").read_text())["filters"]
+    off_label = filters["filters"]["off_label"]
+    accepted = sum(off_label["kept_by_class"].values())
+    assert accepted + sum(off_label["dropped_by_class"].values()) == len(labels)
+    assert 0.5 < accepted / len(labels) < 1.0
+    # real test images are no copies of training images: the guard drops few (its promise: ~2%)
+    guard = filters["filters"]["memorization"]
+    assert guard["dropped"] <= 0.05 * accepted
