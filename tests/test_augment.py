@@ -394,7 +394,14 @@ def test_require_benefit_gates_the_export(data_dir, tmp_path):
     paths = Paths(prepared=data_dir, synthetic=tmp_path / "synthetic",
                   augmented=tmp_path / "augmented", metrics=tmp_path / "metrics")  # fmt: skip
     params = Params.model_validate(
-        {"augment": {"synthetic_ratio": 0.5, "memorization_guard": False, "require_benefit": True}}
+        {
+            "augment": {
+                "synthetic_ratio": 0.5,
+                "memorization_guard": False,
+                "require_benefit": True,
+            },
+            "utility": {"enabled": True},
+        }
     )
     with pytest.raises(DataError, match=r"utility.json: not found \(run `ganpipe utility`"):
         run_augment(params, paths, NULL_TRACKER)

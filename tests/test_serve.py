@@ -34,11 +34,12 @@ def gone(pid: int) -> bool:
 
 
 def wait_ready(proc: subprocess.Popen, seconds: float = 180) -> str:
-    """What `ganpipe serve` printed up to its "In another shell" line, which comes once every
-    service is up (the worker registered with its pool). Reads the pipe unbuffered (os.read), so
-    select() sees every byte that has not been read yet."""
+    """What `ganpipe serve` printed up to the end of its "In another shell" block (the deploy
+    line), which comes once every service is up (the worker registered with its pool). Reads the
+    pipe unbuffered (os.read), so select() sees every byte that has not been read yet; waits for
+    the block's last line, since the block may arrive in more than one read."""
     fd, out, deadline = proc.stdout.fileno(), "", time.monotonic() + seconds
-    while "In another shell" not in out:
+    while "flows/deploy.py --cron" not in out:
         assert time.monotonic() < deadline, f"ganpipe serve not ready:\n{out}"
         if select.select([fd], [], [], 1.0)[0]:
             chunk = os.read(fd, 65536)

@@ -329,7 +329,8 @@ def stage_params(**utility) -> Params:
             "generate": {"per_class": 30, "write_png": False},
             "augment": {"synthetic_ratio": 1.0, "memorization_guard": False},
             "evaluate": {"classifier_epochs": 1},
-            "utility": {"max_epochs": 2, "patience": 1, "batch_size": 32} | utility,
+            "utility": {"enabled": True, "max_epochs": 2, "patience": 1, "batch_size": 32}
+            | utility,
             "tracking": {"enabled": False},
         }
     )

@@ -366,7 +366,10 @@ def main(args: argparse.Namespace) -> int:
             print("In another shell:", flush=True)
             for k, v in services.client_env().items():
                 print(f"  export {k}={v}", flush=True)
-            print("  python flows/deploy.py --cron '0 2 * * *'   # then: Ctrl-C here stops all")
+            print(
+                "  python flows/deploy.py --cron '0 2 * * *'   # then: Ctrl-C here stops all",
+                flush=True,
+            )
             while True:
                 services.check()
                 time.sleep(1.0)
