@@ -27,6 +27,7 @@ import numpy as np
 
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, load_prepared, to_float
+from ganpipe.data.sampling import is_imbalanced
 from ganpipe.io import atomic_path, read_json, write_json
 from ganpipe.keys import source_fingerprint
 from ganpipe.metrics.features import extract
@@ -37,11 +38,8 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "classifier.keras"
 META_FILE = "meta.json"
 LEARNING_RATE = 1e-3
-# Training classes whose largest count exceeds the smallest by more than this are imbalanced: the
-# classifier then trains with class weights (`class_weights`).
-IMBALANCE_RATIO = 1.5
 # The source that shapes the cached network: its builder and this training recipe.
-CODE = ("models/classifier.py", "evaluator.py")
+CODE = ("models/classifier.py", "evaluator.py", "data/sampling.py")
 
 
 def new_classifier(image_shape: tuple[int, int, int], num_classes: int, seed: int) -> keras.Model:
@@ -99,14 +97,14 @@ def cache_key(prepared: Prepared, params: EvaluateParams) -> dict[str, Any]:
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
     """Inverse-frequency class weights, normalised to mean 1 over the classes present, when the
-    classes are imbalanced (largest count over smallest above IMBALANCE_RATIO); None otherwise.
+    classes are imbalanced (`ganpipe.data.sampling.is_imbalanced`); None otherwise.
 
     On a long tail (1,000 images of some classes, 20 of others) an unweighted classifier learns
     that the rare classes hardly ever occur and assigns few images to them, generated or real: it
     would then judge a generator's rare classes by its own prior, not by the images."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     present = np.flatnonzero(counts)
-    if counts[present].max() <= IMBALANCE_RATIO * counts[present].min():
+    if not is_imbalanced(counts):
         return None
     inverse = 1.0 / counts[present]
     weights = inverse / inverse.mean()

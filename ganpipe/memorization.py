@@ -454,28 +454,20 @@ def memorization_report(
     ti, hi = matched_subsample(train_labels, holdout_labels, np.random.default_rng(seed))
     if len(ti) == 0:
         raise ValueError("the training and held-out sets share no class: no DCR reference")
+
+    def pixel_dcr(images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Each sample's pixel distance to its nearest same-class image of images[idx]."""
+        ref, ref_labels = np.asarray(images)[idx], np.asarray(labels)[idx]
+        return pixel_nearest(syn_images, ref, guard.shift, None, syn_labels, ref_labels)[0]
+
     dcr = {
         "": (
             nearest(syn_features, np.asarray(train_features)[ti])[0],
             nearest(syn_features, np.asarray(holdout_features)[hi])[0],
         ),
         "pixel_": (
-            pixel_nearest(
-                syn_images,
-                np.asarray(train_images)[ti],
-                guard.shift,
-                None,
-                syn_labels,
-                np.asarray(train_labels)[ti],
-            )[0],
-            pixel_nearest(
-                syn_images,
-                np.asarray(holdout_images)[hi],
-                guard.shift,
-                None,
-                syn_labels,
-                np.asarray(holdout_labels)[hi],
-            )[0],
+            pixel_dcr(train_images, train_labels, ti),
+            pixel_dcr(holdout_images, holdout_labels, hi),
         ),
     }
 

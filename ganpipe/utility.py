@@ -40,6 +40,7 @@ import numpy as np
 
 from ganpipe.config import UtilityParams
 from ganpipe.data.prepared import Prepared, Split, to_float
+from ganpipe.data.sampling import is_imbalanced
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import read_json
 
@@ -58,9 +59,6 @@ COMPARISONS = {
 HEADLINE = next(iter(COMPARISONS))
 HELPS, HURTS, NO_EFFECT = "helps", "hurts", "no measurable effect"
 CONFIDENCE = 0.95
-# class_weight "auto": weight the loss when the largest training class is more than this many
-# times the smallest.
-IMBALANCE_RATIO = 1.5
 UTILITY_JSON = "utility.json"
 
 
@@ -157,12 +155,12 @@ def class_weights(
     """Keras `class_weight` for training labels `labels`: inverse class frequency scaled so the
     mean weight per training image is 1 (sklearn's "balanced": n / (k x n_c), k the classes
     present), so the loss keeps its scale. None when off: mode False, or "auto" and the classes
-    are balanced (largest / smallest <= IMBALANCE_RATIO). Absent classes get weight 1."""
+    are balanced (`ganpipe.data.sampling.is_imbalanced`). Absent classes get weight 1."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     present = counts > 0
     if mode is False:
         return None
-    if mode == "auto" and counts[present].max() <= IMBALANCE_RATIO * counts[present].min():
+    if mode == "auto" and not is_imbalanced(counts):
         return None
     weights = np.ones(num_classes)
     weights[present] = counts.sum() / (present.sum() * counts[present])

@@ -1,8 +1,19 @@
-"""Per-class quotas and stratified draws, shared by generate, evaluate and the utility stage."""
+"""Per-class quotas, stratified draws and the imbalance rule, shared by generate, evaluate, the
+evaluator and the utility stage."""
 
 from __future__ import annotations
 
 import numpy as np
+
+# Classes whose largest count is more than this many times the smallest (of the classes present)
+# are imbalanced: the evaluator and the utility stage's classifiers then weight their loss.
+IMBALANCE_RATIO = 1.5
+
+
+def is_imbalanced(counts: np.ndarray) -> bool:
+    """Per-class counts whose largest exceeds IMBALANCE_RATIO x the smallest nonzero one."""
+    present = np.asarray(counts)[np.asarray(counts) > 0]
+    return bool(present.max() > IMBALANCE_RATIO * present.min())
 
 
 def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
