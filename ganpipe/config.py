@@ -75,13 +75,21 @@ class ModelParams(Section):
     # conditional: ours, sized from the data (label channel + projection discriminator).
     # dcgan_tutorial: the TensorFlow DCGAN tutorial's layers, 28x28x1 only, minimal conditioning
     # (see ganpipe/models/tutorial.py); `filters` does not apply to it.
-    arch: Literal["conditional", "dcgan_tutorial"] = "conditional"
+    # mlp, mlp_convd: the dense GAN of the seed articles (dense D, or two 5x5 stride-2
+    # convolutions), trained right and conditioned (ganpipe/models/mlp.py), 28x28-sized layers
+    # for any shape. resnet: SNGAN's residual G (class-conditional BatchNorm) and D (projection),
+    # scaled to the data's shape (ganpipe/models/resnet.py).
+    arch: Literal["conditional", "dcgan_tutorial", "mlp", "mlp_convd", "resnet"] = "conditional"
     latent_dim: int = Field(64, ge=1)
     embed_dim: int = Field(32, ge=1)
     # Width of the widest convolution; the others halve from it.
     filters: int = Field(128, ge=8)
-    # Wrap the discriminator's convolutions and dense layers in keras.layers.SpectralNormalization.
+    # Spectral normalisation of every discriminator layer with weights, the label embeddings
+    # included (conditional, resnet, mlp, mlp_convd; dcgan_tutorial: its convolutions and dense).
     spectral_norm: bool = False
+    # conditional: class-conditional BatchNorm in the generator (a gain and bias per class, as in
+    # SNGAN/BigGAN) instead of the label embedding concatenated to z. resnet always has it.
+    class_bn: bool = False
 
 
 class TrainParams(Section):
@@ -116,11 +124,31 @@ class TrainParams(Section):
     # one pass over the data per epoch: rare classes get as many of D's and G's steps (the fake
     # batch uses the real batch's labels) as common ones. For long-tailed data.
     class_balance: bool = False
+    # Adaptive discriminator augmentation (Karras et al. 2020; ganpipe/training/ada.py): each of
+    # ada_policy's transforms is applied to each image D sees with probability p, and p moves
+    # every ada_interval steps towards D's outputs on real images having mean sign ada_target,
+    # by at most 1 per ada_kimg thousand images. Not together with diffaugment.
+    ada: bool = False
+    ada_policy: str = "color,translation,cutout"
+    ada_target: float = Field(0.6, gt=0, lt=1)
+    ada_interval: int = Field(4, ge=1)
+    ada_kimg: float = Field(100.0, gt=0)
 
-    @field_validator("diffaugment")
+    @field_validator("diffaugment", "ada_policy")
     @classmethod
     def _known_policies(cls, value: str) -> str:
         return ",".join(parse_diffaugment(value))  # canonical: no spaces
+
+    @model_validator(mode="after")
+    def _one_augmentation(self) -> TrainParams:
+        if self.ada and self.diffaugment:
+            raise ValueError(
+                "train.ada and train.diffaugment are two ways to augment D's inputs: set one "
+                "(train.ada_policy picks ADA's transforms)"
+            )
+        if self.ada and not self.ada_policy:
+            raise ValueError("train.ada needs at least one transform in train.ada_policy")
+        return self
 
 
 class GenerateParams(Section):

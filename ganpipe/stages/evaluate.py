@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from ganpipe.config import AugmentParams, EvaluateParams, Params
-from ganpipe.data.prepared import Split, load_prepared
+from ganpipe.data.prepared import Prepared, Split, load_prepared
 from ganpipe.data.sampling import stratified_subsample
 from ganpipe.data.synthetic import SAMPLES_FILE, load_synthetic
 from ganpipe.errors import DataError
@@ -61,7 +61,7 @@ from ganpipe.io import atomic_path, write_json
 from ganpipe.memorization import HEADLINE_KEYS as MEMORIZATION_KEYS
 from ganpipe.memorization import fit_guard, memorization_report, nearest_copies_figure
 from ganpipe.metrics import MetricInputs, compute_metrics, per_class_table
-from ganpipe.metrics.reference import real_reference
+from ganpipe.metrics.reference import Reference, real_reference
 from ganpipe.ops.tracking import NULL_TRACKER, Tracker
 from ganpipe.paths import Paths
 
@@ -292,6 +292,21 @@ def _memorization(
 # ---- the stage -------------------------------------------------------------------------------------
 
 
+def real_references(
+    params: EvaluateParams, prepared: Prepared, extractor: Any, ref_dir: Path
+) -> tuple[dict[str, Reference], dict[str, np.ndarray]]:
+    """The real train and test subsamples' references (features, statistics; cached in
+    `ref_dir`) and their indices, by split name: what every evaluation compares against."""
+    refs, indices = {}, {}
+    for stream, (name, split) in enumerate((("train", prepared.train), ("test", prepared.test))):
+        idx = _subsample(split, params.max_samples, _rng(params.seed, stream), f"real {name}")
+        indices[name] = idx
+        refs[name] = real_reference(
+            ref_dir, prepared.content_hash, name, split.images, split.labels, idx, extractor
+        )
+    return refs, indices
+
+
 def evaluate(
     params: EvaluateParams,
     data_dir: str | os.PathLike[str],
@@ -340,13 +355,7 @@ def evaluate(
     extractor = build_extractor(network, evaluator.extractor, meta)
 
     ref_dir = Path(reference_dir or Path(cache_dir).parent / REFERENCE_CACHE)
-    refs, indices = {}, {}
-    for stream, (name, split) in enumerate((("train", prepared.train), ("test", prepared.test))):
-        idx = _subsample(split, params.max_samples, _rng(params.seed, stream), f"real {name}")
-        indices[name] = idx
-        refs[name] = real_reference(
-            ref_dir, prepared.content_hash, name, split.images, split.labels, idx, extractor
-        )
+    refs, indices = real_references(params, prepared, extractor, ref_dir)
     syn_idx = _subsample(synthetic, params.max_samples, _rng(params.seed, 2), "synthetic")
     if len(syn_idx) < len(synthetic):
         synthetic = Split(synthetic.images[syn_idx], synthetic.labels[syn_idx])
