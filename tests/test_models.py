@@ -10,6 +10,7 @@ from PIL import Image
 from ganpipe.config import ModelParams
 from ganpipe.images import grid, readable_scale, save_grid
 from ganpipe.models import (
+    ARCHS,
     build_discriminator,
     build_generator,
     build_models,
@@ -18,6 +19,10 @@ from ganpipe.models import (
 )
 
 TINY = ModelParams(latent_dim=8, embed_dim=4, filters=16)
+ARCH_NAMES = tuple(ARCHS)
+# The architectures that build for any shape with a layout (dcgan_tutorial is 28x28x1 only).
+ANY_SHAPE = ("conditional", "mlp", "mlp_convd", "resnet")
+ISSUE_SHAPES = [(8, 8, 1), (28, 28, 1), (32, 32, 3), (64, 64, 3)]
 
 
 def _inputs(n: int, num_classes: int, latent_dim: int = 8, seed: int = 0):
@@ -70,7 +75,7 @@ def test_labels_condition_both_models():
     assert len(set(np.round(logits, 6).tolist())) == 3
 
 
-def test_saved_models_load_without_custom_objects(tmp_path):
+def test_default_models_load_without_custom_objects(tmp_path):
     shape = (28, 28, 1)
     g = build_generator(shape, 10, TINY)
     d = build_discriminator(shape, 10, TINY)
@@ -147,9 +152,168 @@ def test_mixed_precision_keeps_outputs_float32():
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
-        for arch in ("conditional", "dcgan_tutorial"):
-            g, d = build_models((28, 28, 1), 10, ModelParams(arch=arch, filters=16))
+        for arch in ARCH_NAMES:
+            params = ModelParams(arch=arch, filters=16, spectral_norm=True, class_bn=True)
+            g, d = build_models((28, 28, 1), 10, params)
             assert g.get_layer("g_dense").compute_dtype == "bfloat16"
+            z, labels = _inputs(2, 10, 64)
+            fake = keras.ops.convert_to_numpy(g([z, labels], training=True))
+            logits = d([fake, labels], training=True)
+            assert keras.ops.convert_to_numpy(logits).dtype == np.float32
             assert g.output.dtype == "float32" and d.output.dtype == "float32"
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def _np(x) -> np.ndarray:
+    return keras.ops.convert_to_numpy(x)
+
+
+@pytest.mark.parametrize("arch", ANY_SHAPE)
+@pytest.mark.parametrize("shape", ISSUE_SHAPES)
+def test_every_arch_builds_for_the_issue_shapes(arch, shape):
+    params = TINY.model_copy(update={"arch": arch, "spectral_norm": True, "class_bn": True})
+    check_shape(shape, params)
+    g, d = build_models(shape, 10, params)
+    z, labels = _inputs(4, 10)
+    images = _np(g([z, labels], training=True))
+    assert images.shape == (4, *shape) and images.dtype == np.float32
+    assert np.all(np.abs(images) <= 1)
+    logits = _np(d([images, labels], training=True))
+    assert logits.shape == (4, 1) and np.all(np.isfinite(logits))
+
+
+@pytest.mark.parametrize("arch", ANY_SHAPE)
+def test_labels_condition_every_arch(arch):
+    shape, params = (8, 8, 1), TINY.model_copy(update={"arch": arch, "class_bn": True})
+    g, d = build_models(shape, 3, params)
+    for layer in d.layers:  # the projection embedding starts near 0: make the label matter
+        if layer.name.startswith("d_proj_embed"):
+            layer.set_weights([w + 1.0 for w in layer.get_weights()])
+    z = np.repeat(_inputs(1, 3)[0], 3, axis=0)  # same noise, three labels
+    labels = np.arange(3, dtype=np.int32)
+    if arch == "resnet" or params.class_bn and arch == "conditional":
+        # class BatchNorm starts at gain 1, bias 0 for every class: give each its own bias
+        for layer in g.layers:
+            if type(layer).__name__ == "ClassBatchNorm":
+                gamma, beta = layer.get_weights()[:2]
+                layer.set_weights([gamma, beta + np.arange(3)[:, None]] + layer.get_weights()[2:])
+    images = _np(g([z, labels], training=False))
+    assert not np.allclose(images[0], images[1]) and not np.allclose(images[1], images[2])
+    same = np.repeat(images[:1], 3, axis=0)
+    logits = _np(d([same, labels], training=False))[:, 0]
+    assert len(set(np.round(logits, 6).tolist())) == 3
+
+
+def _weighted_layers(model: keras.Model) -> list:
+    """The innermost layers with a kernel or an embedding matrix, with their wrapper (or None)."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.SpectralNormalization):
+            found.append((layer.layer, layer))
+        elif hasattr(layer, "kernel") or hasattr(layer, "embeddings"):
+            found.append((layer, None))
+    return found
+
+
+@pytest.mark.parametrize("arch", ["conditional", "mlp", "mlp_convd", "resnet"])
+def test_spectral_norm_covers_every_discriminator_layer(arch):
+    params = TINY.model_copy(update={"arch": arch, "spectral_norm": True})
+    _, d = build_models((28, 28, 1), 10, params)
+    layers = _weighted_layers(d)
+    assert layers and all(wrapper is not None for _, wrapper in layers), [
+        inner.name for inner, wrapper in layers if wrapper is None
+    ]
+    names = {inner.name for inner, _ in layers}
+    assert "d_proj_embed" in names  # the projection's class embedding too (Miyato & Koyama)
+    # A few training calls run the power iteration: every matrix's top singular value -> 1.
+    images, labels = np.zeros((2, 28, 28, 1), np.float32), np.array([0, 1], np.int32)
+    for _ in range(30):
+        out = d([images, labels], training=True)
+    assert _np(out).dtype == np.float32
+    for inner, _ in layers:
+        w = _np(inner.embeddings if hasattr(inner, "embeddings") else inner.kernel)
+        sigma = np.linalg.svd(w.reshape(-1, w.shape[-1]), compute_uv=False)[0]
+        assert sigma == pytest.approx(1.0, abs=0.05), inner.name
+
+
+def test_class_batch_norm_is_batch_norm_with_a_gain_and_bias_per_class():
+    from ganpipe.models.layers import ClassBatchNorm
+
+    layer = ClassBatchNorm(3, epsilon=1e-6)
+    x = np.random.default_rng(0).normal(2.0, 3.0, (6, 4, 4, 5)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    layer.build([x.shape, labels.shape])
+    gamma = np.array([[1.0] * 5, [2.0] * 5, [0.5] * 5], np.float32)
+    beta = np.array([[0.0] * 5, [1.0] * 5, [-1.0] * 5], np.float32)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    out = _np(layer([x, labels], training=True))
+    normed = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-6)
+    expected = normed * gamma[labels][:, None, None, :] + beta[labels][:, None, None, :]
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    moving = _np(layer.norm.moving_mean)
+    assert np.all(moving != 0)  # a training call updated the moving statistics
+
+
+SAVE_AND_LOAD = r"""
+import sys
+from pathlib import Path
+import numpy as np
+import keras
+import ganpipe.models  # registers ganpipe's layers
+from ganpipe.config import ModelParams
+from ganpipe.models import build_models
+
+mode, folder = sys.argv[1], Path(sys.argv[2])
+archs = ("conditional", "resnet")
+if mode == "save":
+    for arch in archs:
+        params = ModelParams(arch=arch, latent_dim=8, filters=16, spectral_norm=True, class_bn=True)
+        g, d = build_models((28, 28, 1), 10, params)
+        z = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+        y = np.arange(5, dtype=np.int32)
+        x = keras.ops.convert_to_numpy(g([z, y], training=True))  # moving statistics and SN vectors move off their initial values
+        d([x, y], training=True)
+        images = keras.ops.convert_to_numpy(g([z, y], training=False))
+        logits = keras.ops.convert_to_numpy(d([images, y], training=False))
+        g.save(folder / f"{arch}_g.keras")
+        d.save(folder / f"{arch}_d.keras")
+        np.savez(folder / f"{arch}.npz", z=z, y=y, images=images, logits=logits)
+else:
+    for arch in archs:
+        ref = np.load(folder / f"{arch}.npz")
+        g = keras.models.load_model(folder / f"{arch}_g.keras", safe_mode=True)
+        d = keras.models.load_model(folder / f"{arch}_d.keras", safe_mode=True)
+        images = keras.ops.convert_to_numpy(g([ref["z"], ref["y"]], training=False))
+        logits = keras.ops.convert_to_numpy(d([ref["images"], ref["y"]], training=False))
+        np.testing.assert_allclose(images, ref["images"], atol=1e-5)
+        np.testing.assert_allclose(logits, ref["logits"], atol=1e-4)
+print("ok", keras.backend.backend())
+"""
+
+
+@pytest.mark.parametrize(("saved_on", "loaded_on"), [("tensorflow", "jax"), ("jax", "tensorflow")])
+def test_saved_models_load_with_safe_mode_across_backends(tmp_path, saved_on, loaded_on):
+    """Class BatchNorm and spectrally normalised embeddings included: a model saved on one backend
+    loads with safe_mode on the other, in a fresh process that imported ganpipe, and computes the
+    same outputs."""
+    import subprocess
+    import sys
+
+    from tests.helpers import has_jax, quiet_env
+
+    if not has_jax():
+        pytest.skip("jax is not installed")
+    script = tmp_path / "save_and_load.py"
+    script.write_text(SAVE_AND_LOAD)
+    for mode, backend in (("save", saved_on), ("load", loaded_on)):
+        done = subprocess.run(
+            [sys.executable, str(script), mode, str(tmp_path)],
+            env=quiet_env(KERAS_BACKEND=backend),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"ok {backend}" in done.stdout

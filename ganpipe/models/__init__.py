@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 
 from ganpipe.config import ModelParams
-from ganpipe.models import dcgan, tutorial
+from ganpipe.models import dcgan, layers, mlp, resnet, tutorial
 from ganpipe.models.dcgan import build_discriminator, build_generator, upsamplings
 
-__all__ = ["build_discriminator", "build_generator", "build_models", "check_shape", "upsamplings"]
+__all__ = [
+    "ARCHS",
+    "build_discriminator",
+    "build_generator",
+    "build_models",
+    "check_shape",
+    "layers",
+    "upsamplings",
+]
 
-_ARCHS = {"conditional": dcgan, "dcgan_tutorial": tutorial}
+Builder = Callable[[tuple[int, int, int], int, ModelParams], keras.Model]
+# model.arch -> (generator builder, discriminator builder). Importing this package registers
+# ganpipe's custom layers (models/layers.py) with Keras, so saved models load.
+ARCHS: dict[str, tuple[Builder, Builder]] = {
+    "conditional": (dcgan.build_generator, dcgan.build_discriminator),
+    "dcgan_tutorial": (tutorial.build_generator, tutorial.build_discriminator),
+    "mlp": (mlp.build_generator, mlp.build_discriminator),
+    "mlp_convd": (mlp.build_generator, mlp.build_convd_discriminator),
+    "resnet": (resnet.build_generator, resnet.build_discriminator),
+}
 
 
 def check_shape(image_shape: tuple[int, int, int], params: ModelParams) -> None:
     """ValueError if `params.arch` has no layout for `image_shape`."""
     if params.arch == "dcgan_tutorial":
         tutorial.check_shape(image_shape)
-    else:
+    elif params.arch in ("conditional", "resnet"):
         upsamplings(image_shape)
 
 
@@ -26,8 +45,5 @@ def build_models(
 ) -> tuple[keras.Model, keras.Model]:
     """(generator, discriminator) of the architecture `params.arch`, under the current dtype
     policy."""
-    module = _ARCHS[params.arch]
-    return (
-        module.build_generator(image_shape, num_classes, params),
-        module.build_discriminator(image_shape, num_classes, params),
-    )
+    build_g, build_d = ARCHS[params.arch]
+    return build_g(image_shape, num_classes, params), build_d(image_shape, num_classes, params)

@@ -1,7 +1,7 @@
 """A small class-conditional DCGAN, sized from the data shape.
 
-Backend-neutral Keras 3, functional API, built-in layers only: `keras.models.load_model` reads the
-saved models with no custom objects, on any backend.
+Backend-neutral Keras 3, functional API, built-in layers plus ganpipe's two registered ones
+(models/layers.py), so `keras.models.load_model` reads the saved models on any backend.
 
 Layout rule. The generator starts at h0 x w0 = H / 2**k x W / 2**k and upsamples k times with
 stride-2 transposed convolutions. k is the largest number (at most MAX_UPSAMPLINGS) such that H
@@ -13,12 +13,13 @@ The discriminator mirrors it with max(k, 2) stride-2 convolutions, and sees the 
 extra input channel (embedding -> Dense(H*W) -> H x W x 1) and as a projection term on its features.
 It has no BatchNorm (wgan_gp's per-sample gradient penalty relies on that: see training/losses.py).
 
-`model.spectral_norm: true` wraps the discriminator's convolutions and its unconditional dense
-layer in `keras.layers.SpectralNormalization` (built in: the saved model still loads without
-custom objects). Not wrapped: the label path (its Dense only makes the extra input channel, which
-does not change D's Lipschitz constant in the image) and the projection Embedding (Keras's wrapper
-casts its output to the input's dtype, int32 for labels), so the projection term is
-unnormalised, unlike Miyato & Koyama's.
+The generator sees the label as an embedding concatenated to z, or with `model.class_bn: true`
+through class-conditional BatchNorm (a gain and bias per class in every BatchNorm, SNGAN/BigGAN
+style; z alone enters the dense layer).
+
+`model.spectral_norm: true` spectrally normalises every discriminator layer with weights: the
+convolutions, the label path (embedding and dense) and both parts of the projection head (its
+dense and its class embedding, as Miyato & Koyama).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import keras
 from keras import layers
 
 from ganpipe.config import ModelParams
+from ganpipe.models.layers import ClassBatchNorm, label_input, projection_logits, spectral
 
 MIN_START = 3
 MAX_UPSAMPLINGS = 5
@@ -55,22 +57,6 @@ def upsamplings(image_shape: tuple[int, int, int]) -> int:
     return k
 
 
-def _label_input() -> keras.KerasTensor:
-    return keras.Input(shape=(), dtype="int32", name="label")
-
-
-def spectral(layer: layers.Layer, params: ModelParams) -> layers.Layer:
-    """`layer`, wrapped in SpectralNormalization (named `<name>_sn`) if model.spectral_norm.
-
-    The wrapper always computes in float32: under a mixed policy it would read the float32 kernel
-    autocast to bfloat16/float16, normalise it there and assign it back, rounding the float32
-    master weights to 16 bits every step (and float16 overflows in its power iteration). The
-    wrapped layer keeps its own (mixed) policy for the convolution itself."""
-    if not params.spectral_norm:
-        return layer
-    return layers.SpectralNormalization(layer, name=f"{layer.name}_sn", dtype="float32")
-
-
 def build_generator(
     image_shape: tuple[int, int, int], num_classes: int, params: ModelParams
 ) -> keras.Model:
@@ -80,19 +66,28 @@ def build_generator(
     h0, w0, f = h // 2**k, w // 2**k, params.filters
 
     z = keras.Input(shape=(params.latent_dim,), name="z")
-    label = _label_input()
-    e = layers.Embedding(num_classes, params.embed_dim, name="g_embed")(label)
-    x = layers.Concatenate(name="g_concat")([z, e])
+    label = label_input()
+    if params.class_bn:  # the class enters through every BatchNorm's gain and bias
+
+        def norm(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
+            return ClassBatchNorm(num_classes, name=name)([x, label])
+
+        x = z
+    else:
+
+        def norm(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
+            return layers.BatchNormalization(name=name)(x)
+
+        e = layers.Embedding(num_classes, params.embed_dim, name="g_embed")(label)
+        x = layers.Concatenate(name="g_concat")([z, e])
     x = layers.Dense(h0 * w0 * f, use_bias=False, name="g_dense")(x)
-    x = layers.BatchNormalization(name="g_dense_bn")(x)
-    x = layers.ReLU(name="g_dense_relu")(x)
+    x = layers.ReLU(name="g_dense_relu")(norm(x, "g_dense_bn"))
     x = layers.Reshape((h0, w0, f), name="g_reshape")(x)
     for i in range(1, k):
         x = layers.Conv2DTranspose(
             max(f >> i, 8), 4, strides=2, padding="same", use_bias=False, name=f"g_up{i}"
         )(x)
-        x = layers.BatchNormalization(name=f"g_up{i}_bn")(x)
-        x = layers.ReLU(name=f"g_up{i}_relu")(x)
+        x = layers.ReLU(name=f"g_up{i}_relu")(norm(x, f"g_up{i}_bn"))
     # The last upsampling goes straight to C channels: cheap at full resolution.
     x = layers.Conv2DTranspose(c, 4, strides=2, padding="same", name=f"g_up{k}")(x)
     out = layers.Activation("tanh", dtype="float32", name="image")(x)
@@ -108,9 +103,10 @@ def build_discriminator(
     f = params.filters
 
     image = keras.Input(shape=(h, w, c), name="image")
-    label = _label_input()
-    e = layers.Embedding(num_classes, params.embed_dim, name="d_embed")(label)
-    e = layers.Dense(h * w, name="d_label_map")(e)
+    label = label_input()
+    sn = params.spectral_norm
+    e = spectral(layers.Embedding(num_classes, params.embed_dim, name="d_embed"), sn)(label)
+    e = spectral(layers.Dense(h * w, name="d_label_map"), sn)(e)
     e = layers.Reshape((h, w, 1), name="d_label_reshape")(e)
     x = layers.Concatenate(name="d_concat")([image, e])
     for i in range(n_blocks):
@@ -125,16 +121,11 @@ def build_discriminator(
                 use_bias=False,
                 name=f"d_down{i + 1}",
             ),
-            params,
+            sn,
         )(x)
         x = layers.LeakyReLU(0.2, name=f"d_down{i + 1}_lrelu")(x)
     x = layers.Flatten(name="d_flatten")(x)
-    # Projection (Miyato & Koyama 2018): logits = dense(x) + <embed(label), x>. The label channel
-    # alone lets D ignore the label for hundreds of steps (samples ignore their class); with the
-    # projection, samples match their labels within a few epochs.
-    unconditional = spectral(layers.Dense(1, name="d_dense"), params)(x)
-    projection = layers.Dot(axes=1, name="d_projection")(
-        [x, layers.Embedding(num_classes, x.shape[-1], name="d_proj_embed")(label)]
-    )
-    logits = layers.Add(dtype="float32", name="logits")([unconditional, projection])
+    # Projection: the label channel alone lets D ignore the label for hundreds of steps (samples
+    # ignore their class); with the projection, samples match their labels within a few epochs.
+    logits = projection_logits(x, label, num_classes, sn)
     return keras.Model([image, label], logits, name="discriminator")

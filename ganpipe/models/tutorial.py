@@ -28,7 +28,7 @@ import keras
 from keras import layers
 
 from ganpipe.config import ModelParams
-from ganpipe.models.dcgan import spectral
+from ganpipe.models.layers import spectral
 
 SHAPE = (28, 28, 1)
 
@@ -82,10 +82,11 @@ def build_discriminator(
     x = layers.Concatenate(name="d_concat")([image, plane])
     for i, filters in enumerate([64, 128], start=1):
         x = spectral(
-            layers.Conv2D(filters, 5, strides=2, padding="same", name=f"d_down{i}"), params
+            layers.Conv2D(filters, 5, strides=2, padding="same", name=f"d_down{i}"),
+            params.spectral_norm,
         )(x)
         x = layers.LeakyReLU(name=f"d_down{i}_lrelu")(x)
         x = layers.Dropout(0.3, name=f"d_down{i}_dropout")(x)
     x = layers.Flatten(name="d_flatten")(x)
-    logits = spectral(layers.Dense(1, dtype="float32", name="logits"), params)(x)
+    logits = spectral(layers.Dense(1, dtype="float32", name="logits"), params.spectral_norm)(x)
     return keras.Model([image, label], logits, name="discriminator")
