@@ -135,7 +135,9 @@ class MlflowTracker(Tracker):
         import mlflow
         import mlflow.keras
 
-        model = keras.models.load_model(model_path, compile=False)
+        import ganpipe.models.layers  # noqa: F401  (registers the layers a saved generator may use)
+
+        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
         mlflow.set_tracking_uri(self.uri)
         name = self.params.model_name if self.params.register_model else None
         # Explicit requirements: MLflow's inference reloads the model in a subprocess (slow).
@@ -228,6 +230,8 @@ def load_keras_model(tracking_uri: str, model_uri: str) -> Any:
     uncompiled (generators are only sampled)."""
     import mlflow
     import mlflow.keras
+
+    import ganpipe.models.layers  # noqa: F401  (registers the layers a saved generator may use)
 
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.keras.load_model(model_uri, load_model_kwargs={"compile": False})

@@ -260,8 +260,10 @@ def _load_generator(path: Path) -> Any:
         raise DataError(f"{path}: not found (run `ganpipe train` first)")
     import keras
 
+    import ganpipe.models.layers  # noqa: F401  (registers the layers a saved generator may use)
+
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # corrupt zip, unknown layer, ...
         raise DataError(f"{path}: cannot load the generator: {e}") from None
 
