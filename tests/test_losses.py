@@ -116,7 +116,7 @@ def test_wgan_gp_on_a_linear_discriminator():
     u = step_uniforms(0, 0, 2 * n, 1)
     calls = []
     opts = StepOptions(loss="wgan_gp", gp_weight=10.0)
-    d_loss, g_loss, d_real, d_fake = gan_losses(
+    d_loss, g_loss, d_real, d_fake, real_signs = gan_losses(
         opts, tf.constant(real), tf.constant(fake), tf.constant(labels), tf.constant(u),
         linear_d_forward(tf.constant(w), calls),
     )  # fmt: skip
@@ -128,6 +128,7 @@ def test_wgan_gp_on_a_linear_discriminator():
     assert float(g_loss) == pytest.approx(-f.mean(), rel=1e-5)
     assert float(d_real) == pytest.approx(np.mean(1 / (1 + np.exp(-r))), rel=1e-5)
     assert float(d_fake) == pytest.approx(np.mean(1 / (1 + np.exp(-f))), rel=1e-5)
+    assert float(real_signs) == np.sign(r).sum()
 
 
 def test_gradient_penalty_gradient_matches_finite_differences():
@@ -292,7 +293,8 @@ def test_new_params_in_the_run_key(monkeypatch):
     monkeypatch.setattr(checkpoint, "json_sha256", lambda obj, length: hashed.append(obj) or "k")
     key()
     assert TrainParams().loss == "bce"
-    assert not {"loss", "gp_weight", "ema_decay", "diffaugment"} & hashed[0]["train"].keys()
+    added = {"loss", "gp_weight", "ema_decay", "diffaugment", "ada", "ada_policy", "ada_target"}
+    assert not added & hashed[0]["train"].keys()
     assert "spectral_norm" not in hashed[0]["model"] and "latent_dim" in hashed[0]["model"]
 
 

@@ -73,8 +73,10 @@ def test_writes_all_outputs(tmp_path, data_dir):
         "g_loss",
         "d_real",
         "d_fake",
+        "ada_p",
         "images_per_sec",
     ]
+    assert (hist["ada_p"] == 0.0).all() and "ada_p" not in summary  # ADA is off
     assert hist["step"].tolist() == list(range(1, total + 1))
     assert hist["epoch"].tolist() == [1 + i // STEPS_PER_EPOCH for i in range(total)]
     assert np.isfinite(hist.drop(columns=["step", "epoch"]).to_numpy()).all()

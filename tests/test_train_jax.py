@@ -212,7 +212,7 @@ def linear_forward(images, labels, gp_rows):
     return logits, grads
 
 
-d_loss, g_loss, _, _ = gan_losses(
+d_loss, g_loss, *_ = gan_losses(
     StepOptions(loss="wgan_gp"), real, fake, jnp.arange(4), jnp.full((8, 1), 0.3), linear_forward
 )
 r = np.sum(np.asarray(real * w), axis=(1, 2, 3))

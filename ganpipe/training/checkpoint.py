@@ -14,9 +14,10 @@ report "nothing to do" and export a model the current code never trained. Any ed
 a comment included, starts afresh: that errs on the side of training, never of reusing.
 
 The params added after the format settled (`ADDED_LATER`: loss, gp_weight, ema_decay, diffaugment,
-spectral_norm) are in the key only when they differ from their defaults (that once let runs from
-before them keep their keys; with the code in the key, it just leaves defaults out); gp_weight only
-counts under loss wgan_gp, the only loss that uses it.
+the ada ones, spectral_norm) are in the key only when they differ from their defaults (that once
+let runs from before them keep their keys; with the code in the key, it just leaves defaults out);
+gp_weight only counts under loss wgan_gp, the only loss that uses it, and ada_policy, ada_target,
+ada_interval and ada_kimg only with train.ada on.
 
 Checkpoints and sample grids are written atomically (temp file, then rename), so a run killed at
 any moment, SIGKILL included, leaves only whole checkpoints; the next run deletes the temp files
@@ -25,8 +26,8 @@ same weights as a run never interrupted (tests/test_kill_resume.py).
 
 A checkpoint holds every variable of the generator and the discriminator (BatchNorm moving
 statistics and spectral norm's power-iteration vectors included), both optimizers' variables, the
-EMA generator's weights under train.ema_decay (group `g_ema`), the step and the history rows so
-far.
+EMA generator's weights under train.ema_decay (group `g_ema`), ADA's p and accumulators under
+train.ada (group `ada`), the step and the history rows so far (HISTORY_COLUMNS).
 Backend-neutral: values are read with `Variable.numpy()`, written back with `Variable.assign`.
 """
 
@@ -44,9 +45,10 @@ import numpy as np
 from ganpipe.config import Params
 from ganpipe.io import save_npz
 from ganpipe.keys import json_sha256, source_fingerprint
+from ganpipe.training.losses import METRICS
 
 # Bump when the models or the step change in a way that makes old checkpoints unusable.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: history rows gained ada_p
 # Train params that do not change what is learnt, only how long or how often things are written
 # (`backend` only checks $KERAS_BACKEND; the backend in use is part of the key by itself).
 # `distribute` resolves to a replica count, which is what goes in the key (when above 1).
@@ -54,9 +56,23 @@ NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every", "backend",
 # Params whose defaults are left out of the key (see the module docstring).
 ADDED_LATER = {
     "model": ("spectral_norm",),
-    "train": ("loss", "gp_weight", "ema_decay", "diffaugment"),
+    "train": (
+        "loss",
+        "gp_weight",
+        "ema_decay",
+        "diffaugment",
+        "ada",
+        "ada_policy",
+        "ada_target",
+        "ada_interval",
+        "ada_kimg",
+    ),
 }
-HISTORY_COLUMNS = ("step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "images_per_sec")
+# Only used with train.ada on: left out of the key otherwise.
+ADA_PARAMS = ("ada_policy", "ada_target", "ada_interval", "ada_kimg")
+# history.csv's and a checkpoint's history columns: the step's metrics (losses.METRICS) between
+# the step and images/s.
+HISTORY_COLUMNS = ("step", "epoch", *METRICS, "images_per_sec")
 # The code whose source is in the key (paths relative to the package: keys.source_fingerprint).
 TRAINING_SOURCES = ("training", "models/__init__.py", "models/dcgan.py", "models/tutorial.py")
 
@@ -81,6 +97,9 @@ def run_key(
                 del sections[section][key]
     if params.train.loss != "wgan_gp":
         sections["train"].pop("gp_weight", None)
+    if not params.train.ada:
+        for key in ADA_PARAMS:
+            sections["train"].pop(key, None)
     return json_sha256(
         {
             "format": FORMAT_VERSION,

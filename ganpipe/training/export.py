@@ -4,7 +4,8 @@
 failure leaves the previous outputs as they were: `generator.keras` (the EMA generator under
 train.ema_decay, else the live one), `discriminator.keras`, `history.csv` (one row per step),
 `samples/` (the grids written every `train.sample_every` steps, kept with the checkpoints so a
-resumed run has them all, and `final.png`) and `train_summary.json` (what `export` returns).
+resumed run has them all, and `final.png`) and `train_summary.json` (what `export` returns; with
+train.ada it also has `ada_p`, ADA's p at the end of training).
 A grid has one row per class and SAMPLE_COLUMNS columns, with fixed noise per column.
 """
 
@@ -77,7 +78,7 @@ def export(
         "batch_size": tp.batch_size,
         "resumed_from_step": start,
         "steps_trained": trained,
-        **{k: last.get(k) for k in METRICS},
+        **{k: last.get(k) for k in METRICS if k != "ada_p"},
         "images_per_sec": trained * tp.batch_size / loop_seconds if trained else None,
         "train_seconds": loop_seconds,
         "run_key": run.ckpt.dir.name,
@@ -89,6 +90,8 @@ def export(
         "replicas": run.dist.replicas,
         "loss": tp.loss,
         "exported_generator": "ema" if state.ema_generator is not None else "live",
+        # The state's p (synced after the last step): the p a continued run would start from.
+        **({"ada_p": state.ada_p} if state.ada_state is not None else {}),
         "image_shape": list(run.data.image_shape),
         "num_classes": run.data.num_classes,
         "data_content_hash": run.data.content_hash,

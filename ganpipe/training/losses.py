@@ -1,6 +1,6 @@
 """The GAN losses, in one backend-neutral place (keras.ops) that both train steps call, so the
 TensorFlow and JAX steps cannot drift apart (`train.loss`, `train.gp_weight`,
-`train.diffaugment`).
+`train.diffaugment`, `train.ada`).
 
 With r = D(real) and f = D(fake) as logits:
 - bce (default; the DCGAN tutorial's non-saturating loss):
@@ -19,24 +19,29 @@ With r = D(real) and f = D(fake) as logits:
 `d_real`/`d_fake` (history.csv) are the mean sigmoid of the logits whatever the loss: D's
 "probability" of real under bce, a squashed score under hinge and wgan_gp.
 
-DiffAugment, when on, transforms real and fake before D (once, in the one D pass both losses
-share); under wgan_gp x_hat interpolates the augmented images.
+DiffAugment or ADA (`train.ada`, ada.py; never both), when on, transforms real and fake before D
+(once, in the one D pass both losses share); under wgan_gp x_hat interpolates the augmented
+images. ADA applies each transform with the probability p the step passes in; `gan_losses` also
+returns sum(sign(real logits)), the statistic p follows (ada.updated), and the step reports the p
+it used as `ada_p` (0 with ADA off).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from keras import ops
 
+from ganpipe.training import ada as ada_augment
 from ganpipe.training import diffaugment
 
 LOSSES = ("bce", "hinge", "wgan_gp")
-# What every step returns, in this order (as `gan_losses`); history.csv's columns after the step.
-METRICS = ("d_loss", "g_loss", "d_real", "d_fake")
+# What every step returns, in this order; history.csv's columns after the step. `ada_p`: the ADA
+# probability the step used (0 with ADA off).
+METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "ada_p")
 
 
 def step_uniforms(seed: int, step: int, rows: int, cols: int) -> np.ndarray:
@@ -49,16 +54,19 @@ def step_uniforms(seed: int, step: int, rows: int, cols: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class StepOptions:
-    """What a train step does besides the default (bce, no DiffAugment, no EMA)."""
+    """What a train step does besides the default (bce, no DiffAugment, no EMA, no ADA)."""
 
     loss: str = "bce"
     gp_weight: float = 10.0
     diffaugment: tuple[str, ...] = ()
     ema_decay: float | None = None
+    ada: ada_augment.AdaOptions | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; known: {LOSSES}")
+        if self.diffaugment and self.ada is not None:
+            raise ValueError("DiffAugment and ADA cannot both be on")
 
     @classmethod
     def from_params(cls, params: Any) -> StepOptions:
@@ -68,16 +76,20 @@ class StepOptions:
             gp_weight=tp.gp_weight,
             diffaugment=diffaugment.parse_policy(tp.diffaugment),
             ema_decay=tp.ema_decay,
+            ada=ada_augment.AdaOptions.from_params(params),
         )
 
     @property
     def augment_uniforms(self) -> int:
+        """Columns of `u` the augmentation reads: DiffAugment's or ADA's (only one is ever on)."""
+        if self.ada is not None:
+            return ada_augment.num_uniforms(self.ada.policy)
         return diffaugment.num_uniforms(self.diffaugment)
 
     @property
     def num_uniforms(self) -> int:
-        """Columns of the per-step 2N x k Uniform[0, 1) array `u` the step reads: DiffAugment's,
-        then (wgan_gp) one for eps (its first N rows). 0: the step takes no `u`."""
+        """Columns of the per-step 2N x k Uniform[0, 1) array `u` the step reads: DiffAugment's or
+        ADA's, then (wgan_gp) one for eps (its first N rows). 0: the step takes no `u`."""
         return self.augment_uniforms + (1 if self.loss == "wgan_gp" else 0)
 
 
@@ -113,17 +125,33 @@ def gradient_penalty(grads):
 DForward = Callable[[Any, Any, int], tuple[Any, Any]]
 
 
-def gan_losses(options: StepOptions, real, fake, labels, u, d_forward: DForward):
-    """(d_loss, g_loss, d_real, d_fake) float32 scalars for one step, from one D pass.
+class Losses(NamedTuple):
+    """One step's losses and statistics (float32 scalars), as `gan_losses` returns them."""
+
+    d_loss: Any
+    g_loss: Any
+    d_real: Any  # mean sigmoid(D(real))
+    d_fake: Any  # mean sigmoid(D(fake))
+    real_signs: Any  # sum of sign(D(real)) over the batch: ADA's statistic (ada.updated)
+
+
+def gan_losses(
+    options: StepOptions, real, fake, labels, u, d_forward: DForward, ada_p=None
+) -> Losses:
+    """The losses of one step, from one D pass.
 
     `real` and `fake`: N x H x W x C (real is cast to fake's dtype); `labels`: N (the fake batch
     uses the real batch's labels); `u`: 2N x options.num_uniforms Uniform[0, 1) draws (None when
-    that is 0)."""
+    that is 0); `ada_p`: ADA's current probability (a float32 scalar; None with ADA off)."""
     n = real.shape[0]
     both = ops.concatenate([ops.cast(real, fake.dtype), fake], 0)
     both_labels = ops.concatenate([labels, labels], 0)
     if options.diffaugment:
         both = diffaugment.diff_augment(both, options.diffaugment, u[:, : options.augment_uniforms])
+    if options.ada is not None:
+        both = ada_augment.augment(
+            both, options.ada.policy, ada_p, u[:, : options.augment_uniforms]
+        )
     penalty = None
     if options.loss == "wgan_gp":
         eps = u[:n, options.augment_uniforms]
@@ -140,9 +168,11 @@ def gan_losses(options: StepOptions, real, fake, labels, u, d_forward: DForward)
     d_loss, g_loss = adversarial_losses(options.loss, real_logits, fake_logits)
     if penalty is not None:
         d_loss = d_loss + options.gp_weight * penalty
-    return (
+    return Losses(
         d_loss,
         g_loss,
         ops.mean(ops.sigmoid(real_logits)),
         ops.mean(ops.sigmoid(fake_logits)),
+        # No gradient flows into p's statistic: it only steers p.
+        ops.sum(ops.sign(ops.stop_gradient(real_logits))),
     )

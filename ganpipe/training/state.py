@@ -1,7 +1,7 @@
 """What a run trains, as one object: `GanState`, built by `build_for_training`.
 
-The models, their optimizers, the EMA generator (train.ema_decay) and the step options travel
-together, so the runners (step_tf.HostRunner, step_jax.DeviceRunner), the train steps and the
+The models, their optimizers, the EMA generator (train.ema_decay), ADA's state (train.ada) and
+the step options travel together, so the runners (step_tf.HostRunner, step_jax.DeviceRunner), the train steps and the
 checkpoints all take the same thing instead of long argument lists that must be kept in order.
 Nothing here imports TensorFlow or JAX.
 """
@@ -18,13 +18,14 @@ import numpy as np
 
 from ganpipe.config import Params
 from ganpipe.models import build_models
-from ganpipe.training import ema
+from ganpipe.training import ada, ema
 from ganpipe.training.losses import StepOptions
 
 
 @dataclass(frozen=True)
 class GanState:
-    """Built models and optimizers, the EMA generator (exactly when options.ema_decay is set:
+    """Built models and optimizers, the EMA generator (exactly when options.ema_decay is set),
+    ADA's state (ada.STATE's float32 scalar Variables, exactly when options.ada is set; both
     checked here, once) and what the step does besides the default (`options`)."""
 
     generator: keras.Model
@@ -33,10 +34,21 @@ class GanState:
     d_opt: keras.optimizers.Optimizer
     ema_generator: keras.Model | None = None
     options: StepOptions = StepOptions()
+    ada_state: tuple[keras.Variable, ...] | None = None
 
     def __post_init__(self) -> None:
         if (self.options.ema_decay is None) != (self.ema_generator is None):
             raise ValueError("ema_generator is needed exactly when options.ema_decay is set")
+        if (self.options.ada is None) != (self.ada_state is None):
+            raise ValueError("ada_state is needed exactly when options.ada is set")
+        if self.ada_state is not None and len(self.ada_state) != len(ada.STATE):
+            raise ValueError(f"ada_state holds {ada.STATE}")
+
+    @property
+    def ada_p(self) -> float | None:
+        """ADA's current probability (None with ADA off); current in the Keras variable only
+        after the runner's sync_to_keras."""
+        return None if self.ada_state is None else float(self.ada_state[0].numpy())
 
     @property
     def exported(self) -> keras.Model:
@@ -45,8 +57,8 @@ class GanState:
 
     def variable_groups(self) -> dict[str, list[keras.Variable]]:
         """Everything a checkpoint holds, by group name (checkpoint.py): every variable of both
-        models and both optimizers, and the EMA generator's trainable weights (its BatchNorm
-        statistics are the live generator's: ema.copy_statistics)."""
+        models and both optimizers, the EMA generator's trainable weights (its BatchNorm
+        statistics are the live generator's: ema.copy_statistics) and ADA's state."""
         groups = {
             "g": self.generator.variables,
             "d": self.discriminator.variables,
@@ -55,6 +67,8 @@ class GanState:
         }
         if self.ema_generator is not None:
             groups["g_ema"] = self.ema_generator.trainable_variables
+        if self.ada_state is not None:
+            groups["ada"] = list(self.ada_state)
         return groups
 
 
@@ -98,7 +112,8 @@ def build_for_training(
     """The seeded models and optimizers, built under the `train.precision` dtype policy (the global
     policy is restored afterwards; the layers keep theirs) and, given a tf.distribute `strategy`
     (distribute.tf_strategy), under its scope: mirrored variables. With train.ema_decay, the EMA
-    generator too (a clone of the generator, which keeps its dtype policies)."""
+    generator too (a clone of the generator, which keeps its dtype policies); with train.ada,
+    ADA's state (p = 0)."""
     seed_everything(params.train.seed)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(params.train.precision)
@@ -112,9 +127,12 @@ def build_for_training(
             g_opt, d_opt = make_optimizers(params, generator, discriminator)
     finally:
         keras.config.set_dtype_policy(previous)
-    ema_generator = None
+    ema_generator = ada_state = None
     if params.train.ema_decay is not None:
         with scope():
             ema_generator = ema.make_ema_generator(generator)
+    if params.train.ada:
+        with scope():  # mirrored: the step updates them once, in cross-replica context
+            ada_state = tuple(ada.make_state())
     options = StepOptions.from_params(params)
-    return GanState(generator, discriminator, g_opt, d_opt, ema_generator, options)
+    return GanState(generator, discriminator, g_opt, d_opt, ema_generator, options, ada_state)

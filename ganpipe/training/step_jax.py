@@ -27,6 +27,8 @@ Options (`losses.StepOptions`), all off by default (then the traced step is the 
 - DiffAugment and wgan_gp's eps read `u`, 2N x k Uniform[0, 1) drawn from
   fold_in(fold_in(key(train.seed), step), 1): the noise's key stays what it always was.
 - EMA: the EMA generator's trainable weights are a 7th state entry, updated in the jitted step.
+- ADA: its state (p, acc_sum, acc_count: ada.py) is the last state entry, read and updated in the
+  jitted step; p augments like DiffAugment from `u`, and the step reports the p it used.
 - Spectral normalisation: keras.layers.SpectralNormalization assigns both its power-iteration
   vector u (non-trainable: `stateless_call` returns it) and the kernel itself (kernel / sigma: a
   *trainable* variable, whose assignment `stateless_call` drops). With such a layer in D, D is
@@ -54,7 +56,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from ganpipe.training import ema
+from ganpipe.training import ada, ema
 from ganpipe.training.losses import METRICS, gan_losses
 from ganpipe.training.state import GanState
 
@@ -103,8 +105,8 @@ def stateless_call_all(
 
 class JaxGanStep:
     """Holds the training state of `state` (both models, both optimizers[, the EMA generator's
-    trainable weights]) as JAX arrays and advances it with a jitted, donated step. The optimizers
-    must be built."""
+    trainable weights][, ADA's state]) as JAX arrays and advances it with a jitted, donated step.
+    The optimizers must be built."""
 
     def __init__(self, state: GanState, mesh: jax.sharding.Mesh | None = None) -> None:
         generator, discriminator = state.generator, state.discriminator
@@ -121,14 +123,19 @@ class JaxGanStep:
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.options = state.options
         self._d_assigns_trainables = _has_spectral_norm(discriminator)
+        self._has_ema = ema_generator is not None
         self._keras_vars = (
-            generator.trainable_variables,
-            generator.non_trainable_variables,
-            discriminator.trainable_variables,
-            discriminator.non_trainable_variables,
-            g_optimizer.variables,
-            d_optimizer.variables,
-        ) + ((ema_generator.trainable_variables,) if ema_generator is not None else ())
+            (
+                generator.trainable_variables,
+                generator.non_trainable_variables,
+                discriminator.trainable_variables,
+                discriminator.non_trainable_variables,
+                g_optimizer.variables,
+                d_optimizer.variables,
+            )
+            + ((ema_generator.trainable_variables,) if self._has_ema else ())
+            + ((list(state.ada_state),) if state.ada_state is not None else ())
+        )
         self.state: State = self._read_keras()
         self._step = jax.jit(self.update, donate_argnums=0, **self.out_shardings())
 
@@ -170,10 +177,13 @@ class JaxGanStep:
         t: jax.Array | None = None,
         u: jax.Array | None = None,
     ) -> tuple[State, jax.Array]:
-        """Pure: (state, batch) -> (new state, [d_loss, g_loss, d_real, d_fake] float32).
-        `t` (the 0-based step, for the EMA warm-up) and `u` (2N x options.num_uniforms
-        Uniform[0, 1)) only where the options need them."""
-        g_tv, g_ntv, d_tv, d_ntv, g_ov, d_ov, *ema_tv = state
+        """Pure: (state, batch) -> (new state, the metrics (losses.METRICS) float32).
+        `t` (the 0-based step, for the EMA warm-up and ADA's interval) and `u` (2N x
+        options.num_uniforms Uniform[0, 1)) only where the options need them."""
+        g_tv, g_ntv, d_tv, d_ntv, g_ov, d_ov, *extra = state
+        ema_tv = extra[0] if self._has_ema else None
+        ada_state = extra[-1] if self.options.ada is not None else None
+        ada_p = ada_state[0] if ada_state is not None else None
         g, d, options = self.generator, self.discriminator, self.options
         real, labels, noise = (self.shard_batch(x) for x in (real, labels, noise))
         assigns = self._d_assigns_trainables
@@ -201,14 +211,18 @@ class JaxGanStep:
                 grads, (logits, new_d["tv"], new_d["ntv"]) = jax.grad(target, has_aux=True)(images)
                 return logits, grads
 
-            d_loss, g_loss, d_real, d_fake = gan_losses(options, real, fake, labels, u, d_forward)
+            d_loss, g_loss, d_real, d_fake, real_signs = gan_losses(
+                options, real, fake, labels, u, d_forward, ada_p
+            )
             # The trainable values D's call assigned (spectral norm): what the optimizer updates.
             d_base = [jax.lax.stop_gradient(x) for x in new_d["tv"]] if assigns else None
-            return (d_loss, g_loss), (new_g_ntv, new_d["ntv"], d_base, (d_real, d_fake))
+            stats = (d_real, d_fake, real_signs)
+            return (d_loss, g_loss), (new_g_ntv, new_d["ntv"], d_base, stats)
 
-        (d_loss, g_loss), pullback, (new_g_ntv, new_d_ntv, d_base, (d_real, d_fake)) = jax.vjp(
+        (d_loss, g_loss), pullback, (new_g_ntv, new_d_ntv, d_base, stats) = jax.vjp(
             losses, g_tv, d_tv, has_aux=True
         )
+        d_real, d_fake, real_signs = stats
         zero = jnp.zeros((), jnp.float32)
         _, d_grads = pullback((_loss_scale(self.d_optimizer, d_ov), zero))
         g_grads, _ = pullback((zero, _loss_scale(self.g_optimizer, g_ov)))
@@ -216,7 +230,8 @@ class JaxGanStep:
             d_ov, d_grads, d_base if assigns else d_tv
         )
         new_g_tv, new_g_ov = self.g_optimizer.stateless_apply(g_ov, g_grads, g_tv)
-        metrics = jnp.stack([d_loss, g_loss, d_real, d_fake]).astype(jnp.float32)
+        p_used = ada_p if ada_p is not None else jnp.zeros((), jnp.float32)
+        metrics = jnp.stack([d_loss, g_loss, d_real, d_fake, p_used]).astype(jnp.float32)
         new_state = (
             list(new_g_tv),
             list(new_g_ntv),
@@ -225,9 +240,13 @@ class JaxGanStep:
             list(new_g_ov),
             list(new_d_ov),
         )
-        if ema_tv:
+        if ema_tv is not None:
             decay_t = ema.decay_at(options.ema_decay, t)
-            new_state += (ema.updated(ema_tv[0], new_g_tv, decay_t),)
+            new_state += (ema.updated(ema_tv, new_g_tv, decay_t),)
+        if ada_state is not None:
+            # real.shape[0]: the global batch (under a mesh too: real is the whole sharded batch).
+            new_ada = ada.updated(*ada_state, real_signs, real.shape[0], t, options.ada)
+            new_state += (list(new_ada),)
         return new_state, metrics
 
     def step(self, real: Any, labels: Any, noise: Any, t: Any = None, u: Any = None) -> jax.Array:
@@ -242,8 +261,8 @@ class DeviceRunner:
 
     `begin_epoch(perm)` uploads the epoch's permutation; `step(step)` runs one training step and
     returns its metrics as a device array, not fetched; `fetch(handles)` brings a list of them to
-    the host in one transfer (k x 4 float64); `sync_to_keras()` writes the state into the Keras
-    variables."""
+    the host in one transfer (k x len(METRICS) float64); `sync_to_keras()` writes the state into
+    the Keras variables."""
 
     def __init__(
         self,
@@ -258,7 +277,7 @@ class DeviceRunner:
         put = self.inner.replicate
         k = self.inner.options.num_uniforms
         batch_size, latent_dim = params.train.batch_size, params.model.latent_dim
-        ema_generator = state.ema_generator
+        ema_generator, ada_on = state.ema_generator, state.ada_state is not None
         self.batch_size = batch_size
         self.steps_per_epoch = len(labels) // batch_size
         self._images = put(jax.device_put(np.ascontiguousarray(images_uint8, np.uint8)))
@@ -277,7 +296,8 @@ class DeviceRunner:
             step_key = jax.random.fold_in(key, counter)
             noise = jax.random.normal(step_key, (bs, latent_dim), jnp.float32)
             u = step_uniforms(step_key, 2 * bs, k) if k else None
-            t = counter.astype(jnp.float32) if ema_generator is not None else None
+            with_t = ema_generator is not None or ada_on
+            t = counter.astype(jnp.float32) if with_t else None
             state, metrics = inner.update(state, real, labels, noise, t, u)
             return state, counter + 1, metrics
 

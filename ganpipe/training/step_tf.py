@@ -13,8 +13,10 @@ Options (`losses.StepOptions`): wgan_gp's gradient penalty takes the gradient of
 image input with a GradientTape nested in the two outer ones (they differentiate through it);
 DiffAugment and eps read `aux["u"]`, drawn on the host by the runner from the step's seeded RNG
 (`losses.step_uniforms`); the EMA generator's weights are updated in the same tf.function after
-the optimizer steps, with the warm-up read from `aux["t"]` (the 0-based step). With everything off,
-`aux` is empty and the traced step is the plain one.
+the optimizer steps, with the warm-up read from `aux["t"]` (the 0-based step); ADA reads its p from
+its Variable (the p the step reports as `ada_p`), augments from `aux["u"]` like DiffAugment, and
+updates p and its accumulators (ada.updated, at `aux["t"]`) in the same tf.function. With everything
+off, `aux` is empty and the traced step is the plain one.
 
 Spectral normalisation (keras.layers.SpectralNormalization) works as Keras made it: in a training
 call it overwrites the kernel variable with kernel / sigma and updates its power-iteration vector
@@ -31,7 +33,7 @@ import tensorflow as tf
 
 from ganpipe.config import Params
 from ganpipe.data.prepared import to_float
-from ganpipe.training import ema
+from ganpipe.training import ada, ema
 from ganpipe.training.losses import METRICS, gan_losses, step_uniforms
 from ganpipe.training.state import GanState
 
@@ -41,9 +43,9 @@ StepFn = Callable[..., dict[str, float]]
 class HostRunner:
     """The trainer's TensorFlow runner (trainer.Runner): batches gathered from NumPy arrays on the
     host, noise from default_rng([train.seed, step]); what the options need besides goes in the
-    step's `aux`: "t" (the step, for the EMA warm-up) and "u" (2N x options.num_uniforms
-    Uniform[0, 1), `losses.step_uniforms`, for DiffAugment and wgan_gp's eps). Nothing for the
-    defaults. Each step returns its losses as floats: `fetch` only stacks them."""
+    step's `aux`: "t" (the step, for the EMA warm-up and ADA's interval) and "u" (2N x
+    options.num_uniforms Uniform[0, 1), `losses.step_uniforms`, for DiffAugment, ADA and wgan_gp's
+    eps). Nothing for the defaults. Each step returns its losses as floats: `fetch` only stacks them."""
 
     def __init__(
         self,
@@ -60,7 +62,7 @@ class HostRunner:
         self.steps_per_epoch = len(labels) // self.batch_size
         self.perm: np.ndarray | None = None
         self.uniforms = state.options.num_uniforms
-        self.with_step = state.options.ema_decay is not None
+        self.with_step = state.options.ema_decay is not None or state.options.ada is not None
 
     def begin_epoch(self, perm: np.ndarray) -> None:
         self.perm = perm
@@ -87,8 +89,8 @@ class HostRunner:
 
 
 def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = None) -> StepFn:
-    """A function (real images float [-1, 1], labels int32, noise float32, aux=None) -> losses
-    as floats, training `state`'s models in place. `aux`: {"t": float32 0-d step, "u": 2N x
+    """A function (real images float [-1, 1], labels int32, noise float32, aux=None) -> the
+    metrics (losses.METRICS) as floats, training `state`'s models (and ADA's state) in place. `aux`: {"t": float32 0-d step, "u": 2N x
     options.num_uniforms float32 Uniform[0, 1)} as far as the options need them (see
     HostRunner); nothing for the defaults.
 
@@ -101,9 +103,11 @@ def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = N
     `aux["u"]`, whose two halves follow the real and the fake images), its losses are scaled by
     1 / replicas so that the gradients Keras's optimizer sums across replicas are those of the
     global mean, and the metrics are averaged over replicas. The EMA update runs once, in
-    cross-replica context, after the optimizer steps."""
+    cross-replica context, after the optimizer steps; so does ADA's, from the real logits' signs
+    summed over the replicas (the global batch's)."""
     generator, discriminator, options = state.generator, state.discriminator, state.options
     g_optimizer, d_optimizer, ema_generator = state.g_opt, state.d_opt, state.ema_generator
+    ada_state = state.ada_state
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
 
     def d_forward(images, labels, gp_rows):
@@ -115,11 +119,14 @@ def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = N
             target = tf.reduce_sum(tf.cast(logits[-gp_rows:], tf.float32))
         return logits, inner.gradient(target, images)
 
-    def optimize(real, labels, noise, u):
-        """The optimizer steps on this (replica's) batch; returns the 4 metrics."""
+    def optimize(real, labels, noise, u, ada_p):
+        """The optimizer steps on this (replica's) batch; returns the 4 loss metrics and [the sum
+        of sign(D(real)), the number of real images] (ADA's statistic)."""
         with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
             fake = generator([noise, labels], training=True)
-            d_loss, g_loss, d_real, d_fake = gan_losses(options, real, fake, labels, u, d_forward)
+            d_loss, g_loss, d_real, d_fake, real_signs = gan_losses(
+                options, real, fake, labels, u, d_forward, ada_p
+            )
             # The loss itself unless loss-scaling (and / replicas under data parallel).
             d_scaled = d_optimizer.scale_loss(d_loss / replicas if replicas > 1 else d_loss)
             g_scaled = g_optimizer.scale_loss(g_loss / replicas if replicas > 1 else g_loss)
@@ -129,7 +136,8 @@ def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = N
         d_grads = d_tape.gradient(d_scaled, d_vars)
         d_optimizer.apply_gradients(zip(d_grads, d_vars, strict=True))
         g_optimizer.apply_gradients(zip(g_grads, g_vars, strict=True))
-        return tf.stack([d_loss, g_loss, d_real, d_fake])
+        count = tf.cast(tf.shape(real)[0], tf.float32)
+        return tf.stack([d_loss, g_loss, d_real, d_fake]), tf.stack([real_signs, count])
 
     def update_ema(aux):
         g_vars = generator.trainable_variables
@@ -138,16 +146,28 @@ def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = N
         for variable, value in zip(ema_vars, new, strict=True):
             variable.assign(value)
 
+    def update_ada(p, signs, aux):
+        new = ada.updated(p, *ada_state[1:], signs[0], signs[1], aux["t"], options.ada)
+        for variable, value in zip(ada_state, new, strict=True):
+            variable.assign(value)
+
     @tf.function
     def step(real, labels, noise, aux):
+        # The p this step uses, read before anything updates it (None: ADA off).
+        p = tf.identity(ada_state[0].value) if ada_state is not None else None
+        args = (real, labels, noise, aux.get("u"), p)
         if strategy is None:
-            metrics = optimize(real, labels, noise, aux.get("u"))
+            metrics, signs = optimize(*args)
         else:
-            per_replica = strategy.run(optimize, args=(real, labels, noise, aux.get("u")))
-            metrics = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+            per_metrics, per_signs = strategy.run(optimize, args=args)
+            metrics = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_metrics, axis=None)
+            if ada_state is not None:  # no extra all-reduce with ADA off
+                signs = strategy.reduce(tf.distribute.ReduceOp.SUM, per_signs, axis=None)
         if ema_generator is not None:
             update_ema(aux)
-        return metrics
+        if ada_state is not None:
+            update_ada(p, signs, aux)
+        return tf.concat([metrics, [p if p is not None else tf.zeros((), tf.float32)]], 0)
 
     def run(
         real: np.ndarray,

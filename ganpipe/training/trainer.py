@@ -6,8 +6,9 @@ optimizers under `train.precision`'s dtype policy; mixed_float16 adds loss scali
 run key's newest checkpoint, or a fresh start), `train_loop`, and `export.export` (the model dir,
 swapped in whole: nothing partial on failure). Checkpoints:
 checkpoint.py. The options, all off by default and then no extra work per step: `train.loss`
-(losses.py), `model.spectral_norm` (models/dcgan.py), `train.diffaugment` (diffaugment.py) and
-`train.ema_decay` (ema.py).
+(losses.py), `model.spectral_norm` (models/dcgan.py), `train.diffaugment` (diffaugment.py),
+`train.ema_decay` (ema.py) and `train.ada` (ada.py: adaptive discriminator augmentation, its p in
+every history row as `ada_p`, 0 when off, and in the tracker's metrics and the summary when on).
 
 The loop is backend-neutral; a runner per Keras backend does the steps (`make_runner`):
 - TensorFlow (`step_tf.HostRunner`): NumPy batches gathered on the host, NumPy noise drawn from
@@ -47,6 +48,7 @@ from ganpipe.ops.tracking import NULL_TRACKER, Tracker
 from ganpipe.training import distribute
 from ganpipe.training.checkpoint import HISTORY_COLUMNS, Checkpoints
 from ganpipe.training.export import export, write_samples
+from ganpipe.training.losses import METRICS
 from ganpipe.training.plan import Run, plan_run
 from ganpipe.training.sampling import epoch_order
 from ganpipe.training.state import GanState, build_for_training
@@ -65,7 +67,7 @@ class Runner(Protocol):
         metrics that `fetch` turns into numbers."""
 
     def fetch(self, handles: list[Any]) -> np.ndarray:
-        """len(handles) x 4 float64, in the order of losses.METRICS."""
+        """len(handles) x len(losses.METRICS) float64, in that order."""
 
     def sync_to_keras(self) -> None:
         """Make the Keras variables current (before reading or saving them)."""
@@ -172,17 +174,21 @@ def train_loop(
     labels = run.data.train.labels
     rows = [tuple(r) for r in history.tolist()]
     window: list[tuple[float, float, float]] = []
+    ada_col = METRICS.index("ada_p")
+    last_ada_p = 0.0  # the p of the last step taken (logged with ADA on)
     pending: list[tuple[int, int, Any]] = []  # (step done, epoch, metrics handle), not taken yet
 
     def flush(now: float, since: float) -> None:
         """Take the pending metrics in one go; check them; append history rows. images/s is the
         mean over the flushed steps (on JAX the device runs ahead of the host between fetches)."""
+        nonlocal last_ada_p
         values = runner.fetch([h for _, _, h in pending])
         ips = len(pending) * tp.batch_size / max(now - since, 1e-9)
         for (done, epoch, _), metrics in zip(pending, values.tolist(), strict=True):
             check_finite(run.ckpt, done, *metrics[:2])
             rows.append((done, epoch, *metrics, ips))
             window.append((metrics[0], metrics[1], ips))
+            last_ada_p = metrics[ada_col]
         pending.clear()
 
     bar = tqdm(total=total, initial=start, disable=not progress, file=sys.stderr, unit="step")
@@ -208,10 +214,14 @@ def train_loop(
             if log_now:
                 d_mean, g_mean, ips_mean = np.mean(window, axis=0).tolist()
                 window.clear()
-                tracker.log_metrics(
-                    {"d_loss": d_mean, "g_loss": g_mean, "images_per_sec": ips_mean}, step=done
-                )
+                logged = {"d_loss": d_mean, "g_loss": g_mean, "images_per_sec": ips_mean}
                 postfix = f"img/s={ips_mean:.0f}, d_loss={d_mean:.3f}, g_loss={g_mean:.3f}"
+                if state.options.ada is not None:
+                    # p itself, not a window mean: it moves by small steps, and only every
+                    # ada_interval steps.
+                    logged["ada_p"] = last_ada_p
+                    postfix += f", ada_p={last_ada_p:.3f}"
+                tracker.log_metrics(logged, step=done)
                 bar.set_postfix_str(postfix, refresh=False)
             if sample_now or ckpt_now:
                 runner.sync_to_keras()
