@@ -36,3 +36,14 @@ OPTION_RUNS = {
 }
 # Resume exactness with every random path and the EMA on.
 RESUME_OPTIONS = {"loss": "wgan_gp", "ema_decay": 0.9, "diffaugment": "color,translation,cutout"}
+# ADA (ganpipe/training/ada.py) set up so that p moves within a tiny run: D learns fast (its
+# learning rate), the target is low, and each interval (2 steps of 32 images) moves p by 0.1.
+ADA = {
+    "ada": True,
+    "ada_interval": 2,
+    "ada_kimg": 0.64,
+    "ada_target": 0.2,
+    "d_learning_rate": 2e-3,
+}
+# Resume exactness with ADA and every option it goes with (ADA and DiffAugment exclude each other).
+ADA_RESUME_OPTIONS = {"loss": "wgan_gp", "ema_decay": 0.9} | ADA
