@@ -41,7 +41,7 @@ from ganpipe.errors import ConfigError
 from ganpipe.training import distribute, train
 from ganpipe.training.checkpoint import run_key
 from ganpipe.training.state import build_for_training
-from tests.train_fixtures import RESUME_OPTIONS, tiny
+from tests.train_fixtures import ADA_RESUME_OPTIONS, RESUME_OPTIONS, tiny
 
 data_dir, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 out = {}
@@ -67,6 +67,21 @@ def repeated(half):
         np.concatenate([noise, noise]),
         np.concatenate([u[:n], u[:n], u[n:], u[n:]]),  # u's halves follow real and fake
     )
+
+
+# The step with ADA: p set to 0.5 before it (so that about half the transforms apply) and moved at
+# its end (interval 1); its state is compared with the weights.
+STEP_OPTIONS = (
+    ("default", {}),
+    ("options", RESUME_OPTIONS),
+    ("ada", ADA_RESUME_OPTIONS | {"ada_interval": 1}),
+)
+
+
+def start_ada(state):
+    if state.ada_state is not None:
+        state.ada_state[0].assign(0.5)
+    return [] if state.ada_state is None else list(state.ada_state)
 
 
 def max_diff(a, b):
@@ -139,27 +154,29 @@ out["split_ok"] = all(
 def one_step(strategy, global_batch, options):
     params = tiny(batch_size=B, **options)
     state = build_for_training(params, (8, 8, 1), 10, strategy)
-    step_options, ema_g = state.options, state.ema_generator
+    step_options, ema_g, ada_vars = state.options, state.ema_generator, start_ada(state)
     fn = step_tf.make_train_step(state, strategy=strategy)
     real, labels, noise, u = global_batch
     aux = {}
-    if ema_g is not None:
+    if ema_g is not None or ada_vars:
         aux["t"] = np.float32(0)
     if step_options.num_uniforms:
         aux["u"] = u[:, : step_options.num_uniforms]
     metrics = fn(real, labels, noise, aux)
     models = (state.generator, state.discriminator, state.g_opt, state.d_opt)
     models += (ema_g,) if ema_g is not None else ()
-    return metrics, [v.numpy() for m in models for v in m.variables]
+    values = [v.numpy() for m in models for v in m.variables]
+    return metrics, values + [v.numpy() for v in ada_vars]
 
 
-for name, options in (("default", {}), ("options", RESUME_OPTIONS)):
+for name, options in STEP_OPTIONS:
     same = repeated(batch(B // 2))
     (m2, v2), (m1, v1) = one_step(strategy, same, options), one_step(None, same, options)
     out[f"step_{name}"] = {
         "weights_max_diff": max_diff(v2, v1),
         "metrics_max_diff": max(abs(m2[k] - m1[k]) for k in m1),
         "variables": len(v1),
+        "ada": [float(x) for x in v1[-3:]] if name == "ada" else None,  # p, acc_sum, acc_count
     }
 different = batch(B)
 (m2, v2), (m1, v1) = one_step(strategy, different, {}), one_step(None, different, {})
@@ -187,10 +204,10 @@ mesh = distribute.jax_mesh(plan)
 def one_step(mesh, global_batch, options):
     params = tiny(batch_size=B, **options)
     state = build_for_training(params, (8, 8, 1), 10)
-    step_options, ema_g = state.options, state.ema_generator
+    step_options, ema_g, ada_vars = state.options, state.ema_generator, start_ada(state)
     jstep = step_jax.JaxGanStep(state, mesh=mesh)
     real, labels, noise, u = global_batch
-    t = np.float32(0) if ema_g is not None else None
+    t = np.float32(0) if ema_g is not None or ada_vars else None
     u = u[:, : step_options.num_uniforms] if step_options.num_uniforms else None
     hlo = jstep._step.lower(jstep.state, real, labels, noise, t, u).compile().as_text()
     metrics = np.asarray(jstep.step(real, labels, noise, t, u))
@@ -201,10 +218,12 @@ def one_step(mesh, global_batch, options):
     jstep.sync_to_keras()
     models = (state.generator, state.discriminator, state.g_opt, state.d_opt)
     models += (ema_g,) if ema_g is not None else ()
-    return metrics, [np.asarray(v.value) for m in models for v in m.variables], hlo, shardings
+    values = [np.asarray(v.value) for m in models for v in m.variables]
+    values += [np.asarray(v.value) for v in ada_vars]
+    return metrics, values, hlo, shardings
 
 
-for name, options in (("default", {}), ("options", RESUME_OPTIONS)):
+for name, options in STEP_OPTIONS:
     different = batch(B)
     (m2, v2, hlo, shardings), (m1, v1, _, _) = (
         one_step(mesh, different, options),
@@ -215,6 +234,7 @@ for name, options in (("default", {}), ("options", RESUME_OPTIONS)):
         "metrics_max_diff": float(np.max(np.abs(m2 - m1))),
         "variables": len(v1),
         "all_reduce": "all-reduce" in hlo,
+        "ada": [float(x) for x in v1[-3:]] if name == "ada" else None,  # p, acc_sum, acc_count
         "state_shardings": sorted(shardings),  # (fully replicated, on how many devices)
     }
 run_checks(None)
@@ -294,12 +314,15 @@ def test_batch_must_split_evenly(results, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("step", ["step_default", "step_options"])
+@pytest.mark.parametrize("step", ["step_default", "step_options", "step_ada"])
 def test_one_data_parallel_step_equals_the_single_device_step(results, backend, step):
     r = results[backend][step]
     assert r["variables"] > 20
     assert r["weights_max_diff"] <= 1e-5
     assert r["metrics_max_diff"] <= 1e-5
+    if step == "step_ada":  # p started at 0.5 and moved at the step's end (interval 1)
+        p, acc_sum, acc_count = r["ada"]
+        assert abs(p - 0.5) == pytest.approx(8 / 640) and acc_sum == acc_count == 0.0
     if backend == "jax":  # really partitioned: replicated state, cross-device reductions
         assert r["all_reduce"] and r["state_shardings"] == [[True, 2]]
 

@@ -1,10 +1,12 @@
 """On the CPU with deterministic ops, a `ganpipe train` killed with SIGKILL mid-way and then rerun
 ends with the same weights (bit for bit) and the same history as an uninterrupted run, and the
-killed run leaves nothing partial behind.
+killed run leaves nothing partial behind. With every training option that draws or keeps state on,
+in two runs since ADA and DiffAugment exclude each other: EMA + DiffAugment, and EMA + wgan_gp +
+ADA (whose p, in the history's ada_p, must match too).
 
 Everything goes through the real CLI in subprocesses: `ganpipe prepare` (8x8 digits, 20 per
-class), then `ganpipe train` killed once a checkpoint exists, rerun to completion, and an
-uninterrupted `ganpipe train` in another directory for comparison.
+class, once), then per option set `ganpipe train` killed once a checkpoint exists, rerun to
+completion, and an uninterrupted `ganpipe train` in another directory for comparison.
 """
 
 from __future__ import annotations
@@ -24,7 +26,28 @@ import pytest
 GANPIPE = str(Path(sys.executable).parent / "ganpipe")
 EPOCHS = 50  # x 12 steps of 16 images: killed near step 40-60 of 600, with seconds to spare
 CHECKPOINT_EVERY = 40
-PARAMS = f"""\
+# The option sets (train params, indented as in params_yaml). ADA: p moves by 16 * 3 / 2000 every
+# third step from about step 30 (D's faster learning rate gets it sure of the reals early), so the
+# checkpoint the killed run resumes from (every 40 steps) holds a moved p and a part-counted
+# interval.
+OPTIONS = {
+    "diffaugment": '  diffaugment: "color,translation,cutout"',
+    "ada": "\n".join(
+        [
+            "  loss: wgan_gp",
+            "  d_learning_rate: 0.001",
+            "  ada: true",
+            "  ada_interval: 3",
+            "  ada_kimg: 2.0",
+            "  ada_target: 0.2",
+        ]
+    ),
+}
+
+
+def params_yaml(options: str) -> str:
+    """The params of a run with option set `options` (a key of OPTIONS)."""
+    return f"""\
 data: {{source: digits, max_per_class: 20}}
 model: {{latent_dim: 8, embed_dim: 4, filters: 16}}
 train:
@@ -33,9 +56,11 @@ train:
   sample_every: 400
   checkpoint_every: {CHECKPOINT_EVERY}
   ema_decay: 0.9
-  diffaugment: "color,translation,cutout"
+{OPTIONS[options]}
 tracking: {{enabled: false}}
 """
+
+
 ENV = {
     **os.environ,
     "KERAS_BACKEND": "tensorflow",
@@ -43,7 +68,7 @@ ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
     "PYTHONWARNINGS": "ignore",
 }
-LOSS_COLUMNS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake"]
+LOSS_COLUMNS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "ada_p"]
 
 
 def ganpipe(workdir: Path, *args: str) -> subprocess.Popen:
@@ -73,17 +98,26 @@ def hidden(root: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def workdirs(tmp_path_factory) -> tuple[Path, Path]:
+def prepared(tmp_path_factory) -> Path:
+    """The prepared data, made once (the data params are the same for every option set)."""
+    root = tmp_path_factory.mktemp("prepare")
+    (root / "params.yaml").write_text(params_yaml("diffaugment"))
+    finish(ganpipe(root, "prepare"))
+    return root / "data" / "prepared"
+
+
+@pytest.fixture
+def workdirs(request, prepared, tmp_path_factory) -> tuple[Path, Path]:
     killed, straight = (tmp_path_factory.mktemp(name) for name in ("killed", "straight"))
     for d in (killed, straight):
-        (d / "params.yaml").write_text(PARAMS)
-    finish(ganpipe(killed, "prepare"))
-    # Same data in both (the prepared data is deterministic; copying saves a process).
-    (straight / "data").mkdir()
-    os.symlink(killed / "data" / "prepared", straight / "data" / "prepared")
+        (d / "params.yaml").write_text(params_yaml(request.param))
+        # Same data in all (the prepared data is deterministic; linking saves processes).
+        (d / "data").mkdir()
+        os.symlink(prepared, d / "data" / "prepared")
     return killed, straight
 
 
+@pytest.mark.parametrize("workdirs", sorted(OPTIONS), indirect=True)
 def test_sigkilled_run_resumes_to_the_uninterrupted_result(workdirs):
     killed, straight = workdirs
     uninterrupted = ganpipe(straight, "train")  # alongside: the machine has cores to spare
@@ -109,6 +143,11 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(workdirs):
         with np.load(path) as f:  # every checkpoint file there is complete and readable
             assert int(f["step"]) == int(path.stem.split("_")[1])
     leftovers = hidden(killed)
+    ada = "ada: true" in (killed / "params.yaml").read_text()
+    if ada:  # what the resumed run must pick up: p, and the signs counted since the last move
+        with np.load(ckpts[-1]) as f:
+            p, _, count = (float(f[f"ada.{i:05d}"]) for i in range(3))
+        assert p > 0.0 and (count > 0.0 or killed_at % 3 == 0)
 
     out = finish(ganpipe(killed, "train"))
     assert f"resuming from step {killed_at}" in out
@@ -127,3 +166,7 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_result(workdirs):
     ha, hb = (pd.read_csv(m / "history.csv") for m in (a, b))
     assert len(ha) == len(hb) == EPOCHS * 12
     pd.testing.assert_frame_equal(ha[LOSS_COLUMNS], hb[LOSS_COLUMNS], check_exact=True)
+    if ada:
+        assert ha["ada_p"].iloc[killed_at:].nunique() > 2  # p moved on after the kill
+    else:
+        assert (ha["ada_p"] == 0.0).all()
