@@ -51,6 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", default="ttq-run", help="prepared data and evaluator go here")
     ap.add_argument("--json", help="also write the curve as JSON here")
     ap.add_argument("--grid", help="save the final sample grid (PNG) here")
+    ap.add_argument("--save-generator", help="save the final exported generator (.keras) here")
     return ap.parse_args(argv)
 
 
@@ -172,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         from ganpipe.training.export import write_samples
 
         write_samples(prepared_run, state, Path(args.grid))
+    if args.save_generator:
+        runner.sync_to_keras()
+        if state.ema_generator is not None:
+            ema.copy_statistics(state.ema_generator, state.generator)
+        state.exported.save(args.save_generator)
     result = {
         "params": args.params,
         "overrides": args.overrides,

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ARCHS = ("dcgan_tutorial", "conditional")
+ARCHS = ("dcgan_tutorial", "conditional", "mlp", "mlp_convd", "resnet")
 NUM_CLASSES, SHAPE, N_IMAGES = 10, (28, 28, 1), 60_000
 
 

@@ -74,7 +74,15 @@ ADA_PARAMS = ("ada_policy", "ada_target", "ada_interval", "ada_kimg")
 # the step and images/s.
 HISTORY_COLUMNS = ("step", "epoch", *METRICS, "images_per_sec")
 # The code whose source is in the key (paths relative to the package: keys.source_fingerprint).
-TRAINING_SOURCES = ("training", "models/__init__.py", "models/dcgan.py", "models/tutorial.py")
+TRAINING_SOURCES = (
+    "training",
+    "models/__init__.py",
+    "models/dcgan.py",
+    "models/layers.py",
+    "models/mlp.py",
+    "models/resnet.py",
+    "models/tutorial.py",
+)
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
 
