@@ -1,7 +1,9 @@
 """Adaptive discriminator augmentation (`train.ada`, ganpipe/training/ada.py): the augmentation at
 p = 0, 1 and in between, the p rule, and training with it on TensorFlow (in this process) and JAX
 (in a subprocess, started first so that it runs while the TensorFlow tests do): p moves, the
-history and checkpoints hold it, and a resumed run ends exactly where an uninterrupted one does."""
+history and checkpoints hold it, and a resumed run ends exactly where an uninterrupted one does.
+No TensorFlow import at module level: the JAX machines have none (there the in-process training
+tests are skipped, the rest run on JAX)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
-import tensorflow as tf
 from keras import ops
 
 from ganpipe.config import load_params
@@ -29,6 +31,9 @@ from tests.train_fixtures import ADA, ADA_RESUME_OPTIONS, STEPS_PER_EPOCH, tiny
 REPO = Path(__file__).resolve().parents[1]
 POLICY = ("color", "translation", "cutout")
 INTERVAL, ADJUST = ADA["ada_interval"], 32 * ADA["ada_interval"] / (ADA["ada_kimg"] * 1000)
+requires_tf = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="trains in this process on TensorFlow"
+)
 
 JAX_CHECKS = r"""
 import json, sys
@@ -153,10 +158,10 @@ def test_gan_losses_augment_both_halves_and_report_the_real_signs():
     n = 8
     real, fake = _images(n, 1, seed=5), _images(n, 1, seed=6)
     labels = np.arange(n, dtype=np.int32)
-    w = tf.constant(rng.normal(size=(1, 8, 8, 1)).astype(np.float32))
+    w = rng.normal(size=(1, 8, 8, 1)).astype(np.float32)
 
     def forward(images, d_labels, gp_rows):
-        return tf.reduce_sum(images * w, axis=(1, 2, 3))[:, None], None
+        return ops.sum(images * w, axis=(1, 2, 3))[:, None], None
 
     with_ada = StepOptions(ada=ada.AdaOptions(POLICY, batch_size=n))
     assert with_ada.num_uniforms == ada.num_uniforms(POLICY)
@@ -168,7 +173,7 @@ def test_gan_losses_augment_both_halves_and_report_the_real_signs():
 
     plain = losses(StepOptions(), None)
     assert losses(with_ada, u, 0.0) == plain
-    r = (real * w.numpy()).sum(axis=(1, 2, 3))
+    r = (real * w).sum(axis=(1, 2, 3))
     assert plain[4] == float(np.sign(r).sum())
     diff = StepOptions(diffaugment=POLICY)
     assert losses(with_ada, u, 1.0) == losses(diff, _diffaugment_columns(u, POLICY))
@@ -219,12 +224,28 @@ def test_p_is_clipped_to_0_1_and_the_step_follows_batch_interval_and_kimg():
 
 
 def test_the_rule_traces():
-    """One traced function for every step: the interval boundary is data, not Python."""
-    f = tf.function(lambda p, s, c, b, t: ada.updated(p, s, c, b, 32, t, RULE))
-    state = (tf.constant(0.5), tf.constant(0.0), tf.constant(0.0))
-    for t in range(4):
-        state = f(*state, tf.constant(32.0), tf.constant(t, tf.float32))
-    assert f.experimental_get_tracing_count() == 1
+    """One traced function (tf.function or jax.jit) for every step: the interval boundary is
+    data, not Python."""
+    traces = []
+
+    def rule(p, s, c, b, t):
+        traces.append(t)  # runs once per trace
+        return ada.updated(p, s, c, b, 32, t, RULE)
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        f = tf.function(rule)
+    elif keras.backend.backend() == "jax":
+        import jax
+
+        f = jax.jit(rule)
+    else:
+        pytest.skip("tensorflow or jax only")
+    state = tuple(np.asarray(v, np.float32) for v in (0.5, 0.0, 0.0))
+    for t in range(4):  # arrays, not Python numbers: those would retrace per value
+        state = f(*state, np.asarray(32.0, np.float32), np.asarray(t, np.float32))
+    assert len(traces) == 1
     assert [float(v) for v in state] == pytest.approx([0.5 + RULE.adjust, 0.0, 0.0])
 
 
@@ -277,6 +298,7 @@ def _check_p_path(p: np.ndarray) -> None:
     np.testing.assert_allclose(np.abs(np.diff(p)[moves]), ADJUST, rtol=1e-5)
 
 
+@requires_tf
 def test_tensorflow_training_moves_p_and_records_it(tmp_path, data_dir):
     tracker = MetricsTracker()
     params = tiny(epochs=2, **ADA)
@@ -298,6 +320,7 @@ def test_tensorflow_training_moves_p_and_records_it(tmp_path, data_dir):
     assert logged[0][0]["ada_p"] == p[-1]
 
 
+@requires_tf
 def test_tensorflow_resume_is_exact_with_ada(tmp_path, data_dir):
     """1 epoch, resumed to 2, against 2 straight, with wgan_gp and the EMA on too: every array of
     the final checkpoints (weights, optimizers, EMA, ADA's p and accumulators) and the history
