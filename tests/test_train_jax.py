@@ -319,7 +319,7 @@ def test_jax_training_options(jax_run):
         "finite": True,
         "rows": STEPS_PER_EPOCH,
         "loss": "hinge",
-        "sn_layers": 3,
+        "sn_layers": 6,  # every D layer with weights, the label embeddings included
         "final_png": True,
     }
     resume = result["options_resume"]
