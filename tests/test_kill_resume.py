@@ -1,8 +1,9 @@
 """On the CPU with deterministic ops, a `ganpipe train` killed with SIGKILL mid-way and then rerun
 ends with the same weights (bit for bit) and the same history as an uninterrupted run, and the
 killed run leaves nothing partial behind. With every training option that draws or keeps state on,
-in two runs since ADA and DiffAugment exclude each other: EMA + DiffAugment, and EMA + wgan_gp +
-ADA (whose p, in the history's ada_p, must match too).
+in two runs since ADA and DiffAugment exclude each other: EMA + DiffAugment on the resnet arch
+with spectral norm, and EMA + wgan_gp + ADA (whose p, in the history's ada_p, must match too) on
+the conditional arch with class BatchNorm and spectral norm.
 
 Everything goes through the real CLI in subprocesses: `ganpipe prepare` (8x8 digits, 20 per
 class, once), then per option set `ganpipe train` killed once a checkpoint exists, rerun to
@@ -22,6 +23,8 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+
+import ganpipe.models  # noqa: F401  (registers the layers the saved models use)
 
 GANPIPE = str(Path(sys.executable).parent / "ganpipe")
 EPOCHS = 50  # x 12 steps of 16 images: killed near step 40-60 of 600, with seconds to spare
@@ -45,11 +48,19 @@ OPTIONS = {
 }
 
 
+# The models of each set: every model option with state of its own (class BatchNorm's per-class
+# statistics, spectral norm's power-iteration vectors, the projection's normalised embedding).
+MODELS = {
+    "diffaugment": "{arch: resnet, latent_dim: 8, filters: 16, spectral_norm: true}",
+    "ada": "{latent_dim: 8, embed_dim: 4, filters: 16, class_bn: true, spectral_norm: true}",
+}
+
+
 def params_yaml(options: str) -> str:
     """The params of a run with option set `options` (a key of OPTIONS)."""
     return f"""\
 data: {{source: digits, max_per_class: 20}}
-model: {{latent_dim: 8, embed_dim: 4, filters: 16}}
+model: {MODELS[options]}
 train:
   epochs: {EPOCHS}
   batch_size: 16
