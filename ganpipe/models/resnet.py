@@ -16,10 +16,9 @@ pooling, and the projection head (dense(h) + <embed(label), h>). The first block
 "optimized" one (Conv3x3 ReLU Conv3x3 AvgPool; skip AvgPool Conv1x1), the others
   main: ReLU Conv3x3 ReLU Conv3x3 [AvgPool]
   skip: Conv1x1 [AvgPool] (identity when neither size nor width changes)
-with widths mirroring the generator's. `model.spectral_norm` normalises every layer with weights,
-the projection's class embedding included (SNGAN trains this model with it on: the presets set
-it). No BatchNorm in D (wgan_gp relies on that: training/losses.py). Mean pooling instead of
-SNGAN's sum only rescales the features the head sees.
+with widths mirroring the generator's, and SNGAN's global sum pooling. `model.spectral_norm`
+normalises every layer with weights, the projection's class embedding included (SNGAN trains this
+model with it on). No BatchNorm in D (wgan_gp relies on that: training/losses.py).
 """
 
 from __future__ import annotations
@@ -88,6 +87,7 @@ def build_discriminator(
     image = keras.Input(shape=(h, w, c), name="image")
     label = label_input()
     x = image
+    x_size = (h >> len(down)) * (w >> len(down))  # the final feature map's pixels
     for i, (width, downsample) in enumerate(plan, start=1):
         name = f"d_block{i}"
         main = x if i == 1 else layers.ReLU(name=f"{name}_relu1")(x)
@@ -106,6 +106,9 @@ def build_discriminator(
             main = layers.AveragePooling2D(2, name=f"{name}_pool")(main)
         x = layers.Add(name=f"{name}_add")([main, skip])
     x = layers.ReLU(name="d_out_relu")(x)
+    # Sum pooling, as SNGAN: with every layer spectrally normalised, D cannot scale its weights up
+    # to undo a mean's 1 / (h x w), and its logits (and G's gradients) would stay that much smaller.
     x = layers.GlobalAveragePooling2D(name="d_pool")(x)
+    x = layers.Rescaling(float(x_size), name="d_pool_sum")(x)
     logits = projection_logits(x, label, num_classes, sn)
     return keras.Model([image, label], logits, name="discriminator")
