@@ -82,7 +82,9 @@ def build_discriminator(
     plan = [(width, True) for width in down] + [(params.filters, False)]
 
     def conv(width: int, size: int, name: str) -> layers.Layer:
-        return spectral(layers.Conv2D(width, size, padding="same", name=name), sn)
+        # No bias, as in dcgan.py: TF's grappler fails (noisily, on stderr) to fuse a biased
+        # convolution with the residual Add and ReLU in the gradient graph.
+        return spectral(layers.Conv2D(width, size, padding="same", use_bias=False, name=name), sn)
 
     image = keras.Input(shape=(h, w, c), name="image")
     label = label_input()
