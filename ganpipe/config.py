@@ -83,7 +83,7 @@ class ModelParams(Section):
     latent_dim: int = Field(64, ge=1)
     embed_dim: int = Field(32, ge=1)
     # Width of the widest convolution; the others halve from it.
-    filters: int = Field(128, ge=8)
+    filters: int = Field(64, ge=8)
     # Spectral normalisation of every discriminator layer with weights, the label embeddings
     # included (conditional, resnet, mlp, mlp_convd; dcgan_tutorial: its convolutions and dense).
     spectral_norm: bool = False
@@ -93,10 +93,12 @@ class ModelParams(Section):
 
 
 class TrainParams(Section):
-    epochs: int = Field(20, ge=1)
+    # The defaults are the best recipe found for the main job's budget (about 3 minutes of training
+    # on 2 CPU cores on the embedded digits): docs/results.md, "Choosing the defaults".
+    epochs: int = Field(45, ge=1)
     batch_size: int = Field(64, ge=1)
-    g_learning_rate: float = Field(2e-4, gt=0)
-    d_learning_rate: float = Field(2e-4, gt=0)
+    g_learning_rate: float = Field(4e-4, gt=0)
+    d_learning_rate: float = Field(4e-4, gt=0)
     beta_1: float = Field(0.5, ge=0, lt=1)
     sample_every: int = Field(200, ge=1)
     checkpoint_every: int = Field(200, ge=1)
@@ -112,7 +114,7 @@ class TrainParams(Section):
     gp_weight: float = Field(10.0, gt=0)
     # Exponential moving average of the generator's weights (e.g. 0.999); null: off. When on, the
     # EMA generator is the one exported (generator.keras) and drawn in the sample grids.
-    ema_decay: float | None = Field(None, gt=0, lt=1)
+    ema_decay: float | None = Field(0.999, gt=0, lt=1)
     # DiffAugment policy for D's inputs (real and fake): "" (off) or a comma-separated subset of
     # color, translation, cutout.
     diffaugment: str = ""

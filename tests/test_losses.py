@@ -277,8 +277,8 @@ def test_new_params_in_the_run_key(monkeypatch):
     base = key()
     variants = [
         key(loss="hinge"), key(loss="wgan_gp"), key(loss="wgan_gp", gp_weight=5.0),
-        key(ema_decay=0.999), key(diffaugment="color"), key(diffaugment="color,cutout"),
-        key(spectral_norm=True),
+        key(ema_decay=None), key(ema_decay=0.99), key(diffaugment="color"), key(diffaugment="color,cutout"),
+        key(spectral_norm=True), key(class_bn=True), key(arch="resnet"),
     ]  # fmt: skip
     assert len({base, *variants}) == 1 + len(variants)
     assert key(gp_weight=5.0) == base  # only wgan_gp uses it

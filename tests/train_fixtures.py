@@ -11,11 +11,12 @@ STEPS_PER_EPOCH = N_TRAIN // BATCH  # 6
 
 
 def tiny(**train) -> Params:
+    """Tiny models; every training option off (EMA included, on by default) unless given."""
+    base = {"epochs": 1, "batch_size": BATCH, "sample_every": 4, "checkpoint_every": 4}
     return Params.model_validate(
         {
             "model": {"latent_dim": 8, "embed_dim": 4, "filters": 16},
-            "train": {"epochs": 1, "batch_size": BATCH, "sample_every": 4, "checkpoint_every": 4}
-            | train,
+            "train": base | {"ema_decay": None} | train,
         }
     )
 
