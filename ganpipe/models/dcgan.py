@@ -57,14 +57,19 @@ def upsamplings(image_shape: tuple[int, int, int]) -> int:
     return k
 
 
+def start_size(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(k, h0, w0): the number of upsamplings and the size the generator starts from."""
+    h, w, _ = (int(d) for d in image_shape)
+    k = upsamplings(image_shape)
+    return k, h // 2**k, w // 2**k
+
+
 def build_generator(
     image_shape: tuple[int, int, int], num_classes: int, params: ModelParams
 ) -> keras.Model:
     """(z: N x latent_dim float, label: N int) -> N x H x W x C float32 in [-1, 1]."""
-    h, w, c = (int(d) for d in image_shape)
-    k = upsamplings(image_shape)
-    h0, w0, f = h // 2**k, w // 2**k, params.filters
-
+    c, f = int(image_shape[2]), params.filters
+    k, h0, w0 = start_size(image_shape)
     z = keras.Input(shape=(params.latent_dim,), name="z")
     label = label_input()
     if params.class_bn:  # the class enters through every BatchNorm's gain and bias

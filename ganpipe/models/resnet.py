@@ -27,7 +27,7 @@ import keras
 from keras import layers
 
 from ganpipe.config import ModelParams
-from ganpipe.models.dcgan import upsamplings
+from ganpipe.models.dcgan import start_size, upsamplings
 from ganpipe.models.layers import ClassBatchNorm, label_input, projection_logits, spectral
 
 MIN_WIDTH = 16
@@ -44,9 +44,8 @@ def build_generator(
     image_shape: tuple[int, int, int], num_classes: int, params: ModelParams
 ) -> keras.Model:
     """(z: N x latent_dim float, label: N int) -> N x H x W x C float32 in [-1, 1]."""
-    h, w, c = (int(d) for d in image_shape)
-    k = upsamplings(image_shape)
-    h0, w0, f = h // 2**k, w // 2**k, params.filters
+    c, f = int(image_shape[2]), params.filters
+    _, h0, w0 = start_size(image_shape)
     z = keras.Input(shape=(params.latent_dim,), name="z")
     label = label_input()
     x = layers.Dense(h0 * w0 * f, name="g_dense")(z)
