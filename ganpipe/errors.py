@@ -15,3 +15,12 @@ class DataError(GanpipeError):
 
 class TrainingError(GanpipeError):
     """Training diverged or cannot continue."""
+
+
+class DiskFullError(GanpipeError):
+    """The disk (or the user's quota) filled up while writing an output. `path` is the file being
+    written; the atomic writers (ganpipe.io) kept the previous output and removed the partial one."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

@@ -1,7 +1,12 @@
-"""Atomic writes: every output appears whole or not at all (temp file, then rename)."""
+"""Atomic writes: every output appears whole or not at all (temp file, then rename).
+
+A disk (or quota) that fills up mid-write becomes a DiskFullError naming the file: the previous
+output stays as it was and the partial one is removed, whichever library did the writing.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,45 +19,148 @@ from typing import Any
 
 import numpy as np
 
+from ganpipe.errors import ConfigError, DiskFullError
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Some writers drop the errno and keep only the text: h5py (inside Keras's .keras files) raises
+# OSError(None, "... errno = 28, error message = 'No space left on device' ...").
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from or while handling, innermost last."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` or one in its chain is a full disk or quota: libraries (Keras, zipfile,
+    Pillow) often re-raise the OSError as something else."""
+    return any(
+        (isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS)
+        or any(text in str(e) for text in DISK_FULL_TEXTS)
+        for e in _chain(exc)
+    )
+
+
+def _disk_full(output: Path, written: Path, existed: bool) -> DiskFullError:
+    kept = f"the previous {output} was kept" if existed else f"nothing was written to {output}"
+    return DiskFullError(
+        f"disk full (no space left on device) while writing {written}; {kept} and the partial "
+        "write removed. Free some space and rerun.",
+        path=str(written),
+    )
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     `suffix` keeps an extension that a writer insists on (Keras wants `.keras`, NumPy `.npz`).
+    Running out of disk space raises DiskFullError; `path` is then as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    tmp_path.chmod(0o666 & ~_umask())  # mkstemp makes it 0600; outputs should look like open()'s
+    existed = path.exists()
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent
+        )
+        os.close(fd)
+        tmp_path = Path(tmp)
+        # mkstemp makes it 0600; outputs should look like open()'s.
+        tmp_path.chmod(0o666 & ~_umask())
         yield tmp_path
         os.replace(tmp_path, path)
+    except DiskFullError:
+        raise
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise _disk_full(path, path, existed) from None
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary directory; on success it replaces `path` as a whole."""
+    """Yield a fresh temporary directory; on success it replaces `path` as a whole.
+
+    Running out of disk space raises DiskFullError naming the file being written (the newest in
+    the temporary directory when the writer did not say); `path` is then as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; outputs should look like any mkdir's
+    existed = path.exists()
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; outputs should look like any mkdir's
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old.{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, path)
+    except DiskFullError as e:
+        # A nested atomic writer named its file inside `tmp`: name it where it would have landed.
+        inner = Path(e.path) if e.path else path
+        raise _disk_full(path, _final_name(inner, tmp, path), existed) from None
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise _disk_full(path, _final_name(_written(e, tmp), tmp, path), existed) from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old.{os.getpid()}")
+        try:
+            os.replace(path, old)
+        except OSError as e:
+            if e.errno not in (errno.EBUSY, errno.EXDEV):
+                raise
+            raise ConfigError(
+                f"{path}: cannot replace this directory ({e.strerror}): is it a mount point? "
+                "Outputs are written beside it and swapped in whole; point at a directory inside "
+                "the mount instead"
+            ) from None
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)  # put the previous output back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _written(e: BaseException, tmp: Path | None) -> Path | None:
+    """The file a failed write was writing: the OSError's filename, else the newest file in
+    `tmp` (writers such as Pillow fail on close, with no filename)."""
+    for link in _chain(e):
+        if isinstance(link, OSError) and link.filename:
+            return Path(os.fsdecode(link.filename))
+    if tmp is None or not tmp.exists():
+        return None
+    files = [p for p in tmp.rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def _final_name(written: Path | None, tmp: Path | None, path: Path) -> Path:
+    """`written` (a file inside the temporary `tmp`) as it would be named under `path`."""
+    if written is None or tmp is None:
+        return path
+    try:
+        return path / written.relative_to(tmp)
+    except ValueError:
+        return written
 
 
 def _umask() -> int:
