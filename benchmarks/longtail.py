@@ -186,7 +186,7 @@ def predict(model: Any, images: np.ndarray) -> np.ndarray:
 
 
 def _mnist(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as f:
+    with np.load(path, allow_pickle=False) as f:
         return f[f"x_{split}"][..., np.newaxis], f[f"y_{split}"].astype(np.int64)
 
 
@@ -199,7 +199,12 @@ def reference_classifier(cache: Path, mnist: str, epochs: int) -> Any:
     from ganpipe.evaluator import new_classifier
 
     if cache.exists():
-        return keras.saving.load_model(cache, compile=False)
+        try:
+            return keras.saving.load_model(cache, compile=False, safe_mode=True)
+        except Exception as e:  # noqa: BLE001 - a damaged cache entry is trained again
+            print(
+                f"{cache} is damaged ({type(e).__name__}: {e}); training it again", file=sys.stderr
+            )
     x, y = _mnist(mnist, "train")
     model = new_classifier(x.shape[1:], 10, seed=0)
     model.fit(to_float(x), y, epochs=epochs, batch_size=128, shuffle=True, verbose=0)

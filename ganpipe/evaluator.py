@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, load_prepared, to_float
 from ganpipe.data.sampling import is_imbalanced
+from ganpipe.errors import DataError
 from ganpipe.io import atomic_path, read_json, write_json
 from ganpipe.keys import source_fingerprint
 from ganpipe.metrics.features import extract
@@ -131,42 +133,62 @@ def _train(prepared: Prepared, params: EvaluateParams) -> tuple[keras.Model, dic
     return model, {**summary, "class_weighted": weights is not None}
 
 
-def _load_cached(cache: Path, key: dict[str, Any]) -> Evaluator | None:
+def _load_cached(cache: Path, key: dict[str, Any], rebuild_damaged: bool) -> Evaluator | None:
+    """The cached evaluator when its meta.json records `key`; None to train one (nothing cached,
+    another key, or a damaged file with `rebuild_damaged`). A damaged file without it: DataError."""
     model_path, meta_path = cache / MODEL_FILE, cache / META_FILE
     if not (model_path.exists() and meta_path.exists()):
         return None
     try:
         meta = read_json(meta_path)
-    except (OSError, ValueError) as e:
-        log.warning("%s: unreadable (%s); retraining the classifier", meta_path, e)
-        return None
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+    except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        return _damaged(meta_path, f"not readable JSON: {e}", rebuild_damaged)
     if meta.get("key") != key:
         log.info("%s: cache key changed; retraining the classifier", meta_path)
         return None
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as e:  # a damaged file is a cache miss, not a failure
-        log.warning("%s: cannot load (%s); retraining the classifier", model_path, e)
-        return None
+    except Exception as e:  # noqa: BLE001 - Keras raises many types for a damaged file
+        # Keras reports a truncated file as "File not found"; the zip check tells what it is.
+        what = (
+            f"{type(e).__name__}: {e}"
+            if zipfile.is_zipfile(model_path)
+            else "truncated, or not a zip"
+        )
+        return _damaged(model_path, f"not a readable Keras file: {what}", rebuild_damaged)
     return Evaluator(model, meta)
+
+
+def _damaged(path: Path, reason: str, rebuild: bool) -> None:
+    """A damaged cache file: a warning and a retrain when `rebuild` (the classifier stage, whose
+    output it is), else a DataError (the stages that only read the evaluator: under DVC they must
+    not write the classifier stage's output)."""
+    if rebuild:
+        log.warning("%s is damaged (%s); training the classifier again", path, reason)
+        return None
+    raise DataError(f"{path} is damaged ({reason}); run `ganpipe classifier` to rebuild it")
 
 
 def get_evaluator(
     data_dir: str | os.PathLike[str],
     params: EvaluateParams,
     cache_dir: str | os.PathLike[str] = "evaluator",
+    rebuild_damaged: bool = False,
 ) -> Evaluator:
     """The domain classifier for the prepared data in `data_dir`.
 
-    Loads `<cache_dir>/classifier.keras` when `<cache_dir>/meta.json` records the same cache key;
-    otherwise trains one (`new_classifier`, params.classifier_epochs / classifier_batch_size),
+    Loads `<cache_dir>/classifier.keras` when `<cache_dir>/meta.json` records the same cache key
+    (a damaged file there: DataError saying to run `ganpipe classifier`, or with `rebuild_damaged`,
+    as that stage passes, a warning and a retrain); otherwise trains one (`new_classifier`, params.classifier_epochs / classifier_batch_size),
     measures its accuracy on the real test split, and saves model then meta atomically (meta last,
     so a meta.json always describes the model beside it).
     """
     prepared = load_prepared(data_dir)
     cache = Path(cache_dir)
     key = cache_key(prepared, params)
-    cached = _load_cached(cache, key)
+    cached = _load_cached(cache, key, rebuild_damaged)
     if cached is not None:
         return cached
 

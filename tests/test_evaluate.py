@@ -109,16 +109,22 @@ def test_get_evaluator_trains_once_and_retrains_on_change(digits, tmp_path, monk
 
 
 def test_get_evaluator_retrains_when_model_file_is_damaged(digits, tmp_path, monkeypatch):
+    """The classifier stage (rebuild_damaged) retrains over a damaged model file; the stages that
+    only read the evaluator stop with a DataError naming it (tests/test_damaged_files.py: the CLI)."""
     from ganpipe import evaluator as clf
 
     data_dir, _ = digits
     params = EvaluateParams(classifier_epochs=1)
     clf.get_evaluator(data_dir, params, tmp_path)
     (tmp_path / "classifier.keras").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"classifier\.keras is damaged .*ganpipe classifier"):
+        clf.get_evaluator(data_dir, params, tmp_path)
     calls = []
     real_train = clf._train
     monkeypatch.setattr(clf, "_train", lambda p, q: calls.append(1) or real_train(p, q))
-    clf.get_evaluator(data_dir, params, tmp_path)
+    clf.get_evaluator(data_dir, params, tmp_path, rebuild_damaged=True)
+    assert calls == [1]
+    clf.get_evaluator(data_dir, params, tmp_path)  # rebuilt: loads again
     assert calls == [1]
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from ganpipe.config import DataParams
+from ganpipe.data.prepared import read_npz
 from ganpipe.errors import ConfigError, DataError
 
 DIGIT_NAMES = [str(d) for d in range(10)]
@@ -119,17 +120,9 @@ def load_keras(name: str, path: Path | None) -> SourceData:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in NPZ_KEYS if k not in f.files]
-            if missing:
-                raise DataError(
-                    f"{path}: missing keys {', '.join(missing)} "
-                    f"(needs {', '.join(NPZ_KEYS)}; has {', '.join(f.files) or 'none'})"
-                )
-            return {k: f[k] for k in NPZ_KEYS}
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file: {e}") from None
+    """`data.path`'s arrays NPZ_KEYS; DataError naming the file if it is damaged, lacks a key or
+    holds pickled objects (never loaded)."""
+    return read_npz(path, NPZ_KEYS)
 
 
 def load_folder(root: Path, image_size: int | None) -> SourceData:

@@ -203,7 +203,9 @@ def load_keras_model(
     if not path.is_file():
         raise ConfigError(f"evaluate.model_path: {path}: file not found")
     try:
-        model = _load_strictly(lambda: keras.saving.load_model(path, compile=False), str(path))
+        model = _load_strictly(
+            lambda: keras.saving.load_model(path, compile=False, safe_mode=True), str(path)
+        )
     except Exception as e:
         raise ConfigError(f"evaluate.model_path: {path}: cannot load a Keras model: {e}") from None
     names = [lay.name for lay in model.layers]

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ganpipe.data.prepared import read_npz
+from ganpipe.errors import DataError
 from ganpipe.io import arrays_sha256, atomic_path
 from ganpipe.keys import json_sha256, source_fingerprint
 from ganpipe.metrics.features import FeatureSet
@@ -57,16 +59,18 @@ class Reference:
 
 
 def _load(path: Path, parts_json: str) -> Reference | None:
+    """The cached entry at `path`, or None (with a warning) when it is damaged or another key's:
+    the caller then computes it again and rewrites it atomically."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if str(f["key"]) != parts_json:
-                log.warning("%s: written for another key; recomputing", path)
-                return None
-            fs = FeatureSet(f["features"], f["probs"], f["labels"])
-            return Reference(fs, f["mu"], f["sigma"], path, from_cache=True)
-    except Exception as e:  # damaged or partial: a cache miss, not a failure
-        log.warning("%s: unreadable (%s); recomputing", path, e)
+        f = read_npz(path, ("key", "features", "probs", "labels", "mu", "sigma"))
+    except DataError as e:
+        log.warning("%s; rebuilding it", e)
         return None
+    if str(f["key"]) != parts_json:
+        log.warning("%s: written for another key; rebuilding it", path)
+        return None
+    fs = FeatureSet(f["features"], f["probs"], f["labels"])
+    return Reference(fs, f["mu"], f["sigma"], path, from_cache=True)
 
 
 def load_or_compute(

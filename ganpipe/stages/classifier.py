@@ -14,7 +14,11 @@ from ganpipe.paths import Paths
 
 
 def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
-    """The stage: `paths.prepared` -> `paths.evaluator` (classifier.keras, meta.json)."""
+    """The stage: `paths.prepared` -> `paths.evaluator` (classifier.keras, meta.json). Its own
+    output, so a damaged cached file is rebuilt (with a warning); the stages that only read the
+    evaluator stop with a DataError instead."""
     from ganpipe.evaluator import get_evaluator
 
-    return get_evaluator(paths.prepared, params.evaluate, paths.evaluator).meta
+    return get_evaluator(
+        paths.prepared, params.evaluate, paths.evaluator, rebuild_damaged=True
+    ).meta

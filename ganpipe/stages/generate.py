@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,10 +263,17 @@ def _load_generator(path: Path) -> Any:
 
     import ganpipe.models.layers  # noqa: F401  (registers the layers a saved generator may use)
 
+    again = "rerun `ganpipe train` to write it again"
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # corrupt zip, unknown layer, ...
-        raise DataError(f"{path}: cannot load the generator: {e}") from None
+    except Exception as e:  # a damaged zip, an unknown layer, code safe_mode refuses, ...
+        # Keras reports a truncated file as "File not found"; the zip check tells damage apart.
+        if not zipfile.is_zipfile(path) or isinstance(e, (zipfile.BadZipFile, OSError)):
+            reason = f"{type(e).__name__}: {e}" if zipfile.is_zipfile(path) else "truncated, or not a zip"
+            raise DataError(
+                f"{path} is damaged (not a readable Keras file: {reason}); {again}"
+            ) from None
+        raise DataError(f"{path}: cannot load the generator ({e}); {again}") from None
 
 
 @dataclass(frozen=True)

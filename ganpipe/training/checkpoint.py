@@ -33,9 +33,9 @@ Backend-neutral: values are read with `Variable.numpy()`, written back with `Var
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -43,6 +43,8 @@ import keras
 import numpy as np
 
 from ganpipe.config import Params
+from ganpipe.data.prepared import read_npz
+from ganpipe.errors import DataError
 from ganpipe.io import save_npz
 from ganpipe.keys import json_sha256, source_fingerprint
 from ganpipe.training.losses import METRICS
@@ -85,6 +87,8 @@ TRAINING_SOURCES = (
 )
 
 _NAME = re.compile(r"^ckpt_(\d+)\.npz$")
+
+log = logging.getLogger(__name__)
 
 VariableGroups = Mapping[str, Sequence[keras.Variable]]
 
@@ -174,13 +178,18 @@ class Checkpoints:
     def restore(self, groups: VariableGroups) -> tuple[int, np.ndarray] | None:
         """Load the newest usable checkpoint into `groups`; returns (step, history) or None.
 
-        A checkpoint that cannot be read or does not match the variables is skipped (with a note
-        on why) in favour of the one before it."""
-        for path in reversed(self.paths()):
+        A checkpoint that cannot be read (truncated, overwritten) or does not match the variables
+        is skipped with a warning naming it, in favour of the one before it; when none is usable
+        the warning says training starts afresh (the caller clears the directory)."""
+        paths = self.paths()
+        for n, path in enumerate(reversed(paths)):
             try:
                 step, history, values = _read(path, groups)
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-                print(f"skipping unusable checkpoint {path}: {e}")
+            except DataError as e:
+                fallback = "training starts afresh"
+                if n + 1 < len(paths):
+                    fallback = f"falling back to the previous one, {paths[-n - 2].name}"
+                log.warning("unusable checkpoint: %s; %s", e, fallback)
                 continue
             for group, variables in groups.items():
                 for v, value in zip(variables, values[group], strict=True):
@@ -192,22 +201,27 @@ class Checkpoints:
 def _read(
     path: Path, groups: VariableGroups
 ) -> tuple[int, np.ndarray, dict[str, list[np.ndarray]]]:
-    with np.load(path) as f:
-        step = int(f["step"])
-        history = f["history"]
-        if history.shape != (step, len(HISTORY_COLUMNS)):
-            raise ValueError(
-                f"history has shape {history.shape}, expected ({step}, {len(HISTORY_COLUMNS)})"
-            )
-        values: dict[str, list[np.ndarray]] = {}
-        for group, variables in groups.items():
-            count = sum(1 for k in f.files if k.startswith(f"{group}."))
-            if count != len(variables):
-                raise ValueError(f"{group}: {count} arrays for {len(variables)} variables")
-            values[group] = []
-            for i, v in enumerate(variables):
-                value = f[f"{group}.{i:05d}"]
-                if tuple(value.shape) != tuple(v.shape):
-                    raise ValueError(f"{group}.{i} ({v.path}): shape {value.shape} != {v.shape}")
-                values[group].append(value)
+    """The step, history and every group's values of the checkpoint at `path`, all read and
+    checked before any is assigned; DataError naming the file when it is damaged or holds other
+    variables than `groups`."""
+    arrays = read_npz(path)
+    try:
+        step = int(arrays["step"])
+        history = arrays["history"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: no step and history ({e!r})") from None
+    if history.shape != (step, len(HISTORY_COLUMNS)):
+        raise DataError(
+            f"{path}: history has shape {history.shape}, expected ({step}, {len(HISTORY_COLUMNS)})"
+        )
+    values: dict[str, list[np.ndarray]] = {}
+    for group, variables in groups.items():
+        names = [f"{group}.{i:05d}" for i in range(len(variables))]
+        count = sum(1 for k in arrays if k.startswith(f"{group}."))
+        if count != len(variables) or any(k not in arrays for k in names):
+            raise DataError(f"{path}: {group}: {count} arrays for {len(variables)} variables")
+        values[group] = [arrays[k] for k in names]
+        for i, (v, value) in enumerate(zip(variables, values[group], strict=True)):
+            if tuple(value.shape) != tuple(v.shape):
+                raise DataError(f"{path}: {group}.{i} ({v.path}): shape {value.shape} != {v.shape}")
     return step, history, values
