@@ -342,7 +342,16 @@ def read_yaml(path: str | os.PathLike[str], what: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's error on one line, where it is first: "line 3, column 6: expected ..."."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(e).split())
+    context = f" ({e.context})" if getattr(e, "context", None) else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}{context}"
 
 
 def load_params(path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> Params:
@@ -378,7 +387,8 @@ def _format_validation(origin: str, err: ValidationError) -> str:
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif "input" in item and item["type"] != "missing":
+        # A section-wide check's input is the whole section: not worth repeating.
+        elif "input" in item and item["type"] != "missing" and not isinstance(item["input"], dict):
             msg = f"{msg} (got {item['input']!r})"
         lines.append(f"{origin}: {key}: {msg}")
     return "\n".join(lines)

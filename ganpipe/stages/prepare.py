@@ -15,13 +15,14 @@ from PIL import Image
 
 from ganpipe.config import DataParams, Params
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
-from ganpipe.data.sources import load_source
+from ganpipe.data.sources import KERAS_CLASS_NAMES, NPZ_KEYS, load_source
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import atomic_dir
 from ganpipe.ops.tracking import Tracker
 from ganpipe.paths import Paths
 
 OUTPUT_FILES = {"train.npz", "test.npz", "summary.json"}
+ARRAYS = ("images", "labels", "test images", "test labels")
 
 
 def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
@@ -49,16 +50,21 @@ def build_prepared(params: DataParams, origin: str = "<params>") -> Prepared:
         warnings.warn(f"data.path is ignored for data.source {params.source!r}", stacklevel=2)
     src = load_source(params, origin)
     names = src.class_names
-    images = to_uint8_images(src.images, "images")
-    labels = to_labels(src.labels, len(images), len(names), "labels")
+    where = _source_name(params)
+    x_name, y_name, x_test_name, y_test_name = _array_names(params)
+    images = to_uint8_images(src.images, x_name)
+    labels = to_labels(src.labels, len(images), len(names), y_name)
     rng = np.random.default_rng(params.seed)
     if src.test is None:
-        train_idx, test_idx = stratified_split(labels, names, params.test_fraction, rng)
+        try:
+            train_idx, test_idx = stratified_split(labels, names, params.test_fraction, rng)
+        except DataError as e:
+            raise DataError(f"{where}: {e}") from None
         train = Split(images[train_idx], labels[train_idx])
         test = Split(images[test_idx], labels[test_idx])
     else:
-        test_images = to_uint8_images(src.test[0], "test images")
-        test_labels = to_labels(src.test[1], len(test_images), len(names), "test labels")
+        test_images = to_uint8_images(src.test[0], x_test_name)
+        test_labels = to_labels(src.test[1], len(test_images), len(names), y_test_name)
         train, test = Split(images, labels), Split(test_images, test_labels)
     if params.max_per_class is not None:
         train = cap_per_class(train, params.max_per_class, rng)
@@ -66,11 +72,26 @@ def build_prepared(params: DataParams, origin: str = "<params>") -> Prepared:
         train = cap_classes(train, class_cap_indices(params.class_caps, names, origin), rng)
     if params.image_size is not None:
         train, test = resize(train, params.image_size), resize(test, params.image_size)
-    validate(train, test, names)
+    try:
+        validate(train, test, names)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
     summary = make_summary(train, test, names, params.source)
     if params.class_caps:
         summary["class_caps"] = dict(params.class_caps)
     return Prepared(train, test, summary)
+
+
+def _source_name(params: DataParams) -> str:
+    """The data as messages name it: its file or folder, else the source."""
+    return params.path or f"data.source {params.source}"
+
+
+def _array_names(params: DataParams) -> list[str]:
+    """Train images, labels, test images, test labels as messages name them: the file and its key
+    for an .npz, so the user knows which array to fix."""
+    keys = NPZ_KEYS if params.source in KERAS_CLASS_NAMES and params.path else ARRAYS
+    return [f"{_source_name(params)}: {key}" for key in keys]
 
 
 def _check_replaceable(out: Path) -> None:
@@ -92,9 +113,11 @@ def to_uint8_images(x: Any, what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "uif":
         raise DataError(f"{what}: expected numeric pixels, got dtype {x.dtype}")
+    if x.ndim > 0 and len(x) == 0:
+        raise DataError(f"{what}: no images (the array is empty, shape {x.shape})")
     if x.ndim == 3:
         x = x[..., np.newaxis]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) == 0:
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise DataError(f"{what}: expected N x H x W or N x H x W x C (C = 1 or 3), got {x.shape}")
     if x.dtype == np.uint8:
         return x
