@@ -251,8 +251,11 @@ def _read_data_summary(data_dir: Path) -> dict[str, Any]:
     try:
         summary = read_json(path)
         _ = summary["class_names"], summary["shape"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: not a prepared-data summary: {e!r}") from None
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise DataError(
+            f"{path} is damaged (not a prepared-data summary: {e!r}); "
+            "rerun `ganpipe prepare` to write it again"
+        ) from None
     return summary
 
 
@@ -269,7 +272,11 @@ def _load_generator(path: Path) -> Any:
     except Exception as e:  # a damaged zip, an unknown layer, code safe_mode refuses, ...
         # Keras reports a truncated file as "File not found"; the zip check tells damage apart.
         if not zipfile.is_zipfile(path) or isinstance(e, (zipfile.BadZipFile, OSError)):
-            reason = f"{type(e).__name__}: {e}" if zipfile.is_zipfile(path) else "truncated, or not a zip"
+            reason = (
+                f"{type(e).__name__}: {e}"
+                if zipfile.is_zipfile(path)
+                else "truncated, or not a zip"
+            )
             raise DataError(
                 f"{path} is damaged (not a readable Keras file: {reason}); {again}"
             ) from None
