@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ganpipe.config import Params, load_params
 from ganpipe.errors import GanpipeError
+from ganpipe.lock import workspace_lock
 from ganpipe.ops import dvc
 from ganpipe.ops.promotion import promote_run
 from ganpipe.ops.report import pipeline_report
@@ -79,6 +80,26 @@ def pipeline(
     params = load_params(params_file, overrides or [])
     paths = Paths.under(root)
     dvc_repo = dvc.dvc_stage_repo(root, params_file, overrides or [])
+    # One run per workspace: a second flow, `ganpipe run` or `dvc repro` here stops at once, naming
+    # this one (ganpipe/lock.py); released however the run ends, cancellation included.
+    with workspace_lock(paths, command=f"Prefect flow run {_flow_run_name()}", dvc=True):
+        return _run(params, paths, root, dvc_repo, update, promote_champion)
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"{flow_run.name} ({flow_run.id})"
+
+
+def _run(
+    params: Params,
+    paths: Paths,
+    root: str,
+    dvc_repo: Path | None,
+    update: bool,
+    promote_champion: bool,
+) -> dict[str, Any]:
     if update:
         update_data(root)
     with tracked_run(params, run_name="prefect-pipeline") as tracker:

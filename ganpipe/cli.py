@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ganpipe.errors import GanpipeError
+from ganpipe.lock import workspace_lock
 from ganpipe.pipeline import STAGES, Paths, run_file, run_stage
 
 if TYPE_CHECKING:
@@ -72,23 +74,43 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     paths = Paths(**{k: getattr(args, f"path_{k}") for k in Paths.__dataclass_fields__})
+    # SIGTERM (a scheduler's timeout, `kill`) unwinds like Ctrl-C: the MLflow run is marked KILLED,
+    # atomic writes drop their temp files, the workspace lock is released; checkpoints stay.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         from ganpipe.config import load_params
 
         params = load_params(args.params, args.overrides)
-        if args.command == "run":
-            result = run_all(params, paths, progress=not args.quiet)
-            print_report(result, paths)
-        else:
-            result = run_one(args.command, params, paths, progress=not args.quiet)
-            print(json.dumps(result, indent=2, default=str))
+        # `run` also holds DVC's lock in a DVC repository, so `dvc repro` cannot start beside it;
+        # a stage command may be run by `dvc repro`, which holds that lock itself.
+        with workspace_lock(paths, dvc=args.command == "run"):
+            if args.command == "run":
+                result = run_all(params, paths, progress=not args.quiet)
+                print_report(result, paths)
+            else:
+                result = run_one(args.command, params, paths, progress=not args.quiet)
+                print(json.dumps(result, indent=2, default=str))
     except GanpipeError as e:
         print(f"ganpipe {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ganpipe {args.command}: interrupted", file=sys.stderr)
-        return 130
+        name = signal.Signals(_signal_received or signal.SIGINT).name
+        print(
+            f"ganpipe {args.command}: interrupted ({name}); finished outputs and checkpoints are "
+            "kept, and a rerun resumes training from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 128 + (_signal_received or signal.SIGINT)
     return 0
+
+
+_signal_received: int | None = None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    global _signal_received
+    _signal_received = signum
+    raise KeyboardInterrupt
 
 
 def run_one(name: str, params: Params, paths: Paths, progress: bool = True) -> dict[str, Any]:

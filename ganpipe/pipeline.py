@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ganpipe.config import Params
+from ganpipe.lock import workspace_lock
 from ganpipe.ops.tracking import NULL_TRACKER, RUN_FILE, Tracker
 from ganpipe.paths import Paths
 
@@ -36,7 +37,10 @@ def run_stage(
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
     stage = importlib.import_module(f"ganpipe.stages.{name}")
-    return stage.run(params, paths, tracker, progress)
+    with workspace_lock(paths):  # re-entrant: the CLI and the flow already hold it for the run
+        result = stage.run(params, paths, tracker, progress)
+    tracker.raise_if_lost(name)
+    return result
 
 
 def run_file(paths: Paths) -> Path:

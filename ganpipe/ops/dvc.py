@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ganpipe.io import read_json
+from ganpipe.lock import dvc_lock_released
 from ganpipe.ops import Logger, console_script
 
 if TYPE_CHECKING:
@@ -30,9 +31,15 @@ log = logging.getLogger(__name__)
 
 
 def _dvc(repo: Path, *args: str, timeout: float | None = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [console_script("dvc"), *args], cwd=repo, capture_output=True, text=True, timeout=timeout
-    )
+    # The flow holds DVC's repository lock for its whole run (ganpipe/lock.py); a DVC command needs it.
+    with dvc_lock_released(repo):
+        return subprocess.run(
+            [console_script("dvc"), *args],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def find_repo(path: str | Path) -> Path | None:

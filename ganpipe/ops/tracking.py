@@ -26,10 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from ganpipe.config import Params, TrackingParams
+from ganpipe.errors import GanpipeError
 from ganpipe.io import write_json
 
 RUN_FILE = "mlflow_run.json"
 log = logging.getLogger(__name__)
+# MLflow retries an HTTP request 7 times with a doubling backoff (minutes against a dead server);
+# a few seconds are enough to tell a hiccup from a server that is gone.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+PROBE_SECONDS = 10.0
 
 
 class Tracker:
@@ -59,8 +68,19 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
+    def raise_if_lost(self, stage: str) -> None:
+        """Raise TrackingLost once the store stopped answering (checked after each stage)."""
+
 
 NULL_TRACKER = Tracker()
+
+
+class TrackingError(GanpipeError):
+    """The tracking store cannot be used: unreachable server, damaged store."""
+
+
+class TrackingLost(TrackingError):
+    """The tracking server went away during a stage; the stage's outputs were kept."""
 
 
 def resolve_uri(params: TrackingParams) -> str:
@@ -80,7 +100,107 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
+def check_reachable(uri: str, seconds: float = PROBE_SECONDS) -> None:
+    """For a server URI, one quick request before any work: a server that is down stops the run
+    now, naming the URI, instead of after an hour of training. Any HTTP answer counts as up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=seconds).close()
+    except urllib.error.HTTPError:
+        return  # it answered (some servers have no /health)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(
+            f"the MLflow tracking server {uri} is not reachable ({reason}); nothing was run. "
+            "Start it (`ganpipe serve`, or `mlflow server`), point tracking.uri or "
+            "$MLFLOW_TRACKING_URI at one that is up, or run without tracking: "
+            "--set tracking.enabled=false"
+        ) from None
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def store_setup_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touches of a SQLite store across processes (`<db>.lock`, an flock).
+
+    MLflow creates and migrates a SQLite store on first use; two processes doing it at once both
+    crash in alembic and leave the store half-migrated for every later run (measured with two
+    `ganpipe run` one second apart). Later writes are SQLite's own business (it locks the file)."""
+    db = _sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # waits for the process that is creating the store
+        yield
+
+
+def _open_store(client_class: Any, uri: str) -> Any:
+    """An MlflowClient on `uri` whose tracking and registry stores are created and migrated (a
+    store left half-migrated by an older crash is repaired first). Call under `store_setup_lock`."""
+
+    def open_() -> Any:
+        client = client_class(tracking_uri=uri)  # creates and migrates the tracking store
+        client.search_registered_models(max_results=1)  # and the registry's
+        return client
+
+    try:
+        return open_()
+    except Exception as e:
+        db = _sqlite_file(uri)
+        if db is None or not _repair_half_migrated(db):
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TrackingError(
+                f"the MLflow tracking store {uri} cannot be opened ({first}). If it is a SQLite "
+                "file damaged by a crash, move it aside to start a new one."
+            ) from None
+        log.warning("repaired %s, left half-migrated by an earlier crash", db)
+        return open_()
+
+
+def _experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment `name`, created on first use. Call under `store_setup_lock`."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=_artifact_root(uri))
+
+
+def _repair_half_migrated(db: Path) -> bool:
+    """Drop the `_alembic_tmp_<table>` copies an interrupted migration left beside an intact
+    `<table>` (alembic rebuilds SQLite tables through such a copy), so the migration can run again.
+    True if there was anything to drop; a copy whose original is gone is left for a human."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        leftovers = [t for t in tables if t.startswith("_alembic_tmp_")]
+        if not leftovers or any(t.removeprefix("_alembic_tmp_") not in tables for t in leftovers):
+            return False
+        for t in leftovers:
+            con.execute(f'DROP TABLE "{t}"')
+        con.commit()
+        return True
+    finally:
+        con.close()
+
+
 class MlflowTracker(Tracker):
+    """Records into one MLflow run. If the store stops answering mid-stage (a server that went
+    away), the tracker notes it, warns once and drops further records, so the stage finishes and
+    keeps its outputs; `run_stage` then raises TrackingLost (`raise_if_lost`)."""
+
     def __init__(
         self, params: TrackingParams, run_id: str | None = None, run_name: str = ""
     ) -> None:
@@ -88,49 +208,83 @@ class MlflowTracker(Tracker):
 
         self.params = params
         self.uri = resolve_uri(params)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        if run_id is None:
-            exp = self.client.get_experiment_by_name(params.experiment)
-            exp_id = (
-                exp.experiment_id
-                if exp
-                else self.client.create_experiment(
-                    params.experiment, artifact_location=_artifact_root(self.uri)
-                )
-            )
-            run_id = self.client.create_run(exp_id, run_name=run_name or None).info.run_id
-        else:
-            self.client.update_run(run_id, status="RUNNING")
+        self.lost: str | None = None
+        check_reachable(self.uri)
+        with store_setup_lock(self.uri):
+            self.client = _open_store(MlflowClient, self.uri)
+            exp_id = _experiment_id(self.client, params.experiment, self.uri)
+            if run_id is None:
+                run_id = self.client.create_run(exp_id, run_name=run_name or None).info.run_id
+            else:
+                self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
+
+    def _record(self, what: str, call: Any, *args: Any, **kwargs: Any) -> None:
+        """Make one call to the store, unless it is lost; a failure marks it lost (warned once)."""
+        if self.lost:
+            return
+        try:
+            call(*args, **kwargs)
+        except Exception as e:  # the server went away (MlflowException, requests' errors, ...)
+            self.lost = (
+                f"{what}: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            )
+            log.warning(
+                "MLflow at %s stopped answering (%s); carrying on without recording, the "
+                "stage's outputs are kept",
+                self.uri,
+                self.lost,
+            )
+
+    def raise_if_lost(self, stage: str) -> None:
+        if self.lost:
+            raise TrackingLost(
+                f"the MLflow tracking store {self.uri} stopped answering during the {stage} "
+                f"stage ({self.lost}). The stage's outputs are kept and the pipeline stopped "
+                "after it; once the server is back, rerun the same command: finished stages are "
+                "redone quickly and training resumes from its last checkpoint."
+            )
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        existing = self.client.get_run(self.run_id).data.params
-        # A resumed run already has the params; MLflow refuses to change a logged value.
-        new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i : i + 100], synchronous=True)
+        def log() -> None:
+            existing = self.client.get_run(self.run_id).data.params
+            # A resumed run already has the params; MLflow refuses to change a logged value.
+            new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+            for i in range(0, len(new), 100):
+                self.client.log_batch(self.run_id, params=new[i : i + 100], synchronous=True)
+
+        self._record("log_params", log)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        self._record(
+            "log_metrics", self.client.log_batch, self.run_id, metrics=batch, synchronous=True
+        )
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            self._record(
+                "log_artifacts", self.client.log_artifacts, self.run_id, str(path), artifact_path
+            )
         elif path.exists():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._record(
+                "log_artifact", self.client.log_artifact, self.run_id, str(path), artifact_path
+            )
 
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
+            self._record("set_tag", self.client.set_tag, self.run_id, k, str(v))
 
     def log_generator(self, model_path: str | os.PathLike[str]) -> None:
+        self._record("log_generator", self._log_generator, model_path)
+
+    def _log_generator(self, model_path: str | os.PathLike[str]) -> None:
         import keras
         import mlflow
         import mlflow.keras
@@ -159,7 +313,14 @@ class MlflowTracker(Tracker):
         return f"{self.uri.rstrip('/')}/#/experiments/{exp}/runs/{self.run_id}"
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
+        if self.lost and status == "FINISHED":
+            status = "FAILED"  # not all of it was recorded
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:  # still unreachable: the run stays RUNNING there; say so
+            log.warning(
+                "could not mark MLflow run %s %s at %s: %s", self.run_id, status, self.uri, e
+            )
 
 
 def start_tracker(
@@ -171,6 +332,8 @@ def start_tracker(
         return NULL_TRACKER
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     run_id = None
     if resume_from is not None and Path(resume_from).exists():
         saved = json.loads(Path(resume_from).read_text())
@@ -195,8 +358,9 @@ def tracked_run(
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         raise
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as e:
+        # Prefect raises TerminationSignal in a flow run that is cancelled (SIGTERM from its worker)
+        tracker.finish("KILLED" if type(e).__name__ == "TerminationSignal" else "FAILED")
         raise
     tracker.finish()
 
@@ -234,7 +398,9 @@ def load_keras_model(tracking_uri: str, model_uri: str) -> Any:
     import ganpipe.models.layers  # noqa: F401  (registers the layers a saved generator may use)
 
     mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.keras.load_model(model_uri, load_model_kwargs={"compile": False})
+    return mlflow.keras.load_model(
+        model_uri, load_model_kwargs={"compile": False, "safe_mode": True}
+    )
 
 
 def register_generator(tracker: MlflowTracker, run_id: str, model_name: str) -> str:

@@ -1,0 +1,173 @@
+"""One run per workspace, interrupted runs, and a SQLite tracking store shared by processes that
+start at once: real `ganpipe` and `dvc` processes, real signals, real stores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import GANPIPE, TINY, quiet_env, run, tiny_project
+
+LONG = "train.epochs=80"  # tiny: 13 steps an epoch, checkpoints every 5 steps: tens of seconds
+
+
+def start(cmd: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
+    exe = GANPIPE if cmd[0] == "ganpipe" else cmd[0]
+    return subprocess.Popen(
+        [exe, *cmd[1:]], cwd=cwd, env=quiet_env(**env), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def wait_for_checkpoint(root: Path, proc: subprocess.Popen[str], seconds: float = 300) -> Path:
+    """The first checkpoint the running `proc` writes under `root` (training is under way)."""
+    deadline = time.monotonic() + seconds
+    while not (found := sorted(root.glob("checkpoints/*/ckpt_*.npz"))):
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(
+                f"exited {proc.returncode} before a checkpoint:\n{out[-2000:]}{err[-2000:]}"
+            )
+        assert time.monotonic() < deadline, "no checkpoint written"
+        time.sleep(0.2)
+    return found[0]
+
+
+def digest(root: Path, *folders: str) -> dict[str, str]:
+    """Content hash of every file under `folders` (the outputs a second run must not touch)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def mlflow_statuses(db: Path) -> list[str]:
+    con = sqlite3.connect(db)
+    try:
+        return [r[0] for r in con.execute("SELECT status FROM runs ORDER BY start_time")]
+    finally:
+        con.close()
+
+
+def dot_files(root: Path, *folders: str) -> list[Path]:
+    """Temp files an interrupted atomic write would leave (every temp name starts with a dot)."""
+    return [p for f in folders for p in (root / f).rglob(".*") if p.name != ".gitignore"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_second_run_stops_naming_the_first_and_an_interrupt_resumes(tmp_path, sig):
+    """`ganpipe run` twice in one workspace: the second stops at once naming the first and
+    changes nothing; then the first is interrupted (Ctrl-C, or a scheduler's SIGTERM): outputs
+    whole, lock released, MLflow run KILLED; a rerun resumes training from its checkpoint."""
+    root = tiny_project(tmp_path / "w", tracking=True)
+    first = start(["ganpipe", "run", "--quiet", "--set", LONG], root)
+    try:
+        wait_for_checkpoint(root, first)
+        before = digest(root, "data", "checkpoints")
+        second = run(["ganpipe", "run", "--quiet", "--set", LONG], cwd=root, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert "Traceback" not in second.stderr
+        assert f"another run is using the workspace {root.resolve()}" in second.stderr
+        assert f"pid {first.pid}" in second.stderr and "ganpipe run --quiet" in second.stderr
+        assert digest(root, "data") == {k: v for k, v in before.items() if k.startswith("data")}
+        first.send_signal(sig)
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 128 + sig, err[-3000:]
+    assert f"interrupted ({sig.name})" in err and "Traceback" not in err
+    assert (root / ".ganpipe.lock").read_text() == ""  # released cleanly
+    assert mlflow_statuses(root / "mlflow.db") == ["KILLED"]
+    assert not dot_files(root, "data", "models", "checkpoints")
+    assert not (root / "models" / "generator.keras").exists()  # train never finished
+    steps = sorted(root.glob("checkpoints/*/ckpt_*.npz"))
+    assert steps, "the checkpoints were lost"
+
+    again = run(["ganpipe", "train", "--quiet", "--set", LONG], cwd=root, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from step" in again.stdout
+    assert (root / "models" / "generator.keras").exists()
+
+
+def test_a_killed_holder_is_taken_over_and_training_resumes(tmp_path):
+    """SIGKILL leaves no `finally`: the lock record stays in the file, the kernel frees the lock;
+    the next command takes it over, says so, and resumes from the last checkpoint."""
+    root = tiny_project(tmp_path / "w")
+    assert run(["ganpipe", "prepare", "--quiet"], cwd=root).returncode == 0
+    first = start(["ganpipe", "train", "--quiet", "--set", LONG], root)
+    try:
+        wait_for_checkpoint(root, first)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+    left = json.loads((root / ".ganpipe.lock").read_text())
+    assert left["pid"] == first.pid
+    again = run(["ganpipe", "train", "--quiet", "--set", LONG], cwd=root, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"taking over the lock left by pid {first.pid}" in again.stderr
+    assert "resuming from step" in again.stdout
+
+
+def test_dvc_repro_and_a_run_in_one_repository_exclude_each_other(tmp_path):
+    """`dvc repro` deletes a changed stage's outputs before its command runs, so `ganpipe run` holds
+    DVC's own lock too: `dvc repro` beside it stops before touching anything; and `ganpipe run`
+    beside a `dvc repro` stops naming DVC's lock, even between two of repro's stages."""
+    from tests.test_dvc import full_params, make_repo, repro_here
+
+    (tmp_path / "repo").mkdir()
+    repo = make_repo(tmp_path / "repo", full_params(TINY))
+    assert run(["ganpipe", "prepare", "--quiet"], cwd=repo).returncode == 0
+    first = start(["ganpipe", "run", "--quiet", "--set", LONG], repo)
+    try:
+        wait_for_checkpoint(repo, first)
+        before = digest(repo, "data")
+        repro = repro_here(repo)
+        assert repro.returncode != 0
+        assert "Unable to acquire lock" in repro.stderr + repro.stdout
+        assert digest(repo, "data") == before  # prepare's outputs were not deleted
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+
+    repro_proc = subprocess.Popen(
+        ["dvc", "repro", "train"], cwd=repo, env=quiet_env(PYTHONPATH=str(repo)), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        dvc_lock, deadline = repo / ".dvc" / "tmp" / "lock", time.monotonic() + 120
+        while not (dvc_lock.exists() and dvc_lock.read_text().strip() == str(repro_proc.pid)):
+            assert repro_proc.poll() is None and time.monotonic() < deadline, "repro never locked"
+            time.sleep(0.1)
+        second = run(["ganpipe", "run", "--quiet"], cwd=repo, timeout=120)
+    finally:
+        out, err = repro_proc.communicate(timeout=600)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"a DVC command (pid {repro_proc.pid}) holds the lock" in second.stderr
+    assert repro_proc.returncode == 0, out[-2000:] + err[-2000:]  # repro was not disturbed
+
+
+def test_runs_starting_at_once_share_a_new_sqlite_store(tmp_path):
+    """Three workspaces, one new SQLite store, three `ganpipe train` started together: MLflow's
+    first-use migration runs once (store_setup_lock) and every run is recorded FINISHED."""
+    db = tmp_path / "shared" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    roots = [tiny_project(tmp_path / f"w{i}", tracking=True) for i in range(3)]
+    for r in roots:
+        assert run(["ganpipe", "prepare", "--quiet"], cwd=r).returncode == 0
+    procs = [
+        start(["ganpipe", "train", "--quiet", "--set", f"tracking.uri={uri}"], r) for r in roots
+    ]
+    results = [(p, *p.communicate(timeout=600)) for p in procs]
+    for p, _, err in results:
+        assert p.returncode == 0, err[-3000:]
+    assert mlflow_statuses(db) == ["FINISHED"] * 3
