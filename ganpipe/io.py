@@ -143,14 +143,15 @@ def _swap_in(tmp: Path, path: Path) -> None:
 
 def _written(e: BaseException, tmp: Path | None) -> Path | None:
     """The file a failed write was writing: the OSError's filename, else the newest file in
-    `tmp` (writers such as Pillow fail on close, with no filename)."""
+    `tmp` (writers such as Pillow fail on close, with no filename). Timestamps tick coarsely, so
+    ties go to the last name: numbered files (generate's PNGs) are written in name order."""
     for link in _chain(e):
         if isinstance(link, OSError) and link.filename:
             return Path(os.fsdecode(link.filename))
     if tmp is None or not tmp.exists():
         return None
     files = [p for p in tmp.rglob("*") if p.is_file()]
-    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+    return max(files, key=lambda p: (p.stat().st_mtime_ns, p.name), default=None)
 
 
 def _final_name(written: Path | None, tmp: Path | None, path: Path) -> Path:

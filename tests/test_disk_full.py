@@ -5,12 +5,17 @@ byte and leave no temporary file behind. Skipped where unshare/mount is not perm
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from ganpipe.errors import ConfigError, DiskFullError
+from ganpipe.io import atomic_dir, atomic_path, save_npz, write_json
 from tests.test_bad_inputs import suite
 
 
@@ -60,3 +65,79 @@ def test_disk_full_mid_stage_keeps_previous_outputs(
     assert f"the previous {small} was kept" in error, error
     # The outputs as they were, byte for byte, and nothing beside them (no temporary file or dir).
     assert suite.diff(before, suite.snapshot(ws)) == []
+
+
+# --- the same contract without a namespace: ENOSPC injected into the writers ----------------------
+
+
+def _enospc(*_args: object, **_kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob(".*"))
+
+
+@pytest.mark.parametrize("write", ["write_json", "save_npz"])
+def test_injected_enospc_in_a_file_writer(tmp_path: Path, monkeypatch, write: str) -> None:
+    path = tmp_path / ("out.json" if write == "write_json" else "out.npz")
+    path.write_bytes(b"previous")
+    monkeypatch.setattr(Path, "write_text", _enospc)
+    monkeypatch.setattr(np, "savez_compressed", _enospc)
+    with pytest.raises(DiskFullError, match=r"^disk full \(no space left on device\)") as err:
+        if write == "write_json":
+            write_json(path, {"a": 1})
+        else:
+            save_npz(path, a=np.zeros(3))
+    assert f"while writing {path};" in str(err.value) and f"previous {path} was kept" in str(
+        err.value
+    )
+    assert path.read_bytes() == b"previous" and _leftovers(tmp_path) == []
+
+
+def test_injected_enospc_in_a_dir_names_the_file_where_it_would_land(tmp_path: Path) -> None:
+    out = tmp_path / "synthetic"
+    out.mkdir()
+    (out / "old.txt").write_text("previous")
+    with pytest.raises(DiskFullError) as err, atomic_dir(out) as tmp:
+        (tmp / "a.png").write_bytes(b"png")
+        (tmp / "b.png").write_bytes(b"partial")
+        _enospc()  # as Pillow fails: on close, with no file name: the newest file is named
+    assert f"while writing {out / 'b.png'};" in str(err.value)
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt"] and _leftovers(tmp_path) == []
+
+    # A nested writer's file (inside the temporary dir) is named under the real output dir; h5py
+    # (Keras's weights) keeps only the text of the errno.
+    with pytest.raises(DiskFullError) as err, atomic_dir(out) as tmp:
+        with atomic_path(tmp / "generator.keras"):
+            raise OSError(
+                None, "Can't write data (errno = 28, error message = 'No space left on device')"
+            )
+    assert f"while writing {out / 'generator.keras'}; the previous {out} was kept" in str(err.value)
+    assert (out / "old.txt").read_text() == "previous" and _leftovers(tmp_path) == []
+
+
+def test_other_errors_pass_through_and_a_new_output_says_nothing_was_written(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="not a disk"), atomic_path(tmp_path / "x.json"):
+        raise ValueError("not a disk problem")
+    with pytest.raises(DiskFullError, match="nothing was written to"), atomic_dir(tmp_path / "new"):
+        _enospc()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mount_point_output_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "mnt"
+    out.mkdir()
+    real_replace = os.replace
+
+    def busy(src, dst):
+        if Path(src) == out:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", busy)
+    with pytest.raises(ConfigError, match="mount point"), atomic_dir(out) as tmp:
+        (tmp / "f").write_text("new")
+    assert out.is_dir() and list(out.iterdir()) == [] and _leftovers(tmp_path) == []
