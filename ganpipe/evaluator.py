@@ -179,11 +179,12 @@ def get_evaluator(
 ) -> Evaluator:
     """The domain classifier for the prepared data in `data_dir`.
 
-    Loads `<cache_dir>/classifier.keras` when `<cache_dir>/meta.json` records the same cache key
-    (a damaged file there: DataError saying to run `ganpipe classifier`, or with `rebuild_damaged`,
-    as that stage passes, a warning and a retrain); otherwise trains one (`new_classifier`, params.classifier_epochs / classifier_batch_size),
+    Loads `<cache_dir>/classifier.keras` when `<cache_dir>/meta.json` records the same cache key;
+    otherwise trains one (`new_classifier`, params.classifier_epochs / classifier_batch_size),
     measures its accuracy on the real test split, and saves model then meta atomically (meta last,
-    so a meta.json always describes the model beside it).
+    so a meta.json always describes the model beside it). A damaged cached file is a DataError
+    saying to run `ganpipe classifier`; with `rebuild_damaged` (what that stage passes) it is a
+    warning and the classifier is trained again.
     """
     prepared = load_prepared(data_dir)
     cache = Path(cache_dir)

@@ -58,10 +58,10 @@ def save_split(path: str | os.PathLike[str], split: Split) -> None:
 def read_npz(
     path: str | os.PathLike[str], keys: Sequence[str] | None = None
 ) -> dict[str, np.ndarray]:
-    """The arrays `keys` (default: all) of the .npz file at `path`, read in full, never unpickling
-    anything (allow_pickle=False). DataError naming the file when it is damaged (truncated, overwritten,
-    not a zip), a lone .npy array, lacks one of `keys` or holds pickled objects; callers add what
-    to run to write it again."""
+    """The arrays `keys` (default: all) of the .npz file at `path`, read in full, never
+    unpickling anything (allow_pickle=False). DataError naming the file when it is damaged
+    (truncated, overwritten, not a zip), a lone .npy array, lacks one of `keys` or holds pickled
+    objects; callers add what to run to write it again."""
     path = Path(path)
     try:
         npz = np.load(path, allow_pickle=False)
