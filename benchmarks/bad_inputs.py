@@ -9,8 +9,13 @@ exits 2 with `ganpipe <command>: error: <message>`, the message holds the case's
 row or key), nothing printed a traceback, and no file in the workspace changed (every file's hash
 before and after; a temporary file left behind counts as a change).
 
-Adding a case is one `Case(...)` entry in CASES. tests/test_bad_inputs.py runs the same list, one
-test each; tests/test_disk_full.py uses `small_disk` for its own, more detailed checks.
+The table's columns: exit code; clear (exit 2, the message holds the case's text, no traceback);
+traceback; changed (files added, removed or modified); s (the command's seconds).
+
+Adding a case is one `Case(...)` entry in CASES: its argv, the texts its message must hold, and a
+`setup` that makes the bad input in the workspace copy; `wrap` runs the command inside something
+else (a mount namespace with a small disk, see `small_disk`). tests/test_bad_inputs.py runs the
+same list, one test each; tests/test_disk_full.py uses `small_disk` for more detailed checks.
 """
 
 from __future__ import annotations

@@ -64,7 +64,10 @@ def test_disk_full_mid_stage_keeps_previous_outputs(
     assert f"{small}/" in error and named in error, error
     assert f"the previous {small} was kept" in error, error
     # The outputs as they were, byte for byte, and nothing beside them (no temporary file or dir).
-    assert suite.diff(before, suite.snapshot(ws)) == []
+    # Checkpoints are not outputs: with code edited since the workspace was built the run key
+    # differs and train trains (and checkpoints) a new run before the export fails.
+    changed = suite.diff(before, suite.snapshot(ws))
+    assert [c for c in changed if not c[1:].startswith("checkpoints/")] == []
 
 
 # --- the same contract without a namespace: ENOSPC injected into the writers ----------------------
