@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -46,6 +47,61 @@ def wait_ready(proc: subprocess.Popen, seconds: float = 180) -> str:
             assert chunk, f"ganpipe serve exited ({proc.wait()}):\n{out}"
             out += chunk.decode(errors="replace")
     return out
+
+
+def flow_run_state(api: str, run_id: str) -> str:
+    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()["state"]["type"]
+
+
+def cancel_a_run_then_resume_it(api: str, mlflow_uri: str, root: Path) -> None:
+    """A longer deployment run, cancelled from the API mid-training (the worker sends SIGTERM):
+    the earlier run's outputs stay whole, the workspace lock is released, the MLflow run is KILLED
+    and no model is registered; the next run resumes training from the cancelled one's checkpoint."""
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deploy import FLOW_NAME
+    from tests.test_concurrency import digest
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        _cancel_and_resume(api, mlflow_uri, root, MlflowClient, run_deployment, FLOW_NAME, digest)
+
+
+def _cancel_and_resume(api, mlflow_uri, root, MlflowClient, run_deployment, FLOW_NAME, digest):  # noqa: N803
+
+    longer = {"overrides": ["tracking.enabled=true", "train.epochs=80"]}
+    outputs = digest(root, "models", "metrics", "data/synthetic", "data/augmented")
+    ckpts = set(root.glob("checkpoints/*/ckpt_*.npz"))
+    flow_run = run_deployment(f"{FLOW_NAME}/test", parameters=longer, timeout=0)
+    deadline = time.monotonic() + 240
+    while not set(root.glob("checkpoints/*/ckpt_*.npz")) - ckpts:  # training is under way
+        assert flow_run_state(api, flow_run.id) in ("SCHEDULED", "PENDING", "RUNNING")
+        assert time.monotonic() < deadline, "the longer run wrote no checkpoint"
+        time.sleep(0.5)
+    cancel = {"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True}
+    httpx.post(f"{api}/flow_runs/{flow_run.id}/set_state", json=cancel, timeout=30)
+    deadline = time.monotonic() + 180
+    while (state := flow_run_state(api, flow_run.id)) != "CANCELLED":
+        assert time.monotonic() < deadline, f"not cancelled: {state}"
+        time.sleep(1)
+
+    assert digest(root, "models", "metrics", "data/synthetic", "data/augmented") == outputs
+    assert (root / ".ganpipe.lock").read_text() == ""  # released by the flow, not by a kill
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("ganpipe").experiment_id
+    latest = client.search_runs([exp], order_by=["start_time DESC"])[0]
+    assert latest.info.status == "KILLED"
+    assert len(client.search_model_versions("name = 'ganpipe-generator'")) == 1
+
+    resumed = run_deployment(f"{FLOW_NAME}/test", parameters=longer, timeout=300, poll_interval=1)
+    assert resumed.state.is_completed(), resumed.state
+    logs = httpx.post(
+        f"{api}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [str(resumed.id)]}}, "limit": 200},
+        timeout=30,
+    ).json()
+    assert any("resuming from step" in entry["message"] for entry in logs), logs[-20:]
 
 
 def test_serve_deploy_run_and_stop_on_sigterm(tmp_path, monkeypatch):
@@ -124,6 +180,8 @@ def test_serve_deploy_run_and_stop_on_sigterm(tmp_path, monkeypatch):
         assert mlrun.data.tags["promotion.decision"] == "promoted"
         assert "classifier_fd" in mlrun.data.metrics
         assert (tmp_path / "root" / "metrics" / "eval.json").exists()
+
+        cancel_a_run_then_resume_it(api, mlflow_uri, tmp_path / "root")
 
         children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         assert len(children) >= 3  # Prefect server, MLflow server, worker (and their children)
