@@ -41,7 +41,8 @@ GANPIPE = str(Path(sys.executable).parent / "ganpipe")
 TRACEBACK = "Traceback (most recent call last)"
 PAGE = 4096  # tmpfs counts whole pages per file
 # Not outputs: the workspace lock every command takes (ganpipe/lock.py) stays behind, released.
-NOT_OUTPUTS = {".ganpipe.lock"}
+# and the lock file that guards a SQLite tracking store's creation (ganpipe/ops/tracking.py).
+NOT_OUTPUTS = {".ganpipe.lock", "mlflow.db.lock"}
 
 Setup = Callable[[Path], None]
 # (workspace, ganpipe argv) -> the argv to run instead (e.g. inside a namespace with a small disk).
@@ -387,12 +388,32 @@ CASES: list[Case] = [
          truncate("models/generator.keras")),
     Case("evaluator_damaged", ["evaluate"], ("evaluator/classifier.keras",),
          truncate("evaluator/classifier.keras")),
+    # another run holds the workspace (ganpipe/lock.py): stop at once, naming it
+    Case("workspace_locked", ["run"], ("another run is using the workspace", "nightly holder"),
+         wrap=lambda ws, argv: held_workspace(argv)),
+    Case("tracking_server_down", ["run", "--set", "tracking.enabled=true",
+                                  "--set", "tracking.uri=http://127.0.0.1:9"],
+         ("http://127.0.0.1:9", "not reachable", "tracking.enabled=false")),
+    Case("tracking_store_damaged", ["train", "--set", "tracking.enabled=true"],
+         ("mlflow.db", "cannot be opened"), write("mlflow.db", "not a database\n" * 100)),
     # the disk fills up while generate writes its PNGs (tests/test_disk_full.py: more checks)
     Case("disk_full", ["generate", "--set", "generate.per_class=100",
                        "--synthetic-dir", f"{SMALL_DISK}/synthetic"],
          ("disk full", f"{SMALL_DISK}/synthetic/images/", f"previous {SMALL_DISK}/synthetic was kept"),
          wrap=small_disk("data/synthetic", 256 * 1024), skip=small_disk_unavailable),
 ]  # fmt: skip
+
+
+def held_workspace(argv: list[str]) -> list[str]:
+    """`argv` run by a process that holds the workspace's lock, as a nightly run would."""
+    script = (
+        "import subprocess, sys\n"
+        "from ganpipe.lock import workspace_lock\n"
+        "from ganpipe.paths import Paths\n"
+        "with workspace_lock(Paths(), command='nightly holder'):\n"
+        "    sys.exit(subprocess.run(sys.argv[1:]).returncode)\n"
+    )
+    return [sys.executable, "-c", script, *argv]
 
 
 def _png(path: Path, size: tuple[int, int]) -> None:

@@ -316,10 +316,6 @@ def test_damaged_reference_cache_entries_are_rebuilt(work, project):
 
 # ---- nothing unpickled, no model loaded without safe_mode ---------------------------------------
 
-# Calls the owners of these files still have to change (see the issue); each must still be one,
-# so the list shrinks as they are fixed.
-NOT_YET = {("ganpipe/stages/utility.py", "np.load")}
-
 
 def _unsafe_loads(path: Path) -> list[tuple[str, str, int]]:
     """(file, call, line) of each np.load without allow_pickle=False and each load_model without
@@ -351,10 +347,7 @@ def _unsafe_loads(path: Path) -> list[tuple[str, str, int]]:
 
 def test_every_load_refuses_pickles_and_code():
     files = sorted((REPO / "ganpipe").rglob("*.py")) + sorted((REPO / "benchmarks").rglob("*.py"))
-    found = [hit for path in files for hit in _unsafe_loads(path)]
-    unsafe = [hit for hit in found if hit[:2] not in NOT_YET]
+    unsafe = [hit for path in files for hit in _unsafe_loads(path)]
     assert not unsafe, (
         f"np.load without allow_pickle=False / load_model without safe_mode: {unsafe}"
     )
-    fixed = NOT_YET - {hit[:2] for hit in found}
-    assert not fixed, f"fixed now: remove from NOT_YET: {fixed}"

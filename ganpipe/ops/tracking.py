@@ -184,7 +184,11 @@ def _repair_half_migrated(db: Path) -> bool:
 
     con = sqlite3.connect(db)
     try:
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        try:
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+        except sqlite3.DatabaseError:  # not a SQLite file at all: nothing this can repair
+            return False
+        tables = {r[0] for r in rows}
         leftovers = [t for t in tables if t.startswith("_alembic_tmp_")]
         if not leftovers or any(t.removeprefix("_alembic_tmp_") not in tables for t in leftovers):
             return False

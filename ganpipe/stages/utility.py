@@ -189,7 +189,7 @@ def scenario_inputs(
     augment_params = params.augment.model_copy(update={"require_benefit": False})
     work = scenario_paths(paths, scenario).augmented
     augment(augment_params, data_dir, synthetic_dir, work, evaluator)
-    with np.load(Path(work) / "train.npz") as f:
+    with np.load(Path(work) / "train.npz", allow_pickle=False) as f:
         is_syn = f["is_synthetic"].astype(bool)
         synthetic = Split(f["images"][is_syn], f["labels"][is_syn].astype(np.int64))
     return load_prepared(data_dir), synthetic
