@@ -171,3 +171,44 @@ def test_runs_starting_at_once_share_a_new_sqlite_store(tmp_path):
     for p, _, err in results:
         assert p.returncode == 0, err[-3000:]
     assert mlflow_statuses(db) == ["FINISHED"] * 3
+
+
+def test_queued_dvc_experiments_on_two_jobs_record_every_run_in_the_repository(tmp_path):
+    """`dvc exp run --queue` twice, then `dvc queue start --jobs 2`: both experiments run at once,
+    each in a temporary copy of the repository, and both record into the repository's SQLite store
+    (not into their copies, which DVC deletes), each with its generator registered."""
+    from tests.test_dvc import full_params, make_repo
+
+    (tmp_path / "repo").mkdir()
+    repo = make_repo(tmp_path / "repo", full_params(TINY, "tracking.enabled=true"))
+    env = {"PYTHONPATH": str(repo)}
+    for lr in ("0.0001", "0.0004"):
+        queued = run(
+            ["dvc", "exp", "run", "--queue", "-S", f"train.g_learning_rate={lr}"], repo, **env
+        )
+        assert queued.returncode == 0, queued.stderr
+    started = run(["dvc", "queue", "start", "--jobs", "2"], repo, **env)
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 600
+    while True:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if status.count("Success") + status.count("Failed") == 2:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    assert mlflow_statuses(repo / "mlflow.db") == ["FINISHED", "FINISHED"]
+    con = sqlite3.connect(repo / "mlflow.db")
+    versions = con.execute("SELECT version FROM model_versions ORDER BY version").fetchall()
+    con.close()
+    assert versions == [(1,), (2,)]
+
+
+def test_default_store_of_a_queued_experiment_is_the_repositorys(tmp_path):
+    from ganpipe.ops.tracking import default_store_dir
+
+    exp = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    exp.mkdir(parents=True)
+    assert default_store_dir(exp) == (tmp_path / "repo").resolve()
+    assert default_store_dir(exp / "sub") == (tmp_path / "repo").resolve()
+    assert default_store_dir(tmp_path) == tmp_path.resolve()

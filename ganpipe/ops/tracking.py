@@ -85,12 +85,24 @@ class TrackingLost(TrackingError):
 
 def resolve_uri(params: TrackingParams) -> str:
     """The tracking URI: the param, else $MLFLOW_TRACKING_URI, else an absolute SQLite file in the
-    working directory (absolute, so DVC's temporary experiment copies share one store)."""
+    working directory (`default_store_dir`: queued DVC experiments record into the repository's)."""
     if params.uri:
         return params.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    return f"sqlite:///{default_store_dir() / 'mlflow.db'}"
+
+
+def default_store_dir(cwd: Path | None = None) -> Path:
+    """Where the default SQLite store lives: the working directory, except in a queued DVC
+    experiment, which runs in a temporary copy `<repo>/.dvc/tmp/exps/<tmp>/` that DVC deletes when
+    it ends (with a store inside it, the run would go too): there it is the repository's."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 3, 0, -1):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
 
 
 def _artifact_root(uri: str) -> str | None:
