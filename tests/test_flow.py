@@ -106,3 +106,36 @@ def test_flow_retries_reports_and_skips_stages_unchanged_by_dvc_status(
     with pytest.raises(DataError, match="stopped after the first stage"):
         fp.pipeline(params_file=params_file, root=str(repo), overrides=["generate.seed=5"])
     assert ran == ["prepare"]
+
+
+def test_flow_stops_at_once_in_a_workspace_another_process_holds(harness, tmp_path):
+    """The flow holds its workspace's lock for the whole run: beside another holder it fails at
+    once (no retry, nothing written), naming that process."""
+    import subprocess
+    import sys
+    import time
+
+    import flows.pipeline as fp
+    from ganpipe.lock import WorkspaceBusy
+
+    root = tmp_path / "root"
+    script = (
+        "import sys\n"
+        "from ganpipe.lock import workspace_lock\n"
+        "from ganpipe.paths import Paths\n"
+        f"with workspace_lock(Paths.under({str(root)!r}), command='ganpipe run (by hand)'):\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(WorkspaceBusy, match=rf"pid {holder.pid} .*ganpipe run \(by hand\)"):
+            fp.pipeline(params_file=str(TINY), root=str(root), update=False)
+        assert time.monotonic() - t0 < 60
+        assert not (root / "data").exists()
+    finally:
+        holder.communicate("")
