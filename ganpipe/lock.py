@@ -1,7 +1,7 @@
 """One pipeline run per workspace at a time.
 
-A workspace is the folder that holds a run's outputs (the common folder of its `Paths`: the
-repository for `ganpipe run` and `dvc repro`, the sweep trial's folder for a sweep). Whoever runs
+A workspace is the folder that holds a run's `models/` folder (`workspace_of`: the repository for
+`ganpipe run` and `dvc repro`, a configuration's folder in a sweep). Whoever runs
 stages there (a `ganpipe` command, `ganpipe run`, the Prefect flow) holds `<workspace>/.ganpipe.lock`
 for as long as it works; a second one **stops at once** with a message naming the holder (pid, host,
 start time, command), so a scheduler's retry or the user decides what to do next. Outputs written by
@@ -16,7 +16,9 @@ Inside a DVC repository's root, `ganpipe run` and the flow also hold DVC's own l
 the same `flock` that DVC takes), because `dvc repro` deletes a changed stage's outputs before it runs
 the stage's command, so the command's own check would come too late. The stage commands that `dvc
 repro` runs hold only ours (their parent holds DVC's). The flow lets DVC's lock go while it runs `dvc
-status` or `dvc commit` itself (`dvc_lock_released`).
+status` or `dvc commit` itself (`dvc_lock_released`). DVC itself lets its lock go while a stage's
+command runs (which then holds ours): in the second between the two a `ganpipe run` can win, and
+that `dvc repro` stage then stops with our message; no outputs are mixed.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,9 +63,11 @@ _guard = threading.Lock()
 
 
 def workspace_of(paths: Paths) -> Path:
-    """The folder that holds every output of `paths` (where the lock lives)."""
-    folders = [Path(getattr(paths, f.name)).resolve() for f in fields(paths)]
-    return Path(os.path.commonpath(folders))
+    """The workspace of `paths`: the folder that holds its models folder (`.` for the default
+    layout, the root of `Paths.under(root)`, a sweep configuration's folder). Not the common folder
+    of every path: a run may read prepared data or an evaluator shared with others (sweeps, tests),
+    and those must not make their workspaces one. Absolute, symlinks kept as they are."""
+    return Path(os.path.abspath(paths.models)).parent
 
 
 def _now() -> str:

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 import ganpipe.models  # noqa: F401  (registers the layers the saved models use)
+from ganpipe.lock import LOCK_NAME
 
 GANPIPE = str(Path(sys.executable).parent / "ganpipe")
 EPOCHS = 50  # x 12 steps of 16 images: killed near step 40-60 of 600, with seconds to spare
@@ -104,8 +105,9 @@ def checkpoints(workdir: Path) -> list[Path]:
 
 
 def hidden(root: Path) -> list[Path]:
-    """What atomic writes leave behind when killed: dot-named temp files and directories."""
-    return sorted(p for p in root.rglob(".*") if p.name != "params.yaml")
+    """What atomic writes leave behind when killed: dot-named temp files and directories (not the
+    workspace's lock file, which stays, released by the kernel: ganpipe/lock.py)."""
+    return sorted(p for p in root.rglob(".*") if p.name not in ("params.yaml", LOCK_NAME))
 
 
 @pytest.fixture(scope="module")
