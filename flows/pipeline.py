@@ -55,9 +55,10 @@ def stage(
     return result
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_is_transient, cache_policy=NO_CACHE)
 def update_data(root: str) -> str:
-    """`dvc pull` when `root` is inside a DVC repository that has a remote; else nothing."""
+    """`dvc pull` when `root` is inside a DVC repository whose default remote is configured and
+    reachable; else nothing (a missing remote is a warning, not a failure: ganpipe/ops/dvc.py)."""
     return dvc.pull(root, get_run_logger())
 
 
