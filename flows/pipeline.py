@@ -4,9 +4,11 @@ Run it with `python flows/pipeline.py` (an ephemeral Prefect server starts for t
 server with PREFECT_API_URL set; `flows/deploy.py` deploys it on a cron schedule to the `ganpipe`
 process work pool that `ganpipe serve` runs a worker for.
 
-A run: `dvc pull` if there is a remote, the six stages (skipped when DVC vouches they are up to
-date: ganpipe/ops/dvc.py; never Prefect's cache), champion promotion (ganpipe/ops/promotion.py), and
-the markdown artifact `ganpipe-report` (ganpipe/ops/report.py). Wiring only: the logic is in those.
+A run, holding its workspace's lock (ganpipe/lock.py): `dvc pull` from the user's DVC remote when
+one is configured and reachable (a missing one is a warning), the seven stages (skipped when DVC
+vouches they are up to date: ganpipe/ops/dvc.py; never Prefect's cache), champion promotion
+(ganpipe/ops/promotion.py), and the markdown artifact `ganpipe-report` (ganpipe/ops/report.py).
+Wiring only: the logic is in those.
 """
 
 from __future__ import annotations
