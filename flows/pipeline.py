@@ -4,9 +4,11 @@ Run it with `python flows/pipeline.py` (an ephemeral Prefect server starts for t
 server with PREFECT_API_URL set; `flows/deploy.py` deploys it on a cron schedule to the `ganpipe`
 process work pool that `ganpipe serve` runs a worker for.
 
-A run: `dvc pull` if there is a remote, the six stages (skipped when DVC vouches they are up to
-date: ganpipe/ops/dvc.py; never Prefect's cache), champion promotion (ganpipe/ops/promotion.py), and
-the markdown artifact `ganpipe-report` (ganpipe/ops/report.py). Wiring only: the logic is in those.
+A run, holding its workspace's lock (ganpipe/lock.py): `dvc pull` from the user's DVC remote when
+one is configured and reachable (a missing one is a warning), the seven stages (skipped when DVC
+vouches they are up to date: ganpipe/ops/dvc.py; never Prefect's cache), champion promotion
+(ganpipe/ops/promotion.py), and the markdown artifact `ganpipe-report` (ganpipe/ops/report.py).
+Wiring only: the logic is in those.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def stage(
     return result
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_is_transient, cache_policy=NO_CACHE)
 def update_data(root: str) -> str:
-    """`dvc pull` when `root` is inside a DVC repository that has a remote; else nothing."""
+    """`dvc pull` when `root` is inside a DVC repository whose default remote is configured and
+    reachable; else nothing (a missing remote is a warning, not a failure: ganpipe/ops/dvc.py)."""
     return dvc.pull(root, get_run_logger())
 
 

@@ -139,3 +139,31 @@ def test_flow_stops_at_once_in_a_workspace_another_process_holds(harness, tmp_pa
         assert not (root / "data").exists()
     finally:
         holder.communicate("")
+
+
+def test_flow_completes_when_the_dvc_remote_is_missing(harness, tmp_path):
+    """A scheduled run in a DVC repository whose default remote does not exist (issue 14: a fresh
+    clone failed at `update_data`, three tries): the update step warns and the run completes."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    import flows.pipeline as fp
+    from tests.test_dvc import full_params, make_repo
+    from tests.test_remote import dvc
+
+    (tmp_path / "project").mkdir()
+    repo = make_repo(tmp_path / "project", full_params(TINY))
+    dvc(repo, "remote", "add", "-d", "--local", "gone", "../storage")
+    state = fp.pipeline(params_file=str(repo / "params.yaml"), root=str(repo), return_state=True)
+    assert state.is_completed(), state.message
+    assert (repo / "metrics/eval.json").exists()
+    assert not (tmp_path / "storage").exists()
+
+    body = {
+        "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}},
+        "task_runs": {"name": {"like_": "update_data"}},
+    }
+    response = httpx.post(f"{PREFECT_API_URL.value()}/task_runs/filter", json=body, timeout=30)
+    response.raise_for_status()
+    [update] = response.json()
+    assert update["state_type"] == "COMPLETED" and update["run_count"] == 1  # no retries
