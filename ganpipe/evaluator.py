@@ -17,7 +17,6 @@ import logging
 import os
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +29,7 @@ from ganpipe.config import EvaluateParams
 from ganpipe.data.prepared import Prepared, load_prepared, to_float
 from ganpipe.data.sampling import is_imbalanced
 from ganpipe.errors import DataError
-from ganpipe.io import atomic_path, read_json, write_json
+from ganpipe.io import atomic_path, keras_file_damage, read_json, write_json
 from ganpipe.keys import source_fingerprint
 from ganpipe.metrics.features import extract
 from ganpipe.models.classifier import build_classifier, feature_extractor
@@ -151,13 +150,7 @@ def _load_cached(cache: Path, key: dict[str, Any], rebuild_damaged: bool) -> Eva
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a damaged file
-        # Keras reports a truncated file as "File not found"; the zip check tells what it is.
-        what = (
-            f"{type(e).__name__}: {e}"
-            if zipfile.is_zipfile(model_path)
-            else "truncated, or not a zip"
-        )
-        return _damaged(model_path, f"not a readable Keras file: {what}", rebuild_damaged)
+        return _damaged(model_path, keras_file_damage(model_path, e), rebuild_damaged)
     return Evaluator(model, meta)
 
 

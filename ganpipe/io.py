@@ -12,14 +12,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ganpipe.errors import ConfigError, DiskFullError
+from ganpipe.errors import ConfigError, DataError, DiskFullError
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # Some writers drop the errno and keep only the text: h5py (inside Keras's .keras files) raises
@@ -182,6 +183,64 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
+
+
+def read_npz(
+    path: str | os.PathLike[str], keys: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays `keys` (default: all) of the .npz file at `path`, read in full, never
+    unpickling anything (allow_pickle=False). DataError naming the file when it is damaged
+    (truncated, overwritten, not a zip), a lone .npy array, lacks one of `keys` or holds pickled
+    objects; callers add what to run to write it again."""
+    path = Path(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - a damaged file raises many types (see _npz_damaged)
+        raise _npz_damaged(path, e) from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: holds a single .npy array, not a .npz archive of named arrays")
+    with npz:
+        keys = list(npz.files) if keys is None else keys
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            raise DataError(
+                f"{path}: missing keys {', '.join(missing)} "
+                f"(needs {', '.join(keys)}; has {', '.join(npz.files) or 'none'})"
+            )
+        arrays = {}
+        for key in keys:
+            try:
+                arrays[key] = npz[key]
+            except ValueError as e:
+                if "allow_pickle" not in str(e):
+                    raise _npz_damaged(path, e) from None
+                raise DataError(
+                    f"{path}: array {key!r} holds pickled Python objects, which ganpipe never "
+                    "loads (allow_pickle=False); save it as a numeric array"
+                ) from None
+            except Exception as e:  # noqa: BLE001
+                raise _npz_damaged(path, e) from None
+    return arrays
+
+
+def _npz_damaged(path: Path, e: Exception) -> DataError:
+    """The DataError for a .npz that cannot be read. A truncated or overwritten zip raises
+    BadZipFile, EOFError, zlib.error, NotImplementedError (a garbled compression method), KeyError
+    or OSError; a file that starts like neither a zip nor a .npy is taken by np.load for a pickle,
+    which allow_pickle=False refuses with a ValueError about pickled data."""
+    if isinstance(e, ValueError) and "pickled" in str(e):
+        reason = "it does not start like a zip archive"
+    else:
+        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return DataError(f"{path} is damaged (not a readable .npz file: {reason})")
+
+
+def keras_file_damage(path: Path, e: Exception) -> str:
+    """Why the .keras file at `path` could not be loaded, for a "damaged" message. Keras reports
+    a truncated file as "File not found"; whether it is still a zip tells what it is."""
+    if not zipfile.is_zipfile(path):
+        return "not a readable Keras file: truncated, or not a zip"
+    return f"not a readable Keras file: {type(e).__name__}: {e}"
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

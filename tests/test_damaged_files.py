@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganpipe.data.prepared import load_prepared, read_npz
+from ganpipe.data.prepared import load_prepared
 from ganpipe.errors import DataError
+from ganpipe.io import read_npz
 from tests.helpers import REPO, run, tiny_project
 
 DETERMINISTIC = {"TF_DETERMINISTIC_OPS": "1"}

@@ -8,7 +8,6 @@ dataset version (MLflow and the evaluator cache record it).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ganpipe.errors import DataError
-from ganpipe.io import arrays_sha256, read_json, save_npz, write_json
+from ganpipe.io import arrays_sha256, read_json, read_npz, save_npz, write_json
 
 
 @dataclass(frozen=True)
@@ -53,56 +52,6 @@ class Prepared:
 
 def save_split(path: str | os.PathLike[str], split: Split) -> None:
     save_npz(path, images=split.images, labels=split.labels)
-
-
-def read_npz(
-    path: str | os.PathLike[str], keys: Sequence[str] | None = None
-) -> dict[str, np.ndarray]:
-    """The arrays `keys` (default: all) of the .npz file at `path`, read in full, never
-    unpickling anything (allow_pickle=False). DataError naming the file when it is damaged
-    (truncated, overwritten, not a zip), a lone .npy array, lacks one of `keys` or holds pickled
-    objects; callers add what to run to write it again."""
-    path = Path(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - a damaged file raises many types (see _npz_damaged)
-        raise _npz_damaged(path, e) from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: holds a single .npy array, not a .npz archive of named arrays")
-    with npz:
-        keys = list(npz.files) if keys is None else keys
-        missing = [k for k in keys if k not in npz.files]
-        if missing:
-            raise DataError(
-                f"{path}: missing keys {', '.join(missing)} "
-                f"(needs {', '.join(keys)}; has {', '.join(npz.files) or 'none'})"
-            )
-        arrays = {}
-        for key in keys:
-            try:
-                arrays[key] = npz[key]
-            except ValueError as e:
-                if "allow_pickle" not in str(e):
-                    raise _npz_damaged(path, e) from None
-                raise DataError(
-                    f"{path}: array {key!r} holds pickled Python objects, which ganpipe never "
-                    "loads (allow_pickle=False); save it as a numeric array"
-                ) from None
-            except Exception as e:  # noqa: BLE001
-                raise _npz_damaged(path, e) from None
-    return arrays
-
-
-def _npz_damaged(path: Path, e: Exception) -> DataError:
-    """The DataError for a .npz that cannot be read. A truncated or overwritten zip raises
-    BadZipFile, EOFError, zlib.error, NotImplementedError (a garbled compression method), KeyError
-    or OSError; a file that starts like neither a zip nor a .npy is taken by np.load for a pickle,
-    which allow_pickle=False refuses with a ValueError about pickled data."""
-    if isinstance(e, ValueError) and "pickled" in str(e):
-        reason = "it does not start like a zip archive"
-    else:
-        reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    return DataError(f"{path} is damaged (not a readable .npz file: {reason})")
 
 
 def load_split(path: str | os.PathLike[str]) -> Split:
@@ -145,22 +94,32 @@ def save_prepared(out_dir: str | os.PathLike[str], prepared: Prepared) -> None:
 def load_prepared(data_dir: str | os.PathLike[str]) -> Prepared:
     """The prepared data in `data_dir`; DataError naming the file that is missing or damaged."""
     d = Path(data_dir)
-    paths = [d / "summary.json", d / "train.npz", d / "test.npz"]
-    for path in paths:
+    summary = read_summary(d)
+    for path in (d / "train.npz", d / "test.npz"):
         if not path.exists():
             raise DataError(f"{path}: not found (run `ganpipe prepare` first)")
-    again = "rerun `ganpipe prepare` to write it again"
     try:
-        summary = read_json(paths[0])
+        return Prepared(load_split(d / "train.npz"), load_split(d / "test.npz"), summary)
+    except DataError as e:
+        raise DataError(f"{e}; {AGAIN}") from None
+
+
+AGAIN = "rerun `ganpipe prepare` to write it again"
+
+
+def read_summary(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The prepared data's summary.json; DataError naming it when it is missing or damaged."""
+    path = Path(data_dir) / "summary.json"
+    if not path.exists():
+        raise DataError(f"{path}: not found (run `ganpipe prepare` first)")
+    try:
+        summary = read_json(path)
         _ = summary["class_names"], summary["shape"], summary["content_hash"]
     except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
         raise DataError(
-            f"{paths[0]} is damaged (not a prepared-data summary: {e!r}); {again}"
+            f"{path} is damaged (not a prepared-data summary: {e!r}); {AGAIN}"
         ) from None
-    try:
-        return Prepared(load_split(paths[1]), load_split(paths[2]), summary)
-    except DataError as e:
-        raise DataError(f"{e}; {again}") from None
+    return summary
 
 
 def to_float(images: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ import pandas as pd
 from PIL import Image
 
 from ganpipe.config import DataParams
-from ganpipe.data.prepared import read_npz
 from ganpipe.errors import ConfigError, DataError
+from ganpipe.io import read_npz
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 FASHION_MNIST_NAMES = [
@@ -103,7 +103,7 @@ def load_keras(name: str, path: Path | None) -> SourceData:
     """mnist / fashion_mnist / cifar10 from a local .npz (keras layout) or keras.datasets."""
     names = KERAS_CLASS_NAMES[name]
     if path is not None:
-        arrays = _read_npz(path)
+        arrays = read_npz(path, NPZ_KEYS)
     else:
         try:
             (x_train, y_train), (x_test, y_test) = _keras_load_data(name)
@@ -117,12 +117,6 @@ def load_keras(name: str, path: Path | None) -> SourceData:
     return SourceData(
         arrays["x_train"], arrays["y_train"], names, (arrays["x_test"], arrays["y_test"])
     )
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """`data.path`'s arrays NPZ_KEYS; DataError naming the file if it is damaged, lacks a key or
-    holds pickled objects (never loaded)."""
-    return read_npz(path, NPZ_KEYS)
 
 
 def load_folder(root: Path, image_size: int | None) -> SourceData:

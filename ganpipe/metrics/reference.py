@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ganpipe.data.prepared import read_npz
 from ganpipe.errors import DataError
-from ganpipe.io import arrays_sha256, atomic_path
+from ganpipe.io import arrays_sha256, atomic_path, read_npz
 from ganpipe.keys import json_sha256, source_fingerprint
 from ganpipe.metrics.features import FeatureSet
 from ganpipe.metrics.frechet import feature_stats

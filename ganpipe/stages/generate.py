@@ -22,12 +22,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from ganpipe.config import AugmentParams, GenerateParams, Params
-from ganpipe.data.prepared import to_uint8
+from ganpipe.data.prepared import read_summary, to_uint8
 from ganpipe.data.sampling import largest_remainder
 from ganpipe.data.synthetic import wanted_counts
 from ganpipe.errors import DataError
 from ganpipe.images import readable_scale, save_grid
-from ganpipe.io import atomic_dir, file_sha256, read_json, save_npz, write_json
+from ganpipe.io import atomic_dir, file_sha256, keras_file_damage, save_npz, write_json
 from ganpipe.ops.tracking import NULL_TRACKER, Tracker
 from ganpipe.paths import Paths
 
@@ -63,7 +63,7 @@ def generate(
     """
     tracker = tracker or NULL_TRACKER
     model_path = Path(model_dir) / GENERATOR_FILE
-    data_summary = _read_data_summary(Path(data_dir))
+    data_summary = read_summary(data_dir)
     class_names = [str(c) for c in data_summary["class_names"]]
     num_classes = len(class_names)
     image_shape = tuple(int(s) for s in data_summary["shape"])
@@ -244,21 +244,6 @@ def class_dir_names(class_names: list[str]) -> list[str]:
 # -- internals ---------------------------------------------------------------------------------
 
 
-def _read_data_summary(data_dir: Path) -> dict[str, Any]:
-    path = data_dir / "summary.json"
-    if not path.exists():
-        raise DataError(f"{path}: not found (run `ganpipe prepare` first)")
-    try:
-        summary = read_json(path)
-        _ = summary["class_names"], summary["shape"]
-    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
-        raise DataError(
-            f"{path} is damaged (not a prepared-data summary: {e!r}); "
-            "rerun `ganpipe prepare` to write it again"
-        ) from None
-    return summary
-
-
 def _load_generator(path: Path) -> Any:
     if not path.exists():
         raise DataError(f"{path}: not found (run `ganpipe train` first)")
@@ -270,16 +255,8 @@ def _load_generator(path: Path) -> Any:
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # a damaged zip, an unknown layer, code safe_mode refuses, ...
-        # Keras reports a truncated file as "File not found"; the zip check tells damage apart.
         if not zipfile.is_zipfile(path) or isinstance(e, (zipfile.BadZipFile, OSError)):
-            reason = (
-                f"{type(e).__name__}: {e}"
-                if zipfile.is_zipfile(path)
-                else "truncated, or not a zip"
-            )
-            raise DataError(
-                f"{path} is damaged (not a readable Keras file: {reason}); {again}"
-            ) from None
+            raise DataError(f"{path} is damaged ({keras_file_damage(path, e)}); {again}") from None
         raise DataError(f"{path}: cannot load the generator ({e}); {again}") from None
 
 

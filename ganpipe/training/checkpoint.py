@@ -43,9 +43,8 @@ import keras
 import numpy as np
 
 from ganpipe.config import Params
-from ganpipe.data.prepared import read_npz
 from ganpipe.errors import DataError
-from ganpipe.io import save_npz
+from ganpipe.io import read_npz, save_npz
 from ganpipe.keys import json_sha256, source_fingerprint
 from ganpipe.training.losses import METRICS
 
