@@ -17,7 +17,7 @@ import psutil
 
 from tests.helpers import TINY
 
-# What Prefect 3.8.8's server logs when its scheduler meets SQLAlchemy 2.1 (2.0.44 works).
+# What Prefect 3.8.8's server logged when its scheduler met SQLAlchemy 2.1 (fixed in 3.9; kept as a diagnosis).
 SCHEDULER_BUG = "Can't evaluate bulk DML statement"
 
 
@@ -197,6 +197,6 @@ def test_serve_deploy_run_and_stop_on_sigterm(tmp_path, monkeypatch):
     assert proc.returncode == 0, printed + out
     assert "MLflow UI" in printed and "stopped" in out
     assert all(gone(p) for p in children), [p for p in children if not gone(p)]
-    # The scheduler made the cron's upcoming runs (it does not on SQLAlchemy 2.1: see constraints).
+    # The scheduler made the cron's upcoming runs (Prefect 3.8.8 did not on SQLAlchemy 2.1).
     assert scheduled, f"no scheduled runs; {SCHEDULER_BUG!r} in {server_log}?"
     assert all(r["auto_scheduled"] for r in scheduled)

@@ -325,24 +325,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--timeout", type=float, default=120.0, help="seconds to wait for each service (default 120)")
 
 
-def scheduler_warning() -> str | None:
-    """Prefect 3.8.8's scheduler fails on SQLAlchemy 2.1 ("Can't evaluate bulk DML statement" in
-    the server log): deployments are created but their cron runs never are."""
-    import importlib.metadata as md
-
-    try:
-        major, minor = (int(x) for x in md.version("sqlalchemy").split(".")[:2])
-    except (md.PackageNotFoundError, ValueError):
-        return None
-    if (major, minor) >= (2, 1) and md.version("prefect").startswith("3.8."):
-        return (
-            f"SQLAlchemy {major}.{minor} with Prefect {md.version('prefect')}: the server's "
-            "scheduler fails, so cron schedules create no runs (install SQLAlchemy<2.1); "
-            "runs triggered by hand still work"
-        )
-    return None
-
-
 def main(args: argparse.Namespace) -> int:
     services = Services(
         state_dir=args.state_dir, host=args.host, prefect_port=args.prefect_port,
@@ -356,8 +338,6 @@ def main(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    if warning := scheduler_warning():
-        print(f"ganpipe serve: warning: {warning}", file=sys.stderr, flush=True)
     try:
         with services:
             print(f"Prefect UI   http://{args.host}:{args.prefect_port}", flush=True)
