@@ -16,7 +16,7 @@ import pytest
 
 from ganpipe.backend import keras_backend_name, require_keras_backend
 from ganpipe.errors import ConfigError
-from tests.helpers import quiet_env, tiny_project
+from tests.helpers import has_jax, quiet_env, tiny_project
 
 
 def run_without(hidden: list[str], args: list[str], cwd: Path, **env: str):
@@ -57,11 +57,24 @@ def test_no_backend_prepare_works_train_names_the_extras(tmp_path: Path) -> None
 
 
 def test_tensorflow_missing_but_jax_installed_says_set_keras_backend(tmp_path: Path) -> None:
-    pytest.importorskip("jax")
+    if not has_jax():
+        pytest.skip("jax not installed")
     root = tiny_project(tmp_path / "p")
     r = run_without(["tensorflow"], ["evaluate", "--quiet"], root)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "TensorFlow, which is not installed, but JAX is: set KERAS_BACKEND=jax" in r.stderr
+
+
+def test_jax_alone_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    # The jax / jax-cuda extra without cpu or cuda: no stage may need TensorFlow on JAX.
+    if not has_jax():
+        pytest.skip("jax not installed")
+    root = tiny_project(tmp_path / "p", tracking=True)
+    r = run_without(["tensorflow"], ["run", "--quiet"], root, KERAS_BACKEND="jax")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((root / "models" / "train_summary.json").read_text())
+    assert summary["backend"] == "jax"
+    assert json.loads((root / "metrics" / "eval.json").read_text())
 
 
 def test_keras_backend_jax_without_jax_names_it(tmp_path: Path) -> None:
