@@ -36,9 +36,9 @@ TEST_WORKERS ?= 2
 test: lint
 	GANPIPE_REQUIRE_JAX=1 $(BIN)/pytest -q -n $(TEST_WORKERS)
 
-# Install and a short end-to-end run on the other supported Pythons (.ci/smoke: 1-2 min each plus
-# the install, 3-5 min from a cold pip cache); CI
-# runs it after `make test`, and fails if a version is missing; here a missing one is skipped.
+# Install and a short end-to-end run on the other supported Pythons (.ci/smoke, into .venv312 and
+# .venv313: about 2.5-3.5 min each from a fresh clone, 1.5-2 of them the install). CI runs it after
+# `make test` and fails if a version is missing; here a missing one is skipped with a message.
 SMOKE_PYTHONS ?= 3.12 3.13
 smoke:
 	for v in $(SMOKE_PYTHONS); do SMOKE_MISSING=skip .ci/smoke $$v || exit 1; done
