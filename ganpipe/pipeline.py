@@ -3,7 +3,9 @@
 The CLI (and so `dvc.yaml`), `ganpipe run` and the Prefect flow all call `run_stage`, which looks
 the stage up in `STAGES` and calls its module's entry point,
 `ganpipe.stages.<name>.run(params, paths, tracker, progress) -> dict`. No stage logic lives here.
-Stage modules are imported on first use, so `ganpipe prepare` never loads TensorFlow.
+Stage modules are imported on first use, so `ganpipe prepare` never loads TensorFlow; before a
+stage that imports Keras, a missing Keras backend is one message naming the extras to install
+(ganpipe.backend), not a ModuleNotFoundError from inside Keras.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+from ganpipe.backend import require_keras_backend
 from ganpipe.config import Params
 from ganpipe.lock import workspace_lock
 from ganpipe.ops.tracking import NULL_TRACKER, RUN_FILE, Tracker
@@ -24,6 +27,9 @@ __all__ = ["STAGES", "Paths", "run_file", "run_stage"]
 # (augment.require_benefit).
 STAGES = ("prepare", "train", "generate", "classifier", "utility", "augment", "evaluate")
 DEFAULT_PATHS = Paths()
+# The one stage that runs without a Keras backend (it imports Keras only to download a Keras dataset,
+# and checks for a backend there itself).
+NO_KERAS = frozenset({"prepare"})
 
 
 def run_stage(
@@ -36,6 +42,8 @@ def run_stage(
     """Run one stage; return its summary (metrics for `evaluate`)."""
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    if name not in NO_KERAS:
+        require_keras_backend()
     stage = importlib.import_module(f"ganpipe.stages.{name}")
     with workspace_lock(paths):  # re-entrant: the CLI and the flow already hold it for the run
         result = stage.run(params, paths, tracker, progress)

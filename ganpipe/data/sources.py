@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ganpipe.backend import require_keras_backend
 from ganpipe.config import DataParams
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import read_npz
@@ -105,6 +106,7 @@ def load_keras(name: str, path: Path | None) -> SourceData:
     if path is not None:
         arrays = read_npz(path, NPZ_KEYS)
     else:
+        require_keras_backend()  # outside the try: a missing backend is not a failed download
         try:
             (x_train, y_train), (x_test, y_test) = _keras_load_data(name)
         # Download failures surface as many exception types (URL, HTTP, OS, hash mismatch).
