@@ -94,7 +94,7 @@ def test_writes_all_outputs(tmp_path, data_dir):
     out = g.predict([np.zeros((2, 8), np.float32), np.array([1, 2], np.int32)], verbose=0)
     assert out.shape == (2, 8, 8, 1)
 
-    logged_steps = [step for m, step in tracker.metrics if "d_loss" in m]
+    logged_steps = [step for m, step in tracker.metrics if "train/d_loss" in m]
     assert logged_steps == [20, 24]
     assert tracker.metrics[-1][0].keys() == {"train_seconds", "train_images_per_sec"}
     assert [a for _, a in tracker.artifacts] == ["samples"] * 7
