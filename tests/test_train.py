@@ -415,8 +415,8 @@ def test_train_stage_tracks_what_the_pipeline_tracked(tmp_path, data_dir):
     calls = []
 
     class StageTracker(Tracker):
-        def set_tags(self, tags):
-            calls.append(("tags", sorted(tags)))
+        def log_data(self, prepared_dir):
+            calls.append(("data", Path(prepared_dir).name))
 
         def log_artifact(self, path, artifact_path=None):
             assert Path(path).exists()
@@ -428,7 +428,7 @@ def test_train_stage_tracks_what_the_pipeline_tracked(tmp_path, data_dir):
     paths = Paths(prepared=data_dir, models=tmp_path / "models", checkpoints=tmp_path / "ck")
     summary = train_stage.run(tiny(), paths, StageTracker(), progress=False)
     assert summary == read_json(tmp_path / "models" / "train_summary.json")
-    assert calls[:2] == [("tags", ["data.content_hash", "data.source"]), ("summary.json", "data")]
+    assert calls[:2] == [("data", data_dir.name), ("summary.json", "data")]
     assert calls[-4:] == [
         ("final.png", "samples"),  # the trainer's
         ("final.png", "samples"),  # the stage's (as pipeline.run_stage did)
