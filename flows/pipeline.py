@@ -105,7 +105,7 @@ def _run(
 ) -> dict[str, Any]:
     if update:
         update_data(root)
-    with tracked_run(params, run_name="prefect-pipeline") as tracker:
+    with tracked_run(params) as tracker:
         results: dict[str, Any] = {"run_id": tracker.run_id}
         for name in STAGES:
             results[name] = stage.with_options(name=name)(name, params, paths, tracker, dvc_repo)

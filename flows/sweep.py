@@ -22,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 import ganpipe.ops.sweep as sweeps
 from ganpipe.config import Params
 from ganpipe.ops.report import sweep_report
+from ganpipe.ops.runinfo import run_title
 from ganpipe.ops.serve import shared_prefect_server
 from ganpipe.ops.tracking import tracked_run
 from ganpipe.pipeline import Paths
@@ -99,7 +100,7 @@ def sweep(
     base = spec.base_params(params_file)
     sweep_id = sweep_id or sweeps.new_sweep_id()
     out = Path(root).resolve() / sweep_id
-    with tracked_run(base, run_name=f"sweep-{sweep_id}") as parent:
+    with tracked_run(base, run_name=run_title(base, label=f"sweep-{sweep_id}")) as parent:
         sweeps.describe_parent(parent, spec, sweep_file, sweep_id, out)
         log.info("sweep %s: %d configs into %s", sweep_id, len(configs), out)
         shared, jobs = sweeps.plan_runs(configs, out, sweep_id, parent.run_id)

@@ -122,7 +122,7 @@ def run_one(name: str, params: Params, paths: Paths, progress: bool = True) -> d
         run = nullcontext(NULL_TRACKER)
     else:
         resume = None if name == "train" else run_file(paths)
-        run = tracked_run(params, run_name="pipeline", resume_from=resume)
+        run = tracked_run(params, resume_from=resume)
     with run as tracker:
         return run_stage(name, params, paths, tracker, progress)
 
@@ -131,7 +131,7 @@ def run_all(params: Params, paths: Paths, progress: bool = True) -> dict[str, An
     """Every stage in order, one MLflow run for all of them."""
     from ganpipe.ops.tracking import tracked_run
 
-    with tracked_run(params, run_name="pipeline") as tracker:
+    with tracked_run(params) as tracker:
         results: dict[str, Any] = {"run_id": tracker.run_id, "seconds": {}}
         for name in STAGES:
             t0 = time.perf_counter()

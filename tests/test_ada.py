@@ -315,9 +315,9 @@ def test_tensorflow_training_moves_p_and_records_it(tmp_path, data_dir):
     assert summary["ada_p"] == pytest.approx(p[-1] + ADJUST)  # the last step ended an interval
     # acc_sum and acc_count restarted at that last step (12 is a multiple of the interval).
     assert float(arrays["ada.00001"]) == float(arrays["ada.00002"]) == 0.0
-    logged = [(m, step) for m, step in tracker.metrics if "d_loss" in m]
+    logged = [(m, step) for m, step in tracker.metrics if "train/d_loss" in m]
     assert logged == [(logged[0][0], 2 * STEPS_PER_EPOCH)]  # LOG_EVERY is past the end
-    assert logged[0][0]["ada_p"] == p[-1]
+    assert logged[0][0]["train/ada_p"] == p[-1]
 
 
 @requires_tf

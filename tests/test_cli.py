@@ -61,12 +61,12 @@ def test_mlflow_holds_one_run_with_params_metrics_images_and_registered_generato
     assert run_.data.params["data.source"] == "digits"
     summary = json.loads((root / "data/prepared/summary.json").read_text())
     assert run_.data.tags["data.content_hash"] == summary["content_hash"]
-    for key in ("classifier_fd", "conditional_accuracy", "d_loss", "g_loss", "near_copy_fraction",
+    for key in ("classifier_fd", "conditional_accuracy", "train/d_loss", "train/g_loss", "near_copy_fraction",
                 "augment_num_synthetic", "augment_memorization_dropped"):  # fmt: skip
         assert key in run_.data.metrics, key
     utility = json.loads((root / "metrics/utility.json").read_text())
     assert run_.data.tags["utility.verdict"] == utility["verdict"]
-    assert len(client.get_metric_history(run_.info.run_id, "d_loss")) > 1  # per-step losses
+    assert len(client.get_metric_history(run_.info.run_id, "train/d_loss")) > 1  # per-step
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id, "samples")}
     assert "samples/final.png" in artifacts
     versions = client.search_model_versions("name='ganpipe-generator'")

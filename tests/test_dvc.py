@@ -66,7 +66,13 @@ def test_repro_runs_every_stage_into_one_mlflow_run(repro):
     client = MlflowClient(tracking_uri=f"sqlite:///{repro / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("ganpipe").experiment_id])
     assert len(runs) == 1  # train opened it; generate and evaluate rejoined it
-    assert {"d_loss", "generated_samples", "classifier_fd"} <= set(runs[0].data.metrics)
+    assert {"train/d_loss", "generated_samples", "classifier_fd"} <= set(runs[0].data.metrics)
+    # registered by the evaluate stage (its own process, rejoining the run): once
+    versions = client.search_model_versions("name='ganpipe-generator'")
+    assert [v.run_id for v in versions] == [runs[0].info.run_id]
+    assert runs[0].data.tags["registered_model"] == "ganpipe-generator/1"
+    # dvc.lock vouches for the prepared data train used (written after prepare ran)
+    assert runs[0].data.tags["dvc.data_version"] + ".dir" in (repro / "dvc.lock").read_text()
 
 
 def test_second_repro_is_a_no_op(repro):

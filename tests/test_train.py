@@ -94,7 +94,7 @@ def test_writes_all_outputs(tmp_path, data_dir):
     out = g.predict([np.zeros((2, 8), np.float32), np.array([1, 2], np.int32)], verbose=0)
     assert out.shape == (2, 8, 8, 1)
 
-    logged_steps = [step for m, step in tracker.metrics if "d_loss" in m]
+    logged_steps = [step for m, step in tracker.metrics if "train/d_loss" in m]
     assert logged_steps == [20, 24]
     assert tracker.metrics[-1][0].keys() == {"train_seconds", "train_images_per_sec"}
     assert [a for _, a in tracker.artifacts] == ["samples"] * 7
@@ -415,8 +415,8 @@ def test_train_stage_tracks_what_the_pipeline_tracked(tmp_path, data_dir):
     calls = []
 
     class StageTracker(Tracker):
-        def set_tags(self, tags):
-            calls.append(("tags", sorted(tags)))
+        def log_data(self, prepared_dir):
+            calls.append(("data", Path(prepared_dir).name))
 
         def log_artifact(self, path, artifact_path=None):
             assert Path(path).exists()
@@ -428,7 +428,7 @@ def test_train_stage_tracks_what_the_pipeline_tracked(tmp_path, data_dir):
     paths = Paths(prepared=data_dir, models=tmp_path / "models", checkpoints=tmp_path / "ck")
     summary = train_stage.run(tiny(), paths, StageTracker(), progress=False)
     assert summary == read_json(tmp_path / "models" / "train_summary.json")
-    assert calls[:2] == [("tags", ["data.content_hash", "data.source"]), ("summary.json", "data")]
+    assert calls[:2] == [("data", data_dir.name), ("summary.json", "data")]
     assert calls[-4:] == [
         ("final.png", "samples"),  # the trainer's
         ("final.png", "samples"),  # the stage's (as pipeline.run_stage did)

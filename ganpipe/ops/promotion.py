@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 ALIAS = "champion"
 IDENTITY_TAG = "evaluate.identity"
 DATA_TAG = "data.content_hash"
-# "name/version", set by ganpipe.ops.tracking.MlflowTracker.log_generator
+# "name/version", set by ganpipe.ops.tracking.MlflowTracker.register_generator (evaluate stage)
 MODEL_TAG = "registered_model"
 
 # Given the champion's model URI ("models:/name/version"), its metrics on the current data.

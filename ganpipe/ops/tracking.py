@@ -10,8 +10,13 @@ stage; under `dvc repro`, where each stage is its own process, the train stage o
 id in `<model_dir>/mlflow_run.json`, and the later stages log into the same run. Whoever opens a run
 does so with `tracked_run`, so every run ends FINISHED, FAILED or KILLED, never left RUNNING.
 
-This is the only module that imports mlflow (lazily: `ganpipe prepare` never loads it). Promotion
-and sweeps reach the registry through the functions at the end of this file.
+The model registry only sees runs that got through evaluate: train logs the generator as the run's
+logged model, and the evaluate stage, once its metrics are logged, registers it
+(`MlflowTracker.register_generator`). Names, source tags and the dataset input: ganpipe.ops.runinfo.
+
+This module and ganpipe.ops.runinfo are the only ones that import mlflow (lazily: `ganpipe
+prepare` never loads it). Promotion and sweeps reach the registry through the functions at the end
+of this file.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 from ganpipe.config import Params, TrackingParams
 from ganpipe.errors import GanpipeError
 from ganpipe.io import write_json
+from ganpipe.ops import runinfo
 
 RUN_FILE = "mlflow_run.json"
 log = logging.getLogger(__name__)
@@ -59,7 +65,15 @@ class Tracker:
         pass
 
     def log_generator(self, model_path: str | os.PathLike[str]) -> None:
-        """Log (and register, if configured) the generator saved at `model_path`."""
+        """Log the generator saved at `model_path` as the run's logged model "generator" (not
+        registered: `register_generator` does that once the run's evaluation is done)."""
+
+    def register_generator(self) -> str | None:
+        """Register the run's logged generator (if configured); "name/version" or None."""
+        return None
+
+    def log_data(self, prepared_dir: str | os.PathLike[str]) -> None:
+        """Tag the run with the prepared data it uses and log it as the run's dataset input."""
 
     def run_url(self) -> str | None:
         """The run's page in the MLflow UI, when there is one."""
@@ -181,11 +195,19 @@ def _open_store(client_class: Any, uri: str) -> Any:
 
 
 def _experiment_id(client: Any, name: str, uri: str) -> str:
-    """The id of experiment `name`, created on first use. Call under `store_setup_lock`."""
+    """The id of experiment `name`, created on first use and marked as a model-training experiment
+    (`runinfo.EXPERIMENT_KIND`; a kind a user chose in the UI is left alone). Call under
+    `store_setup_lock`."""
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    if exp is None:
+        exp_id = client.create_experiment(
+            name, artifact_location=_artifact_root(uri), tags=runinfo.EXPERIMENT_KIND
+        )
+        return str(exp_id)
+    if not set(runinfo.EXPERIMENT_KIND) <= set(exp.tags):
+        for key, value in runinfo.EXPERIMENT_KIND.items():
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
 
 
 def _repair_half_migrated(db: Path) -> bool:
@@ -218,7 +240,11 @@ class MlflowTracker(Tracker):
     keeps its outputs; `run_stage` then raises TrackingLost (`raise_if_lost`)."""
 
     def __init__(
-        self, params: TrackingParams, run_id: str | None = None, run_name: str = ""
+        self,
+        params: TrackingParams,
+        run_id: str | None = None,
+        run_name: str = "",
+        start_tags: dict[str, str] | None = None,
     ) -> None:
         from mlflow import MlflowClient
 
@@ -230,7 +256,8 @@ class MlflowTracker(Tracker):
             self.client = _open_store(MlflowClient, self.uri)
             exp_id = _experiment_id(self.client, params.experiment, self.uri)
             if run_id is None:
-                run_id = self.client.create_run(exp_id, run_name=run_name or None).info.run_id
+                run = self.client.create_run(exp_id, run_name=run_name or None, tags=start_tags)
+                run_id = run.info.run_id
             else:
                 self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
@@ -309,24 +336,65 @@ class MlflowTracker(Tracker):
 
         model = keras.models.load_model(model_path, compile=False, safe_mode=True)
         mlflow.set_tracking_uri(self.uri)
-        name = self.params.model_name if self.params.register_model else None
-        # Explicit requirements: MLflow's inference reloads the model in a subprocess (slow).
+        # Explicit requirements: MLflow's inference reloads the model in a subprocess (slow). No
+        # input_example: MLflow 3.17's Keras flavour writes it before creating the model folder
+        # (FileNotFoundError), and validating one reloads the model (+5 s on the tiny config).
         reqs = [f"keras=={keras.__version__}"]
         with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.keras.log_model(
-                model, name="generator", registered_model_name=name, pip_requirements=reqs
+            mlflow.keras.log_model(
+                model, name="generator", signature=generator_signature(model), pip_requirements=reqs
             )
-        if name:
-            version = info.registered_model_version
-            self.set_tags({"registered_model": f"{name}/{version}"})
         self.client.update_run(self.run_id, status="RUNNING")
+
+    def register_generator(self) -> str | None:
+        """After evaluate: register the generator this run logged as a new version of
+        `tracking.model_name` and tag the run `registered_model` = "name/version" (what promotion
+        reads). Once per run: a run already tagged keeps its version (evaluate rerun under `dvc
+        repro`); a run that logged no generator (train skipped by DVC in the flow) registers none."""
+        if not self.params.register_model or self.lost:
+            return None
+        found: list[str] = []
+
+        def register() -> None:
+            tags = self.client.get_run(self.run_id).data.tags
+            if tags.get("registered_model"):
+                found.append(tags["registered_model"])
+            elif _logged_generator(self, self.run_id) is None:
+                log.info("run %s logged no generator; nothing to register", self.run_id)
+            else:
+                found.append(register_generator(self, self.run_id, self.params.model_name))
+                self.client.set_tag(self.run_id, "registered_model", found[0])
+
+        self._record("register_generator", register)
+        return found[0] if found else None
+
+    def log_data(self, prepared_dir: str | os.PathLike[str]) -> None:
+        prepared_dir = Path(prepared_dir)
+        try:  # missing or damaged data is the stage's error to report, not the store's
+            summary = json.loads((prepared_dir / "summary.json").read_text())
+            tags = runinfo.data_tags(prepared_dir, summary)
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        self.set_tags(tags)
+        self._record("log_data", self._log_dataset, prepared_dir, summary)
+
+    def _log_dataset(self, prepared_dir: Path, summary: dict[str, Any]) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = runinfo.dataset_entity(prepared_dir, summary)
+        run = self.client.get_run(self.run_id)
+        logged = run.inputs.dataset_inputs if run.inputs else []
+        if any(d.dataset.digest == dataset.digest for d in logged):
+            return  # a resumed run (or a second stage) logged it already
+        context = InputTag("mlflow.data.context", "training")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[context])])
 
     def run_url(self) -> str | None:
         """The MLflow UI's page of the run, when the tracking URI is a server's."""
         if not self.uri.startswith(("http://", "https://")):
             return None
         exp = self.client.get_run(self.run_id).info.experiment_id
-        return f"{self.uri.rstrip('/')}/#/experiments/{exp}/runs/{self.run_id}"
+        return runinfo.ui_url(self.uri, f"experiments/{exp}/runs/{self.run_id}")
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.lost and status == "FINISHED":
@@ -340,10 +408,12 @@ class MlflowTracker(Tracker):
 
 
 def start_tracker(
-    params: Params, run_name: str = "pipeline", resume_from: Path | None = None
+    params: Params, run_name: str | None = None, resume_from: Path | None = None
 ) -> Tracker:
     """A tracker for `params.tracking`: NULL_TRACKER when off; else a new MLflow run, or the run
-    recorded in `resume_from` (a run file written by `save_run_file`) when it names this store."""
+    recorded in `resume_from` (a run file written by `save_run_file`) when it names this store.
+    A new run is named `run_name`, by default `runinfo.run_title(params)` (dataset, run key,
+    Prefect flow run), and tagged with where it comes from (`runinfo.start_tags`)."""
     if not params.tracking.enabled:
         return NULL_TRACKER
     for name in ("mlflow", "alembic"):
@@ -355,7 +425,12 @@ def start_tracker(
         saved = json.loads(Path(resume_from).read_text())
         if saved.get("tracking_uri") == resolve_uri(params.tracking):
             run_id = saved.get("run_id")
-    tracker = MlflowTracker(params.tracking, run_id=run_id, run_name=run_name)
+    tracker = MlflowTracker(
+        params.tracking,
+        run_id=run_id,
+        run_name=run_name or runinfo.run_title(params),
+        start_tags=runinfo.start_tags() if run_id is None else None,
+    )
     if run_id is None:
         tracker.log_params(params.flat())
     return tracker
@@ -363,7 +438,7 @@ def start_tracker(
 
 @contextmanager
 def tracked_run(
-    params: Params, run_name: str = "pipeline", resume_from: Path | None = None
+    params: Params, run_name: str | None = None, resume_from: Path | None = None
 ) -> Iterator[Tracker]:
     """`start_tracker(...)` for the body of a `with`: the run ends FINISHED when the body returns,
     KILLED on Ctrl-C (KeyboardInterrupt), FAILED on any other exception, which is re-raised. The one
@@ -425,6 +500,16 @@ def register_generator(tracker: MlflowTracker, run_id: str, model_name: str) -> 
     "generator" (MLflow 3), else by its run-relative path."""
     import mlflow
 
+    logged = _logged_generator(tracker, run_id)
+    uri = f"models:/{logged}" if logged else f"runs:/{run_id}/generator"
+    version = mlflow.register_model(uri, model_name)
+    return f"{model_name}/{version.version}"
+
+
+def _logged_generator(tracker: MlflowTracker, run_id: str) -> str | None:
+    """The model id of the logged model "generator" of run `run_id`, or None."""
+    import mlflow
+
     mlflow.set_tracking_uri(tracker.uri)
     experiment = tracker.client.get_run(run_id).info.experiment_id
     logged = mlflow.search_logged_models(
@@ -432,6 +517,21 @@ def register_generator(tracker: MlflowTracker, run_id: str, model_name: str) -> 
         filter_string=f"source_run_id = '{run_id}' AND name = 'generator'",
         output_format="list",
     )
-    uri = f"models:/{logged[0].model_id}" if logged else f"runs:/{run_id}/generator"
-    version = mlflow.register_model(uri, model_name)
-    return f"{model_name}/{version.version}"
+    return logged[0].model_id if logged else None
+
+
+def generator_signature(model: Any) -> Any:
+    """The MLflow signature of a Keras generator: its named inputs (e.g. noise `z` float32
+    [-1, latent_dim] and `label` int32 [-1]) and its output images [-1, h, w, c]. Given
+    explicitly, MLflow neither warns "Model logged without a signature" nor runs the model to
+    infer one."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def spec(tensor: Any, name: str | None = None) -> Any:
+        shape = (-1, *(int(d) for d in tensor.shape[1:]))
+        return TensorSpec(np.dtype(str(tensor.dtype)), shape, name)
+
+    inputs = Schema([spec(t, t.name) for t in model.inputs])
+    return ModelSignature(inputs=inputs, outputs=Schema([spec(model.outputs[0])]))

@@ -94,8 +94,11 @@ __all__ = ["PER_CLASS_COLUMNS", "SAMPLES_FILE", "evaluate", "run", "stratified_s
 
 
 def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
-    """The stage: prepared + synthetic + the evaluator -> `paths.metrics` (eval.json, ...)."""
-    return evaluate(
+    """The stage: prepared + synthetic + the evaluator -> `paths.metrics` (eval.json, ...); then,
+    its metrics written and logged, the run's generator is registered (`tracking.register_model`):
+    a run that failed before this point leaves the model registry as it was."""
+    tracker.log_data(paths.prepared)  # no-op when train logged it; train skipped by DVC: here
+    headline = evaluate(
         params.evaluate,
         paths.prepared,
         paths.synthetic,
@@ -104,6 +107,8 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
         tracker,
         augment_params=params.augment,
     )
+    tracker.register_generator()
+    return headline
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:

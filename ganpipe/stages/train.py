@@ -2,8 +2,9 @@
 `paths.models` (the trainer: ganpipe.training), resuming from `paths.checkpoints`.
 
 Besides training, the stage does the tracking that belongs to the pipeline rather than to the
-trainer: it tags the run with the data it trained on, logs the data summary, the final sample
-grid, the history and the generator (registered, if configured), and leaves the MLflow run's id
+trainer: it tags the run with the data it trained on and logs that as the run's dataset input, logs
+the data summary, the final sample grid, the history and the generator (a logged model, registered
+only by the evaluate stage once the run got that far), and leaves the MLflow run's id
 beside the model so that later stages run as their own processes (`dvc repro`) log into the same
 run. The trainer itself logs only its metrics and sample grids.
 """
@@ -24,12 +25,10 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
     the trainer's summary (`train_summary.json`). TensorFlow or JAX is loaded only when it runs."""
     from ganpipe.data.prepared import load_prepared
 
-    summary = load_prepared(paths.prepared).summary  # missing data: an error before TF loads
+    load_prepared(paths.prepared)  # missing data: an error before TF loads
     from ganpipe.training.trainer import train
 
-    tracker.set_tags(
-        {"data.content_hash": summary["content_hash"], "data.source": summary["source"]}
-    )
+    tracker.log_data(paths.prepared)  # tags and the dataset input (once per run)
     tracker.log_artifact(paths.prepared / "summary.json", "data")
     result = train(params, paths.prepared, paths.models, paths.checkpoints, tracker, progress)
     tracker.log_artifact(paths.models / "samples" / "final.png", "samples")

@@ -214,12 +214,18 @@ def train_loop(
             if log_now:
                 d_mean, g_mean, ips_mean = np.mean(window, axis=0).tolist()
                 window.clear()
-                logged = {"d_loss": d_mean, "g_loss": g_mean, "images_per_sec": ips_mean}
+                # "train/": MLflow charts these curves in their own section, apart from the
+                # headline numbers (README "MLflow"); history.csv keeps the plain names.
+                logged = {
+                    "train/d_loss": d_mean,
+                    "train/g_loss": g_mean,
+                    "train/images_per_sec": ips_mean,
+                }
                 postfix = f"img/s={ips_mean:.0f}, d_loss={d_mean:.3f}, g_loss={g_mean:.3f}"
                 if state.options.ada is not None:
                     # p itself, not a window mean: it moves by small steps, and only every
                     # ada_interval steps.
-                    logged["ada_p"] = last_ada_p
+                    logged["train/ada_p"] = last_ada_p
                     postfix += f", ada_p={last_ada_p:.3f}"
                 tracker.log_metrics(logged, step=done)
                 bar.set_postfix_str(postfix, refresh=False)
