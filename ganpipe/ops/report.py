@@ -112,7 +112,7 @@ def champion_summary(promotion: dict[str, Any] | None, links: RunLinks) -> str:
             f"this run registered no model version; `champion` is unchanged ({promotion['reason']})"
         )
     if promotion["decision"] == "promoted":
-        was = f"; it was v{held}" if held else " (the first)"
+        was = f"; it was v{held}" if held else " (no version held it before)"
         return f"this run's `{name}` v{version} now holds the `champion` alias{was}"
     if str(held) == str(version):
         return f"this run's `{name}` v{version} already holds the `champion` alias"
