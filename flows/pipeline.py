@@ -23,10 +23,12 @@ from prefect.cache_policies import NO_CACHE
 
 from ganpipe.config import Params, load_params
 from ganpipe.errors import GanpipeError
+from ganpipe.io import read_json
 from ganpipe.lock import workspace_lock
 from ganpipe.ops import dvc
 from ganpipe.ops.promotion import promote_run
 from ganpipe.ops.report import pipeline_report
+from ganpipe.ops.run_links import RunLinks, log_report_files, run_links, workspace_links
 from ganpipe.ops.tracking import MlflowTracker, Tracker, tracked_run
 from ganpipe.pipeline import STAGES, Paths, run_stage
 
@@ -95,6 +97,26 @@ def _flow_run_name() -> str:
     return f"{flow_run.name} ({flow_run.id})"
 
 
+def _unless_skipped(result: dict[str, Any], written: Path) -> dict[str, Any] | None:
+    """A stage's result for the report; for a stage DVC skipped, what it wrote last time (its
+    outputs are unchanged), or None when that file is gone."""
+    if not result.get("skipped"):
+        return result
+    return read_json(written) if written.exists() else None
+
+
+def _links(tracker: Tracker, paths: Paths) -> RunLinks:
+    """The report's links to the run's artifacts; a store that does not answer now costs the
+    report its links (a warning), not the finished run."""
+    if not isinstance(tracker, MlflowTracker):
+        return workspace_links(paths)
+    try:
+        return run_links(tracker, paths)
+    except Exception as e:
+        get_run_logger().warning("the report has no MLflow links: %s: %s", type(e).__name__, e)
+        return workspace_links(paths, tracker.run_id)
+
+
 def _run(
     params: Params,
     paths: Paths,
@@ -109,21 +131,22 @@ def _run(
         results: dict[str, Any] = {"run_id": tracker.run_id}
         for name in STAGES:
             results[name] = stage.with_options(name=name)(name, params, paths, tracker, dvc_repo)
-        url = tracker.run_url()
+        if isinstance(tracker, MlflowTracker):
+            log_report_files(tracker, paths)  # the run's own copies, even of skipped stages
         if promote_champion and params.tracking.register_model and tracker.run_id is not None:
             results["promotion"] = promote(params, paths, tracker)
+        links = _links(tracker, paths)
     create_markdown_artifact(
         pipeline_report(
             results["evaluate"],
             paths,
-            tracker.run_id,
+            links,
             results.get("promotion"),
-            url,
-            utility=results["utility"],
-            augment=results["augment"],
+            utility=_unless_skipped(results["utility"], paths.metrics / "utility.json"),
+            augment=_unless_skipped(results["augment"], paths.augmented / "summary.json"),
         ),  # fmt: skip
         key="ganpipe-report",
-        description="ganpipe metrics and outputs",
+        description="ganpipe run: does it help, the champion, the sample grid, metrics, links",
     )
     return results
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import re
+
 import pytest
 
 from tests.helpers import TINY
@@ -19,6 +23,12 @@ def read_report() -> str:
     found = response.json()
     assert found, "no ganpipe-report artifact"
     return str(found[0]["data"])
+
+
+def image_source(report: str) -> str:
+    """The source of the report's one markdown image (the sample grid)."""
+    [source] = re.findall(r"!\[sample grid[^\]]*\]\(([^)\s]+)\)", report)
+    return source
 
 
 def test_bad_data_fails_without_retry(harness, tmp_path, monkeypatch):
@@ -80,13 +90,22 @@ def test_flow_retries_reports_and_skips_stages_unchanged_by_dvc_status(
     assert 0.0 <= result["evaluate"]["conditional_accuracy"] <= 1.0
     report = read_report()
     assert "conditional_accuracy" in report
-    assert str(repo / "models" / "generator.keras") in report
+    assert "**Does it help?** not measured: the utility stage is disabled" in report  # (default)
+    assert "**Champion:** no promotion (tracking is off)" in report
+    # tracking off: the workspace's grid, embedded (Prefect's UI renders a data: image source)
+    png = base64.b64decode(image_source(report).removeprefix("data:image/png;base64,"))
+    assert png == (repo / "data" / "synthetic" / "grid.png").read_bytes()
+    latest = report.index("## Latest outputs (overwritten by the next run)")
+    assert report.index(str(repo / "models" / "generator.keras")) > latest
 
     ran.clear()
     again = fp.pipeline(params_file=params_file, root=str(repo))
     assert ran == []  # nothing changed: every stage skipped
     assert again["train"] == {"skipped": True}
     assert "conditional_accuracy" in again["evaluate"]  # the report still has the metrics
+    skipped_report = read_report()
+    assert re.search(r"\| num_real \| \d+ \|", skipped_report)  # counts as integers
+    assert "**Does it help?** not measured" in skipped_report  # from utility.json: not "not known"
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["generate"]["per_class"] = 13
@@ -143,21 +162,51 @@ def test_flow_stops_at_once_in_a_workspace_another_process_holds(harness, tmp_pa
 
 def test_flow_completes_when_the_dvc_remote_is_missing(harness, tmp_path):
     """A scheduled run in a DVC repository whose default remote does not exist (issue 14: a fresh
-    clone failed at `update_data`, three tries): the update step warns and the run completes."""
+    clone failed at `update_data`, three tries): the update step warns and the run completes. It
+    records into an MLflow server: the report's picture and links are that run's artifacts, served
+    by the server, and its first generator holds the `champion` alias."""
     import httpx
     from prefect.settings import PREFECT_API_URL
 
     import flows.pipeline as fp
     from tests.test_dvc import full_params, make_repo
     from tests.test_remote import dvc
+    from tests.test_serve import free_port
+    from tests.test_tracking_server import mlflow_server
 
     (tmp_path / "project").mkdir()
-    repo = make_repo(tmp_path / "project", full_params(TINY))
-    dvc(repo, "remote", "add", "-d", "--local", "gone", "../storage")
-    state = fp.pipeline(params_file=str(repo / "params.yaml"), root=str(repo), return_state=True)
-    assert state.is_completed(), state.message
-    assert (repo / "metrics/eval.json").exists()
-    assert not (tmp_path / "storage").exists()
+    with mlflow_server(tmp_path / "mlflow.db", free_port()) as uri:
+        params = full_params(TINY, "tracking.enabled=true", f"tracking.uri={uri}")
+        repo = make_repo(tmp_path / "project", params)
+        dvc(repo, "remote", "add", "-d", "--local", "gone", "../storage")
+        state = fp.pipeline(
+            params_file=str(repo / "params.yaml"), root=str(repo), return_state=True
+        )
+        assert state.is_completed(), state.message
+        assert (repo / "metrics/eval.json").exists()
+        assert not (tmp_path / "storage").exists()
+
+        report = read_report()
+        run_id = state.result()["run_id"]
+        assert (
+            "**Champion:** this run's `ganpipe-generator` v1 now holds the `champion` alias"
+            in report
+        )
+        grid = httpx.get(image_source(report), timeout=30)
+        assert image_source(report).startswith(f"{uri}/get-artifact?")
+        assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
+        assert grid.content == (repo / "data" / "synthetic" / "grid.png").read_bytes()
+        [eval_url] = re.findall(r"- metrics: \[evaluate/eval.json\]\(([^)]+)\)", report)
+        assert f"run_uuid={run_id}" in eval_url
+        assert httpx.get(eval_url, timeout=30).json() == json.loads(
+            (repo / "metrics" / "eval.json").read_text()
+        )
+        assert f"- run: [{run_id}]({uri}/#/experiments/" in report
+        assert (
+            f"registered [ganpipe-generator version 1]({uri}/#/models/ganpipe-generator/versions/1)"
+            in report
+        )
+        assert re.search(r"\| num_synthetic \| \d+ \|", report)  # a count, not 480.0000
 
     body = {
         "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}},

@@ -18,6 +18,7 @@ from ganpipe.ops import dvc as ops_dvc
 from ganpipe.ops import sweep as sweeps
 from ganpipe.ops.promotion import evaluation_identity
 from ganpipe.ops.report import pipeline_report, sweep_report
+from ganpipe.ops.run_links import MAX_EMBED_BYTES, RunLinks, artifact_url, png_data_uri
 from ganpipe.ops.tracking import NULL_TRACKER, Tracker, tracked_run
 from ganpipe.pipeline import Paths
 from tests.helpers import TINY
@@ -258,21 +259,79 @@ PROMOTION = {
 
 def test_pipeline_report_without_tracking():
     paths = Paths.under("/out")
-    text = pipeline_report({"classifier_fd": 1.23456, "num_synthetic": 120}, paths, None)
-    assert text.startswith("# ganpipe run\n\n| metric | value |\n|---|---|\n")
+    text = pipeline_report({"classifier_fd": 1.23456, "num_synthetic": 120}, paths)
+    assert text.startswith("# ganpipe run\n\n**Does it help?** not known")
+    assert "**Champion:** no promotion (tracking is off)" in text
     assert "| classifier_fd | 1.2346 |" in text and "| num_synthetic | 120 |" in text
-    assert "Champion" not in text and "- MLflow run: `tracking off`" in text
+    assert "tracking off: no run recorded" in text and "no sample grid" in text
+    assert "## Latest outputs (overwritten by the next run)\n" in text
     assert "- generator: `/out/models/generator.keras` (sample grid" in text
     assert "- metrics: `/out/metrics/eval.json`, `/out/metrics/per_class.csv`" in text
 
 
-def test_pipeline_report_beside_the_champion():
-    url = "http://mlflow/#/experiments/1/runs/r1"
-    text = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"), "r1", PROMOTION, url)
+def test_pipeline_report_counts_are_integers_beside_the_champion():
+    """MLflow gives the champion's counts back as floats: the report prints them as integers."""
+    promotion = {**PROMOTION, "champion_metrics": {"classifier_fd": 2.0, "num_synthetic": 500.0,
+                                                   "num_real": 40.0}}  # fmt: skip
+    metrics = {"classifier_fd": 1.0, "num_synthetic": 480, "num_real": 40}
+    text = pipeline_report(metrics, Paths.under("/out"), RunLinks(run_id="r1"), promotion)
     assert "| metric | this run | champion v2 (logged) |" in text
-    assert "| classifier_fd | 1.0000 | 2.0000 |" in text
+    assert "| classifier_fd | 1.0000 | 2.0000 |" in text  # not a count: 4 decimals, even if whole
+    assert "| num_synthetic | 480 | 500 |" in text and "| num_real | 40 | 40 |" in text
+    assert "500.0" not in text
+
+
+def test_pipeline_report_with_a_server_links_the_runs_own_artifacts():
+    base = "http://mlflow:5000"
+    links = RunLinks(
+        run_id="r1", server=True, run_page=f"{base}/#/experiments/1/runs/r1",
+        image=artifact_url(base, "r1", "generate/grid.png"), image_note="grid of this run",
+        files={"metrics": ("evaluate/eval.json", artifact_url(base, "r1", "evaluate/eval.json"))},
+        model=[f"registered [ganpipe-generator version 3]({base}/#/models/ganpipe-generator/versions/3)"],
+    )  # fmt: skip
+    text = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"), links, PROMOTION)
+    title, _, rest = text.partition("\n\n")
+    assert title == "# ganpipe run"
+    assert rest.startswith("**Does it help?**")
+    assert (
+        "**Champion:** this run's `ganpipe-generator` v3 now holds the `champion` alias; it was v2"
+        in text
+    )
+    img = f"![sample grid: one row per class]({base}/get-artifact?path=generate%2Fgrid.png&run_uuid=r1)"
+    assert img in text and text.index(img) < text.index("## Metrics")
+    assert f"- run: [r1]({base}/#/experiments/1/runs/r1)" in text
+    assert (
+        f"- metrics: [evaluate/eval.json]({base}/get-artifact?path=evaluate%2Feval.json&run_uuid=r1)"
+        in text
+    )
+    assert f"- generator: registered [ganpipe-generator version 3]({base}/#/models/" in text
     assert "## Champion: promoted\n- model: `ganpipe-generator` version 3" in text
-    assert "(classifier_fd, min is better)" in text and f"- MLflow run: [r1]({url})" in text
+
+
+def test_pipeline_report_local_store_embeds_the_grid(tmp_path):
+    import base64
+
+    import numpy as np
+
+    from ganpipe.images import save_grid
+
+    save_grid(tmp_path / "grid.png", np.random.default_rng(0).integers(0, 255, (100, 28, 28, 1),
+              dtype=np.uint8), rows=10, scale=2)  # fmt: skip
+    big = (tmp_path / "grid.png").stat().st_size
+    assert big > MAX_EMBED_BYTES  # noise does not compress: it must be downscaled
+    uri = png_data_uri(tmp_path / "grid.png")
+    data = base64.b64decode(uri.removeprefix("data:image/png;base64,"))
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) <= MAX_EMBED_BYTES
+    assert png_data_uri(tmp_path / "missing.png") is None
+    links = RunLinks(run_id="r1", image=uri, image_note="embedded",
+                     files={"metrics": ("evaluate/eval.json", "/s/mlartifacts/1/r1/artifacts/evaluate/eval.json")},
+                     model=["registered `models:/ganpipe-generator/3`"])  # fmt: skip
+    promotion = {**PROMOTION, "decision": "kept", "reason": "not better; alias unchanged"}
+    text = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"), links, promotion)
+    assert f"![sample grid: one row per class]({uri})" in text
+    assert "- run: `r1`" in text
+    assert "- metrics: `/s/mlartifacts/1/r1/artifacts/evaluate/eval.json`" in text
+    assert "v3 does **not** hold the `champion` alias; v2 keeps it (not better" in text
 
 
 def test_pipeline_report_shows_the_verdict_and_the_filters():
@@ -293,15 +352,20 @@ def test_pipeline_report_shows_the_verdict_and_the_filters():
             "memorization": {"dropped_by_class": {"a": 1, "b": 2}, "dropped": 3},
         }},
     }  # fmt: skip
-    text = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"), None,
+    text = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"),
                            utility=utility, augment=augment)  # fmt: skip
+    assert "**Does it help?** **helps** on balanced_accuracy: real_classic_synthetic vs " in text
     assert "## Does it help? **helps** (balanced_accuracy)" in text
     assert "- as_given: **helps**: real_classic_synthetic 0.9300 vs real_classic 0.9100, " in text
     assert "difference +0.0200 (95% interval +0.0200 .. +0.0200, 3 seeds)" in text
     assert "| filter | a | b | dropped |" in text and "| memorization | 1 | 2 | 3 |" in text
     assert "8 synthetic added to 15 real (augment.mode balance)" in text
-    plain = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"), None)
-    assert "Does it help" not in plain and "Filters" not in plain
+    plain = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"))
+    assert "## Does it help" not in plain and "Filters" not in plain
+    off = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"),
+                          utility={"enabled": False, "verdict": None})  # fmt: skip
+    assert "**Does it help?** not measured: the utility stage is disabled" in off
+    assert "## Does it help" not in off
 
 
 def test_sweep_report_bolds_the_best_and_shows_failures():

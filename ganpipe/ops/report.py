@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ganpipe.ops.run_links import RunLinks
+
 if TYPE_CHECKING:
     from ganpipe.ops.sweep import Sweep
     from ganpipe.pipeline import Paths
@@ -14,33 +16,58 @@ if TYPE_CHECKING:
 SWEEP_METRICS = ("classifier_fd", "kid_mean", "conditional_accuracy", "precision", "recall")
 
 
-def _cell(v: Any) -> str:
-    return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+def _cell(v: Any, count: bool = False) -> str:
+    """A table cell: a count as an integer (MLflow hands back every metric as a float: the
+    champion's `num_synthetic` is 500.0), other numbers with 4 decimals."""
+    if v is None:
+        return ""
+    if count and isinstance(v, int | float) and float(v).is_integer():
+        return str(int(v))
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def is_count(name: str, value: Any) -> bool:
+    """A count: an int in this run's metrics (eval.json keeps them ints), or named num_*."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or name.startswith("num_")
 
 
 def pipeline_report(
     metrics: dict[str, Any],
     paths: Paths,
-    run_id: str | None,
+    links: RunLinks | None = None,
     promotion: dict[str, Any] | None = None,
-    run_url: str | None = None,
     utility: dict[str, Any] | None = None,
     augment: dict[str, Any] | None = None,
 ) -> str:
-    """The run's report: metrics (beside the champion's when promotion compared them), the
-    utility stage's verdict, what augment's filters kept and dropped, the promotion decision
-    (`Decision.as_dict()`), and where the outputs are."""
+    """The run's report. On top, the two answers a reader looks for (does it help? does this run's
+    generator hold the `champion` alias?) and the sample grid as an image; then the metrics (beside
+    the champion's when promotion compared them), the utility details, what augment's filters kept
+    and dropped, the promotion decision (`Decision.as_dict()`), the run's own artifacts in MLflow
+    (`links`: ganpipe/ops/run_links.py), and last the workspace paths the next run overwrites."""
+    links = links or RunLinks()
+    text = (
+        "# ganpipe run\n\n"
+        f"**Does it help?** {utility_summary(utility)}\n\n"
+        f"**Champion:** {champion_summary(promotion, links)}\n"
+    )
+    if links.image:
+        text += f"\n![sample grid: one row per class]({links.image})\n\n*{links.image_note}*\n"
+    else:
+        text += "\n*no sample grid: the generate stage wrote none*\n"
     champ = (promotion or {}).get("champion_metrics") or {}
     if champ:
         label = f"champion v{promotion['champion_version']} ({promotion['basis']})"
         head = f"| metric | this run | {label} |\n|---|---|---|\n"
         rows = "\n".join(
-            f"| {k} | {_cell(v)} | {_cell(champ.get(k))} |" for k, v in sorted(metrics.items())
+            f"| {k} | {_cell(v, is_count(k, v))} | {_cell(champ.get(k), is_count(k, v))} |"
+            for k, v in sorted(metrics.items())
         )
     else:
         head = "| metric | value |\n|---|---|\n"
-        rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in sorted(metrics.items()))
-    text = f"# ganpipe run\n\n{head}{rows}\n"
+        rows = "\n".join(
+            f"| {k} | {_cell(v, is_count(k, v))} |" for k, v in sorted(metrics.items())
+        )
+    text += f"\n## Metrics\n{head}{rows}\n"
     text += utility_section(utility) + filters_section(augment)
     if promotion:
         text += (
@@ -49,17 +76,75 @@ def pipeline_report(
             f" ({promotion['metric']}, {promotion['mode']} is better)\n"
             f"- reason: {promotion['reason']}\n"
         )
-    run = f"[{run_id}]({run_url})" if run_id and run_url else f"`{run_id or 'tracking off'}`"
+    return text + run_section(links) + outputs_section(paths)
+
+
+def utility_summary(utility: dict[str, Any] | None) -> str:
+    """The one-line answer under the title: the verdict and the headline scenario's difference."""
+    if not utility or utility.get("skipped"):
+        return "not known: the utility stage's result is missing"
+    if not utility.get("enabled"):
+        return "not measured: the utility stage is disabled (`utility.enabled: false`)"
+    m = utility.get("verdict_metric")
+    scenarios = utility.get("scenarios") or {}
+    name = utility.get("headline_scenario") or next(iter(scenarios), None)
+    line = f"**{utility.get('verdict')}** on {m}"
+    if name in scenarios:
+        sc = scenarios[name]
+        comp = sc["comparisons"][sc["headline_comparison"]]
+        d = comp["metrics"][m]
+        line += (
+            f": {comp['treatment']} vs {comp['baseline']} {d['mean']:+.4f}"
+            f" (95% interval {d['low']:+.4f} .. {d['high']:+.4f}, scenario {name})"
+        )
+    return line
+
+
+def champion_summary(promotion: dict[str, Any] | None, links: RunLinks) -> str:
+    """Whether this run's registered generator holds the `champion` alias after promotion."""
+    if not promotion:
+        why = "tracking is off" if links.run_id is None else "promotion did not run"
+        return f"no promotion ({why}); the `champion` alias is unchanged"
+    name, version = promotion["model_name"], promotion.get("version")
+    held = promotion.get("champion_version")
+    if not version:
+        return (
+            f"this run registered no model version; `champion` is unchanged ({promotion['reason']})"
+        )
+    if promotion["decision"] == "promoted":
+        was = f"; it was v{held}" if held else " (no version held it before)"
+        return f"this run's `{name}` v{version} now holds the `champion` alias{was}"
+    if str(held) == str(version):
+        return f"this run's `{name}` v{version} already holds the `champion` alias"
+    return (
+        f"this run's `{name}` v{version} does **not** hold the `champion` alias; "
+        f"v{held} keeps it ({promotion['reason']})"
+    )
+
+
+def run_section(links: RunLinks) -> str:
+    """This run's own records, which later runs do not overwrite."""
+    if links.run_id is None:
+        return "\n## MLflow\ntracking off: no run recorded\n"
+    run = f"[{links.run_id}]({links.run_page})" if links.run_page else f"`{links.run_id}`"
+    lines = [f"\n## This run in MLflow\n- run: {run}"]
+    lines += [f"- generator: {m}" for m in links.model]
+    for label, (path, where) in links.files.items():
+        lines.append(f"- {label}: [{path}]({where})" if links.server else f"- {label}: `{where}`")
+    return "\n".join(lines) + "\n"
+
+
+def outputs_section(paths: Paths) -> str:
+    """The workspace's outputs: the latest, which the next run replaces."""
     models, synthetic, metrics_dir = paths.models, paths.synthetic, paths.metrics
-    return text + (
-        "\n## Outputs\n"
+    return (
+        "\n## Latest outputs (overwritten by the next run)\n"
         f"- generator: `{models / 'generator.keras'}`"
         f" (sample grid `{models / 'samples' / 'final.png'}`)\n"
         f"- synthetic data: `{synthetic}/`"
         f" (samples.npz, images/, manifest.csv, grid `{synthetic / 'grid.png'}`)\n"
         f"- augmented data: `{paths.augmented / 'train.npz'}`\n"
         f"- metrics: `{metrics_dir / 'eval.json'}`, `{metrics_dir / 'per_class.csv'}`\n"
-        f"- MLflow run: {run}\n"
     )
 
 
