@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint format clean
+.PHONY: setup run test lint format clean chromium
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,15 @@ format: setup
 
 # Two test workers (the machines have 2 cores; tests/conftest.py keeps each module on one worker).
 # GANPIPE_REQUIRE_JAX: setup installs the jax extra, so a broken jax fails the JAX tests, not skips them.
+# GANPIPE_REQUIRE_UI: the UI test (tests/ui.py) fails, not skips, without chromium.
 TEST_WORKERS ?= 2
-test: lint
-	GANPIPE_REQUIRE_JAX=1 $(BIN)/pytest -q -n $(TEST_WORKERS)
+test: lint chromium
+	GANPIPE_REQUIRE_JAX=1 GANPIPE_REQUIRE_UI=1 $(BIN)/pytest -q -n $(TEST_WORKERS)
+
+# Debian's chromium for the UI test, once (sudo unless root).
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 .PHONY: serve
 serve: setup  # Prefect server, MLflow server and a worker on 127.0.0.1 (README, Scheduled runs)
