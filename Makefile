@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 # On an NVIDIA GPU: EXTRAS=cuda,dev (TensorFlow) or EXTRAS=cpu,jax-cuda,dev (README, Training on a GPU).
 EXTRAS ?= cpu,jax,dev
 
-.PHONY: setup run test lint format clean smoke
+.PHONY: setup run test lint format clean smoke chromium
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,9 +32,15 @@ format: setup
 
 # Two test workers (the machines have 2 cores; tests/conftest.py keeps each module on one worker).
 # GANPIPE_REQUIRE_JAX: setup installs the jax extra, so a broken jax fails the JAX tests, not skips them.
+# GANPIPE_REQUIRE_UI: the UI test (tests/ui.py) fails, not skips, without chromium.
 TEST_WORKERS ?= 2
-test: lint
-	GANPIPE_REQUIRE_JAX=1 $(BIN)/pytest -q -n $(TEST_WORKERS)
+test: lint chromium
+	GANPIPE_REQUIRE_JAX=1 GANPIPE_REQUIRE_UI=1 $(BIN)/pytest -q -n $(TEST_WORKERS)
+
+# Debian's chromium for the UI test, once (sudo unless root).
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 # Install and a short end-to-end run on the other supported Pythons (.ci/smoke, into .venv312 and
 # .venv313: about 2.5-3.5 min each from a fresh clone, 1.5-2 of them the install). CI runs it after
