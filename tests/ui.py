@@ -37,6 +37,7 @@ CHROMIUM_ARGS = [
 # The report's markdown, as Prefect's UI renders it on the artifact page.
 REPORT = "article.markdown-renderer"
 
+
 def chromium_path() -> str | None:
     """$GANPIPE_CHROMIUM, or `chromium` on PATH (Debian: /usr/bin/chromium)."""
     return os.environ.get("GANPIPE_CHROMIUM") or shutil.which("chromium")
