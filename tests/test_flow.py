@@ -203,8 +203,8 @@ def test_flow_completes_when_the_dvc_remote_is_missing(harness, tmp_path):
         )
         assert f"- run: [{run_id}]({uri}/#/experiments/" in report
         assert (
-            f"registered [ganpipe-generator version 1]({uri}/#/models/ganpipe-generator/versions/1)"
-            in report
+            f"registered [ganpipe-generator version 1]({uri}/#/models/ganpipe-generator/versions/1"
+            "?workflowType=machine_learning)" in report
         )
         assert re.search(r"\| num_synthetic \| \d+ \|", report)  # a count, not 480.0000
 

@@ -53,8 +53,9 @@ def test_a_completed_run_registers_its_generator_once_after_evaluate(stages_run)
     assert run.data.tags["registered_model"] == f"{NAME}/1"  # what promotion reads
 
 
-def test_the_generator_is_logged_with_a_signature(stages_run):
+def test_the_generator_is_logged_with_a_signature_and_an_input_example(stages_run):
     import mlflow
+    import numpy as np
 
     _, _, _, client, run_id = stages_run
     version = client.get_model_version(NAME, "1")
@@ -62,6 +63,13 @@ def test_the_generator_is_logged_with_a_signature(stages_run):
     inputs = {s.name: (s.type.name, s.shape) for s in info.signature.inputs.inputs}
     assert inputs == {"z": ("float32", (-1, 8)), "label": ("int32", (-1,))}  # tiny: latent_dim 8
     assert info.signature.outputs.inputs[0].shape == (-1, 8, 8, 1)
+    # the example is saved with the model and is what the generator takes: it samples from it
+    local = mlflow.artifacts.download_artifacts(version.source)
+    example = mlflow.models.Model.load(local).load_input_example(local)
+    assert set(example) == {"z", "label"} and example["label"].tolist() == [0, 1]
+    model = mlflow.keras.load_model(version.source)
+    images = np.asarray(model.predict(example, verbose=0))
+    assert images.shape == (2, 8, 8, 1) and np.isfinite(images).all()
 
 
 def test_run_name_source_tags_and_experiment_kind(stages_run):

@@ -243,6 +243,11 @@ def test_deployed_run_promotes_and_the_scheduler_schedules(served: Served):
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.tags["promotion.decision"] == "promoted"
     assert "classifier_fd" in mlrun.data.metrics
+    # the MLflow run names its Prefect flow run and links back to it
+    assert mlrun.info.run_name.endswith(f" · prefect:{served.run_name}"), mlrun.info.run_name
+    assert mlrun.data.tags["prefect.flow_run_id"] == served.run_id
+    assert mlrun.data.tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{served.run_id}")
+    assert mlrun.data.tags["mlflow.source.name"] == "prefect flow ganpipe-pipeline"
     assert (served.root / "metrics" / "eval.json").exists()
 
 
@@ -281,7 +286,10 @@ def test_ui_pages_in_headless_chromium(served: Served, tmp_path):
     with ui.browser_page() as page:
         ui.check_prefect_flow_run(page, prefect_ui, served.run_id, served.run_name, shots)
         mlflow_link = ui.check_prefect_report(page, latest_report(served.api)["data"], shots)
-        assert mlflow_link.startswith(served.mlflow_uri) and mlflow_link.endswith(mlrun.info.run_id)
+        assert (
+            mlflow_link.startswith(served.mlflow_uri)
+            and f"/runs/{mlrun.info.run_id}?" in mlflow_link
+        )
         ui.check_mlflow_run(page, mlflow_link, mlrun.info.run_id, mlrun.info.run_name, shots)
         ui.check_mlflow_champion(
             page, served.mlflow_uri, "ganpipe-generator", champion.version, shots

@@ -97,7 +97,7 @@ def check_prefect_report(page: Page, markdown: str, shots: Path) -> str:
     expect(report.get_by_role("heading", name=re.compile(r"^Champion:"))).to_be_visible()
     check_report_images(page, markdown)
     page.screenshot(path=shots / "prefect-report.png", full_page=True)
-    link = report.locator("a[href*='/#/experiments/']")
+    link = report.locator("a[href*='/#/experiments/'][href*='/runs/']")  # the run page
     expect(link).to_have_count(1)
     return link.get_attribute("href")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlencode, urlparse
 
+from ganpipe.ops.runinfo import ui_url
 from ganpipe.paths import Paths
 
 if TYPE_CHECKING:
@@ -89,14 +90,15 @@ def run_links(tracker: MlflowTracker, paths: Paths) -> RunLinks:
         }
         model = []
         if model_id:
-            model.append(f"logged model [generator]({base}/#/experiments/{exp}/models/{model_id})")
+            page = ui_url(base, f"experiments/{exp}/models/{model_id}")
+            model.append(f"logged model [generator]({page})")
         if name and version:
-            page = f"{base}/#/models/{quote(name, safe='')}/versions/{version}"
+            page = ui_url(base, f"models/{quote(name, safe='')}/versions/{version}")
             model.append(f"registered [{name} version {version}]({page})")
         return RunLinks(
             run_id=run_id,
             server=True,
-            run_page=f"{base}/#/experiments/{exp}/runs/{run_id}",
+            run_page=ui_url(base, f"experiments/{exp}/runs/{run_id}"),
             image=artifact_url(base, run_id, GRID) if GRID in have else None,
             image_note=f"`{GRID}` of this run, served by the MLflow server",
             files=files,

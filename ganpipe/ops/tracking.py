@@ -330,19 +330,24 @@ class MlflowTracker(Tracker):
     def _log_generator(self, model_path: str | os.PathLike[str]) -> None:
         import keras
         import mlflow
-        import mlflow.keras
+        from mlflow.models import Model
 
         import ganpipe.models.layers  # noqa: F401  (registers the layers a saved generator may use)
 
         model = keras.models.load_model(model_path, compile=False, safe_mode=True)
         mlflow.set_tracking_uri(self.uri)
-        # Explicit requirements: MLflow's inference reloads the model in a subprocess (slow). No
-        # input_example: MLflow 3.17's Keras flavour writes it before creating the model folder
-        # (FileNotFoundError), and validating one reloads the model (+5 s on the tiny config).
+        # Explicit requirements: MLflow's inference reloads the model in a subprocess (slow).
         reqs = [f"keras=={keras.__version__}"]
         with mlflow.start_run(run_id=self.run_id):
-            mlflow.keras.log_model(
-                model, name="generator", signature=generator_signature(model), pip_requirements=reqs
+            Model.log(
+                artifact_path=None,  # MLflow 3: logged models are named, not placed
+                name="generator",
+                flavor=_KerasFlavor,
+                model=model,
+                signature=generator_signature(model),
+                input_example=generator_input_example(model),
+                validate_serving_input=False,  # it reloads the model: +5 s on the tiny config
+                pip_requirements=reqs,
             )
         self.client.update_run(self.run_id, status="RUNNING")
 
@@ -518,6 +523,35 @@ def _logged_generator(tracker: MlflowTracker, run_id: str) -> str | None:
         output_format="list",
     )
     return logged[0].model_id if logged else None
+
+
+class _KerasFlavor:
+    """mlflow.keras for `Model.log`, working around MLflow 3.17's Keras `save_model`, which writes
+    the input example into the model folder before it creates that folder (FileNotFoundError), and
+    which would not accept `validate_serving_input`."""
+
+    __name__ = "mlflow.keras"  # what the logged model records as its flavor
+
+    @staticmethod
+    def save_model(path: str, validate_serving_input: bool = True, **kwargs: Any) -> None:
+        import mlflow.keras
+
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def generator_input_example(model: Any) -> dict[str, Any]:
+    """Two samples of the generator's inputs: noise `z` and class `label` (0 and 1), by name."""
+    import numpy as np
+
+    example: dict[str, Any] = {}
+    for t in model.inputs:
+        shape = (2, *(int(d) for d in t.shape[1:]))
+        if np.issubdtype(np.dtype(str(t.dtype)), np.integer):
+            example[t.name] = np.arange(2, dtype=str(t.dtype)).reshape(shape)
+        else:
+            example[t.name] = np.random.default_rng(0).standard_normal(shape).astype(str(t.dtype))
+    return example
 
 
 def generator_signature(model: Any) -> Any:
