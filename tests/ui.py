@@ -141,7 +141,9 @@ def check_mlflow_champion(
     """The registered model's page: the row of `version` shows the alias `champion`."""
     from playwright.sync_api import expect
 
-    page.goto(f"{mlflow_uri}/#/models/{model}")
+    from ganpipe.ops.runinfo import ui_url
+
+    page.goto(ui_url(mlflow_uri, f"models/{model}"))  # in the model-training view, as linked
     cell = page.get_by_role("cell", name=f"Version {version}", exact=True)
     row = page.get_by_role("row").filter(has=cell)
     expect(row).to_contain_text("champion")
