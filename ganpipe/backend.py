@@ -17,9 +17,6 @@ from pathlib import Path
 
 from ganpipe.errors import ConfigError
 
-# The module each Keras backend imports (the name KERAS_BACKEND takes).
-BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "numpy": "numpy"}
-
 INSTALL_HINT = (
     "install one with an extra: pip install -c constraints.txt -e '.[cpu]' (TensorFlow, CPU), "
     "'.[cuda]' (TensorFlow, NVIDIA GPU), or '.[jax]' / '.[jax-cuda]' and set KERAS_BACKEND=jax "
@@ -57,7 +54,7 @@ def _installed(module: str) -> bool:
 def require_keras_backend() -> str:
     """The Keras backend's name, or ConfigError saying which extra installs it."""
     backend = keras_backend_name()
-    module = BACKEND_MODULES.get(backend, backend)
+    module = backend  # each Keras backend is named after the module it imports
     if _installed(module):
         return backend
     if backend == "tensorflow" and "KERAS_BACKEND" not in os.environ:

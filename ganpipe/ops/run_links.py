@@ -81,13 +81,20 @@ def run_links(tracker: MlflowTracker, paths: Paths) -> RunLinks:
     registered = run.data.tags.get("registered_model", "")
     name, _, version = registered.rpartition("/")
     have = _artifact_files(client, run_id)
-    if tracker.uri.startswith(("http://", "https://")):
-        base = tracker.uri.rstrip("/")
-        files = {
-            label: (path, artifact_url(base, run_id, path))
-            for label, (path, _, _) in REPORT_FILES.items()
-            if path in have
-        }
+    server = tracker.uri.startswith(("http://", "https://"))
+    base = tracker.uri.rstrip("/")
+    root = None if server else _local_dir(run.info.artifact_uri)
+
+    def where(path: str) -> str:
+        """A file's link: the server's URL, else its path in the store."""
+        if server:
+            return artifact_url(base, run_id, path)
+        return str(root / path) if root else f"{run.info.artifact_uri}/{path}"
+
+    files = {
+        label: (path, where(path)) for label, (path, _, _) in REPORT_FILES.items() if path in have
+    }
+    if server:
         model = []
         if model_id:
             page = ui_url(base, f"experiments/{exp}/models/{model_id}")
@@ -99,21 +106,15 @@ def run_links(tracker: MlflowTracker, paths: Paths) -> RunLinks:
             run_id=run_id,
             server=True,
             run_page=ui_url(base, f"experiments/{exp}/runs/{run_id}"),
-            image=artifact_url(base, run_id, GRID) if GRID in have else None,
+            image=where(GRID) if GRID in have else None,
             image_note=f"`{GRID}` of this run, served by the MLflow server",
             files=files,
             model=model,
         )
-    root = _local_dir(run.info.artifact_uri)
-    files = {
-        label: (path, str(root / path) if root else f"{run.info.artifact_uri}/{path}")
-        for label, (path, _, _) in REPORT_FILES.items()
-        if path in have
-    }
     model = []
     if model_id:
-        where = _local_dir(logged[0].artifact_location) or logged[0].artifact_location
-        model.append(f"logged model `models:/{model_id}` (`{where}`)")
+        stored_at = _local_dir(logged[0].artifact_location) or logged[0].artifact_location
+        model.append(f"logged model `models:/{model_id}` (`{stored_at}`)")
     if name and version:
         model.append(f"registered `models:/{name}/{version}`")
     stored = root / GRID if root and GRID in have else None

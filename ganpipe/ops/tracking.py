@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ganpipe.config import Params, TrackingParams
-from ganpipe.errors import GanpipeError
+from ganpipe.errors import DataError, GanpipeError
 from ganpipe.io import write_json
 from ganpipe.ops import runinfo
 
@@ -364,33 +364,36 @@ class MlflowTracker(Tracker):
             tags = self.client.get_run(self.run_id).data.tags
             if tags.get("registered_model"):
                 found.append(tags["registered_model"])
-            elif _logged_generator(self, self.run_id) is None:
+            elif (model_id := _logged_generator(self, self.run_id)) is None:
                 log.info("run %s logged no generator; nothing to register", self.run_id)
             else:
-                found.append(register_generator(self, self.run_id, self.params.model_name))
+                name = self.params.model_name
+                found.append(register_generator(self, self.run_id, name, model_id))
                 self.client.set_tag(self.run_id, "registered_model", found[0])
 
         self._record("register_generator", register)
         return found[0] if found else None
 
     def log_data(self, prepared_dir: str | os.PathLike[str]) -> None:
-        prepared_dir = Path(prepared_dir)
-        try:  # missing or damaged data is the stage's error to report, not the store's
-            summary = json.loads((prepared_dir / "summary.json").read_text())
-            tags = runinfo.data_tags(prepared_dir, summary)
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        self.set_tags(tags)
-        self._record("log_data", self._log_dataset, prepared_dir, summary)
+        from ganpipe.data.prepared import read_summary
 
-    def _log_dataset(self, prepared_dir: Path, summary: dict[str, Any]) -> None:
-        from mlflow.entities import DatasetInput, InputTag
+        prepared_dir = Path(prepared_dir)
+        try:
+            summary = read_summary(prepared_dir)
+        except DataError:  # missing or damaged data is the stage's error to report, not the store's
+            return
+        self._record("log_data", self._log_data, prepared_dir, summary)
+
+    def _log_data(self, prepared_dir: Path, summary: dict[str, Any]) -> None:
+        from mlflow.entities import DatasetInput, InputTag, RunTag
 
         dataset = runinfo.dataset_entity(prepared_dir, summary)
         run = self.client.get_run(self.run_id)
         logged = run.inputs.dataset_inputs if run.inputs else []
         if any(d.dataset.digest == dataset.digest for d in logged):
-            return  # a resumed run (or a second stage) logged it already
+            return  # train, or an earlier attempt of this run, logged it and its tags
+        tags = [RunTag(k, v) for k, v in runinfo.data_tags(prepared_dir, summary).items()]
+        self.client.log_batch(self.run_id, tags=tags, synchronous=True)
         context = InputTag("mlflow.data.context", "training")
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[context])])
 
@@ -499,13 +502,16 @@ def load_keras_model(tracking_uri: str, model_uri: str) -> Any:
     )
 
 
-def register_generator(tracker: MlflowTracker, run_id: str, model_name: str) -> str:
+def register_generator(
+    tracker: MlflowTracker, run_id: str, model_name: str, model_id: str | None = None
+) -> str:
     """Register the generator logged by run `run_id` (in `tracker`'s store) as a new version of
-    `model_name`; return "name/version". The generator is found as the run's logged model named
-    "generator" (MLflow 3), else by its run-relative path."""
+    `model_name`; return "name/version". The generator is the run's logged model `model_id`, by
+    default the one named "generator" (MLflow 3), else found by its run-relative path."""
     import mlflow
 
-    logged = _logged_generator(tracker, run_id)
+    logged = model_id or _logged_generator(tracker, run_id)
+    mlflow.set_tracking_uri(tracker.uri)
     uri = f"models:/{logged}" if logged else f"runs:/{run_id}/generator"
     version = mlflow.register_model(uri, model_name)
     return f"{model_name}/{version.version}"
