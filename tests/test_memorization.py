@@ -143,7 +143,13 @@ def test_guard_flags_exact_shifted_and_noisy_copies(sets, guard):
         assert near.by_pixels.all(), what
         np.testing.assert_array_equal(near.pixel_index, pick, err_msg=what)
     exact = guard.near_copies(copies, sets.features(copies))
-    assert (exact.pixel_distance == 0).all() and (exact.feature_distance == 0).all()
+    # Pixels are integers: an exact copy is at distance 0 exactly. Features come out of a network
+    # through BLAS, whose kernels may sum a row in another order when it sits in another batch:
+    # the same image's features then differ in float32 rounding (3-8e-6 measured on one machine
+    # of ours, 0 on another). 1e-3 of the flagging threshold is far above that rounding and far
+    # below the distance of any image that is not a copy.
+    assert (exact.pixel_distance == 0).all()
+    assert (exact.feature_distance <= 1e-3 * guard.feature_threshold).all()
 
 
 def test_guard_false_positive_rate_on_held_out_images(sets, guard):
