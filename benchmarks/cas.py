@@ -5,7 +5,7 @@ training set.
     python benchmarks/cas.py /tmp/ttq/generator.keras --prepared ttq-run/data/prepared
     python benchmarks/cas.py models/generator.keras --per-class 6000 --seeds 3
 
-Trained as the utility stage trains (`ganpipe.utility.train_and_score`: ganpipe's downstream CNN,
+Trained as the utility stage trains (`ganpipe.evaluation.downstream.train_and_score`: ganpipe's downstream CNN,
 utility.* params, early stopping on a validation split of the *real* training images, the real
 test split only scored), on `--per-class` samples of every class drawn from the generator
 (default 6,000: 60,000 for MNIST). Prints accuracy, balanced accuracy and macro-F1, mean and std
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    import ganpipe.models.layers  # noqa: F401  (registers the layers a generator may use)
+    import ganpipe.gan.models.layers  # noqa: F401  (registers the layers a generator may use)
     from ganpipe.config import load_params
     from ganpipe.data.prepared import Split, load_prepared, to_uint8
-    from ganpipe.utility import train_and_score, validation_split
+    from ganpipe.evaluation.downstream import train_and_score, validation_split
 
     params = load_params(None, args.overrides).utility
     real = load_prepared(args.prepared)

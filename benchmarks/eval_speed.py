@@ -56,7 +56,7 @@ def best_of(repeat: int, fn):
 def fd_benchmark(n: int, d: int, repeat: int) -> None:
     import scipy.linalg
 
-    from ganpipe.metrics import feature_stats, frechet_distance_from_stats
+    from ganpipe.evaluation.metrics import feature_stats, frechet_distance_from_stats
 
     rng = np.random.default_rng(0)
     mix = rng.normal(size=(d, d)) / np.sqrt(d)
@@ -126,18 +126,16 @@ def write_synthetic(work: Path, data: Path, n: int) -> Path:
 def run_eval(work: Path, n: int, reference_dir: Path | None = None) -> tuple[float, dict]:
     import warnings
 
-    from ganpipe.config import EvaluateParams
+    from ganpipe.config import EvaluateParams, Params
     from ganpipe.stages.evaluate import evaluate
 
     data = work / "data"
     syn = write_synthetic(work, data, n)
-    params = EvaluateParams(max_samples=BIG_MAX_SAMPLES)
+    params = Params(evaluate=EvaluateParams(max_samples=BIG_MAX_SAMPLES))
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # per-class singular covariances, KID subset size
-        out = evaluate(
-            params, data, syn, work / f"metrics_{n}", work / "evaluator", None, reference_dir
-        )
+        out = evaluate(params, data, syn, work / f"metrics_{n}", work / "evaluator", reference_dir)
     return time.perf_counter() - t0, out
 
 
@@ -145,7 +143,7 @@ def eval_benchmark(work: Path, n: int) -> None:
     import shutil
 
     from ganpipe.config import EvaluateParams
-    from ganpipe.evaluator import get_evaluator
+    from ganpipe.evaluation.domain_classifier import get_evaluator
 
     data = prepare(work)
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ Runs `ganpipe prepare`, `train`, `generate` (500 samples per class, whatever aug
 for) and `classifier` with tracking off, every output directory under --workdir. Then, for each class, the fraction of the samples generated for it that are
 assigned to it by
   (a) the pipeline's evaluator: trained on the prepared (long-tailed) training split, with class
-      weights when it is imbalanced (ganpipe.evaluator.class_weights);
+      weights when it is imbalanced (ganpipe.evaluation.domain_classifier.class_weights);
   (b) a reference classifier trained on the FULL, balanced MNIST training split
       (`new_classifier`, --reference-epochs epochs), cached at --reference (trained once, shared
       between runs), so a judge that never saw the tail agrees or not.
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from ganpipe.config import load_params
     from ganpipe.data.prepared import load_split
     from ganpipe.data.synthetic import load_synthetic
-    from ganpipe.evaluator import get_evaluator
+    from ganpipe.evaluation.domain_classifier import get_evaluator
     from ganpipe.io import read_json
     from ganpipe.paths import Paths
 
@@ -196,7 +196,7 @@ def reference_classifier(cache: Path, mnist: str, epochs: int) -> Any:
     import keras
 
     from ganpipe.data.prepared import to_float
-    from ganpipe.evaluator import new_classifier
+    from ganpipe.evaluation.domain_classifier import new_classifier
 
     if cache.exists():
         try:

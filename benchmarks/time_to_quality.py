@@ -61,16 +61,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from ganpipe.config import load_params
     from ganpipe.data.prepared import to_uint8
-    from ganpipe.evaluator import get_evaluator
-    from ganpipe.metrics import MetricInputs, compute_metrics
-    from ganpipe.metrics.extractors import build_extractor, load_feature_network
+    from ganpipe.evaluation.domain_classifier import get_evaluator
+    from ganpipe.evaluation.metrics import MetricInputs, compute_metrics
+    from ganpipe.evaluation.metrics.extractors import build_extractor, load_feature_network
+    from ganpipe.gan.training import ema
+    from ganpipe.gan.training.plan import plan_run
+    from ganpipe.gan.training.sampling import epoch_order
+    from ganpipe.gan.training.state import build_for_training
+    from ganpipe.gan.training.trainer import LOG_EVERY, make_runner
     from ganpipe.pipeline import Paths, run_stage
     from ganpipe.stages.evaluate import REFERENCE_CACHE, real_references
-    from ganpipe.training import ema
-    from ganpipe.training.plan import plan_run
-    from ganpipe.training.sampling import epoch_order
-    from ganpipe.training.state import build_for_training
-    from ganpipe.training.trainer import LOG_EVERY, make_runner
 
     params = load_params(args.params, [*args.overrides, "tracking.enabled=false"])
     paths = Paths.under(args.workdir)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         clock = now_seconds()  # scoring is not training time
 
     if args.grid:
-        from ganpipe.training.export import write_samples
+        from ganpipe.gan.training.export import write_samples
 
         write_samples(prepared_run, state, Path(args.grid))
     if args.save_generator:

@@ -114,8 +114,8 @@ class Bench:
         import keras
         import numpy as np
 
-        from ganpipe.training import trainer
-        from ganpipe.training.state import build_for_training
+        from ganpipe.gan.training import trainer
+        from ganpipe.gan.training.state import build_for_training
 
         self.keras, self.np, self.trainer = keras, np, trainer
         self.build = build_for_training  # -> GanState: models, optimizers, options

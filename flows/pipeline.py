@@ -6,8 +6,8 @@ process work pool that `ganpipe serve` runs a worker for.
 
 A run, holding its workspace's lock (ganpipe/lock.py): `dvc pull` from the user's DVC remote when
 one is configured and reachable (a missing one is a warning), the seven stages (skipped when DVC
-vouches they are up to date: ganpipe/ops/dvc.py; never Prefect's cache), champion promotion
-(ganpipe/ops/promotion.py), and the markdown artifact `ganpipe-report` (ganpipe/ops/report.py).
+vouches they are up to date: ganpipe/orchestration/dvc.py; never Prefect's cache), champion promotion
+(ganpipe/orchestration/promotion.py), and the markdown artifact `ganpipe-report` (ganpipe/orchestration/report.py).
 Wiring only: the logic is in those.
 """
 
@@ -25,12 +25,12 @@ from ganpipe.config import Params, load_params
 from ganpipe.errors import GanpipeError
 from ganpipe.io import read_json
 from ganpipe.lock import workspace_lock
-from ganpipe.ops import dvc
-from ganpipe.ops.promotion import promote_run
-from ganpipe.ops.report import pipeline_report
-from ganpipe.ops.run_links import RunLinks, log_report_files, run_links, workspace_links
-from ganpipe.ops.tracking import MlflowTracker, Tracker, tracked_run
-from ganpipe.pipeline import STAGES, Paths, run_stage
+from ganpipe.mlflow_adapter.tracking import MlflowTracker, Tracker, tracked_run
+from ganpipe.orchestration import dvc
+from ganpipe.orchestration.promotion import promote_run
+from ganpipe.orchestration.report import pipeline_report
+from ganpipe.orchestration.run_links import RunLinks, log_report_files, run_links, workspace_links
+from ganpipe.pipeline import STAGES, Paths, run_stage, run_stages
 
 
 def _is_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -62,7 +62,7 @@ def stage(
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_is_transient, cache_policy=NO_CACHE)
 def update_data(root: str) -> str:
     """`dvc pull` when `root` is inside a DVC repository whose default remote is configured and
-    reachable; else nothing (a missing remote is a warning, not a failure: ganpipe/ops/dvc.py)."""
+    reachable; else nothing (a missing remote is a warning, not a failure: ganpipe/orchestration/dvc.py)."""
     return dvc.pull(root, get_run_logger())
 
 
@@ -128,9 +128,12 @@ def _run(
     if update:
         update_data(root)
     with tracked_run(params) as tracker:
-        results: dict[str, Any] = {"run_id": tracker.run_id}
-        for name in STAGES:
-            results[name] = stage.with_options(name=name)(name, params, paths, tracker, dvc_repo)
+
+        def task_run(name: str, *args: Any) -> dict[str, Any]:
+            return stage.with_options(name=name)(name, params, paths, tracker, dvc_repo)
+
+        results = run_stages(STAGES, params, paths, tracker, runner=task_run)
+        results["run_id"] = tracker.run_id
         if isinstance(tracker, MlflowTracker):
             log_report_files(tracker, paths)  # the run's own copies, even of skipped stages
         if promote_champion and params.tracking.register_model and tracker.run_id is not None:

@@ -4,8 +4,8 @@
     python flows/sweep.py sweeps/example.yaml my.yaml --workers 4
     python flows/sweep.py sweeps/example.yaml --address tcp://scheduler:8786
 
-Wiring only: the sweep's logic is in `ganpipe/ops/sweep.py`, its markdown artifact `ganpipe-sweep`
-in `ganpipe/ops/report.py`. Each configuration is a Prefect task that `DaskTaskRunner` sends to a
+Wiring only: the sweep's logic is in `ganpipe/orchestration/sweep.py`, its markdown artifact `ganpipe-sweep`
+in `ganpipe/orchestration/report.py`. Each configuration is a Prefect task that `DaskTaskRunner` sends to a
 Dask worker once the prepare+classifier task it shares with the configs of its dataset is done.
 """
 
@@ -19,13 +19,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-import ganpipe.ops.sweep as sweeps
+import ganpipe.orchestration.sweep as sweeps
 from ganpipe.config import Params
-from ganpipe.ops.report import sweep_report
-from ganpipe.ops.runinfo import run_title
-from ganpipe.ops.serve import shared_prefect_server
-from ganpipe.ops.tracking import tracked_run
+from ganpipe.mlflow_adapter.runinfo import run_title
+from ganpipe.mlflow_adapter.tracking import tracked_run
+from ganpipe.orchestration.report import sweep_report
 from ganpipe.pipeline import Paths
+from ganpipe.serve import shared_prefect_server
 
 REPORT_KEY = "ganpipe-sweep"
 

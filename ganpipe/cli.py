@@ -11,31 +11,19 @@ import json
 import os
 import signal
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ganpipe.errors import GanpipeError
 from ganpipe.lock import workspace_lock
-from ganpipe.pipeline import STAGES, Paths, run_file, run_stage
+from ganpipe.pipeline import Paths, run_file, run_stage, run_stages
+from ganpipe.registry import STAGES, stage
 
 if TYPE_CHECKING:
     from ganpipe.config import Params
 
-# Stages that log into the pipeline's MLflow run; `train` opens it, the later ones rejoin it.
-TRACKED = {"train", "generate", "utility", "augment", "evaluate"}
-
-HELP = {
-    "prepare": "load and validate the raw data; write data/prepared/{train,test}.npz + summary.json",
-    "train": "train the class-conditional GAN; write models/ (resumes from checkpoints/)",
-    "generate": "sample labelled synthetic images into data/synthetic/",
-    "utility": "does adding the samples help a downstream classifier? write metrics/utility.json",
-    "augment": "merge real and filtered synthetic training data into data/augmented/",
-    "classifier": "train (or reuse) the domain classifier the evaluation uses, in evaluator/",
-    "evaluate": "score the synthetic samples; write metrics/eval.json and metrics/per_class.csv",
-    "run": "run every stage in order under one MLflow run",
-}
+RUN_HELP = "run every stage in order under one MLflow run"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,9 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         "per pipeline stage, `run` for all of them in order, `serve` for the scheduling servers.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in (*STAGES, "run"):
-        sub.add_parser(name, parents=[common], help=HELP[name], description=HELP[name])
-    from ganpipe.ops.serve import add_arguments
+    for name, spec in STAGES.items():
+        sub.add_parser(name, parents=[common], help=spec.help, description=spec.help)
+    sub.add_parser("run", parents=[common], help=RUN_HELP, description=RUN_HELP)
+    from ganpipe.serve import add_arguments
 
     serve_help = "run a Prefect server, an MLflow server and a worker for scheduled runs"
     add_arguments(sub.add_parser("serve", help=serve_help, description=serve_help))
@@ -69,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
-        from ganpipe.ops.serve import main as serve
+        from ganpipe.serve import main as serve
 
         return serve(args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -115,10 +104,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def run_one(name: str, params: Params, paths: Paths, progress: bool = True) -> dict[str, Any]:
     """One stage as its own process (how `dvc repro` runs it). `train` opens the pipeline's MLflow
-    run; generate and evaluate rejoin it through the run file beside the model."""
-    from ganpipe.ops.tracking import NULL_TRACKER, tracked_run
+    run; the later tracked stages (ganpipe.registry: `tracked`) rejoin it through the run file
+    beside the model."""
+    from ganpipe.mlflow_adapter.tracking import tracked_run
+    from ganpipe.tracker import NULL_TRACKER
 
-    if name not in TRACKED:
+    if not stage(name).tracked:
         run = nullcontext(NULL_TRACKER)
     else:
         resume = None if name == "train" else run_file(paths)
@@ -129,15 +120,14 @@ def run_one(name: str, params: Params, paths: Paths, progress: bool = True) -> d
 
 def run_all(params: Params, paths: Paths, progress: bool = True) -> dict[str, Any]:
     """Every stage in order, one MLflow run for all of them."""
-    from ganpipe.ops.tracking import tracked_run
+    from ganpipe.mlflow_adapter.tracking import tracked_run
+
+    def announce(name: str) -> None:
+        print(f"== {name}", file=sys.stderr, flush=True)
 
     with tracked_run(params) as tracker:
-        results: dict[str, Any] = {"run_id": tracker.run_id, "seconds": {}}
-        for name in STAGES:
-            t0 = time.perf_counter()
-            print(f"== {name}", file=sys.stderr, flush=True)
-            results[name] = run_stage(name, params, paths, tracker, progress)
-            results["seconds"][name] = round(time.perf_counter() - t0, 1)
+        results = run_stages(STAGES, params, paths, tracker, progress, on_stage=announce)
+        results["run_id"] = tracker.run_id
         tracker.log_metrics({f"seconds_{k}": v for k, v in results["seconds"].items()})
     return results
 

@@ -23,7 +23,7 @@ from pydantic import (
 from ganpipe.errors import ConfigError
 
 DEFAULT_PARAMS = "params.yaml"
-# DiffAugment transforms `train.diffaugment` may list (ganpipe/training/diffaugment.py).
+# DiffAugment transforms `train.diffaugment` may list (ganpipe/gan/training/diffaugment.py).
 DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")
 
 
@@ -74,11 +74,11 @@ class DataParams(Section):
 class ModelParams(Section):
     # conditional: ours, sized from the data (label channel + projection discriminator).
     # dcgan_tutorial: the TensorFlow DCGAN tutorial's layers, 28x28x1 only, minimal conditioning
-    # (see ganpipe/models/tutorial.py); `filters` does not apply to it.
+    # (see ganpipe/gan/models/tutorial.py); `filters` does not apply to it.
     # mlp, mlp_convd: the dense GAN of the seed articles (dense D, or two 5x5 stride-2
-    # convolutions), trained right and conditioned (ganpipe/models/mlp.py), 28x28-sized layers
+    # convolutions), trained right and conditioned (ganpipe/gan/models/mlp.py), 28x28-sized layers
     # for any shape. resnet: SNGAN's residual G (class-conditional BatchNorm) and D (projection),
-    # scaled to the data's shape (ganpipe/models/resnet.py).
+    # scaled to the data's shape (ganpipe/gan/models/resnet.py).
     arch: Literal["conditional", "dcgan_tutorial", "mlp", "mlp_convd", "resnet"] = "conditional"
     latent_dim: int = Field(64, ge=1)
     embed_dim: int = Field(32, ge=1)
@@ -109,7 +109,7 @@ class TrainParams(Section):
     # wraps both optimizers in a LossScaleOptimizer.
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     # bce: non-saturating GAN loss; hinge; wgan_gp: Wasserstein loss + gradient penalty
-    # (weight gp_weight, only used by wgan_gp). See ganpipe/training/losses.py.
+    # (weight gp_weight, only used by wgan_gp). See ganpipe/gan/training/losses.py.
     loss: Literal["bce", "hinge", "wgan_gp"] = "bce"
     gp_weight: float = Field(10.0, gt=0)
     # Exponential moving average of the generator's weights (e.g. 0.999); null: off. When on, the
@@ -118,7 +118,7 @@ class TrainParams(Section):
     # DiffAugment policy for D's inputs (real and fake): "" (off) or a comma-separated subset of
     # color, translation, cutout.
     diffaugment: str = ""
-    # Data parallel over the local devices (ganpipe/training/distribute.py): auto (data_parallel
+    # Data parallel over the local devices (ganpipe/gan/training/distribute.py): auto (data_parallel
     # when there is more than one device), none, or data_parallel. batch_size is the global batch,
     # split evenly across the devices.
     distribute: Literal["auto", "none", "data_parallel"] = "auto"
@@ -126,7 +126,7 @@ class TrainParams(Section):
     # one pass over the data per epoch: rare classes get as many of D's and G's steps (the fake
     # batch uses the real batch's labels) as common ones. For long-tailed data.
     class_balance: bool = False
-    # Adaptive discriminator augmentation (Karras et al. 2020; ganpipe/training/ada.py): each of
+    # Adaptive discriminator augmentation (Karras et al. 2020; ganpipe/gan/training/ada.py): each of
     # ada_policy's transforms is applied to each image D sees with probability p, and p moves
     # every ada_interval steps towards D's outputs on real images having mean sign ada_target,
     # by at most 1 per ada_kimg thousand images. Not together with diffaugment.
@@ -176,12 +176,12 @@ class AugmentParams(Section):
     target_per_class: int | None = Field(None, ge=1)
     counts: dict[str, Annotated[int, Field(ge=0)]] | None = None
     seed: int = 0
-    # Filters, in this order (ganpipe.filters). Keep only synthetic samples the domain classifier
+    # Filters, in this order (ganpipe.evaluation.filters). Keep only synthetic samples the domain classifier
     # (evaluator/) assigns to their label, with at least min_confidence probability: off-label
     # samples are label noise.
     reject_off_label: bool = False
     min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
-    # Drop near-copies of training images (ganpipe.memorization): closer to their nearest training
+    # Drop near-copies of training images (ganpipe.evaluation.metrics.memorization): closer to their nearest training
     # image, in pixels (any 1-pixel shift) or in evaluator features, than the
     # memorization_quantile/2 quantile of real images' distance to their nearest other training
     # image in that space. A held-out real image is dropped with probability <= the quantile.

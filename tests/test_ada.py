@@ -1,4 +1,4 @@
-"""Adaptive discriminator augmentation (`train.ada`, ganpipe/training/ada.py): the augmentation at
+"""Adaptive discriminator augmentation (`train.ada`, ganpipe/gan/training/ada.py): the augmentation at
 p = 0, 1 and in between, the p rule, and training with it on TensorFlow (in this process) and JAX
 (in a subprocess, started first so that it runs while the TensorFlow tests do): p moves, the
 history and checkpoints hold it, and a resumed run ends exactly where an uninterrupted one does.
@@ -21,10 +21,10 @@ from keras import ops
 
 from ganpipe.config import load_params
 from ganpipe.errors import ConfigError
-from ganpipe.ops.tracking import Tracker
-from ganpipe.training import ada, diffaugment, train
-from ganpipe.training.checkpoint import HISTORY_COLUMNS, Checkpoints, run_key
-from ganpipe.training.losses import METRICS, StepOptions, gan_losses
+from ganpipe.gan.training import ada, diffaugment, train
+from ganpipe.gan.training.checkpoint import HISTORY_COLUMNS, Checkpoints, run_key
+from ganpipe.gan.training.losses import METRICS, StepOptions, gan_losses
+from ganpipe.tracker import Tracker
 from tests.helpers import has_jax
 from tests.train_fixtures import ADA, ADA_RESUME_OPTIONS, STEPS_PER_EPOCH, tiny
 
@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ganpipe.training import train
-from ganpipe.training.checkpoint import Checkpoints
+from ganpipe.gan.training import train
+from ganpipe.gan.training.checkpoint import Checkpoints
 from tests.train_fixtures import ADA, tiny
 
 data_dir, tmp = Path(sys.argv[1]), Path(sys.argv[2])

@@ -11,7 +11,7 @@ from ganpipe.config import AugmentParams
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
 from ganpipe.data.synthetic import synthetic_counts, wanted_counts
 from ganpipe.errors import ConfigError, DataError
-from ganpipe.evaluator import Evaluator, accept_mask
+from ganpipe.evaluation.domain_classifier import Evaluator, accept_mask
 from ganpipe.io import read_json, save_npz, write_json
 from ganpipe.stages.augment import augment
 
@@ -357,8 +357,8 @@ def test_fidelity_filter_drops_outliers(data_dir, tmp_path):
 def write_verdict(metrics_dir: Path, treated_shift: float) -> str:
     """A utility.json as the utility stage writes it, from hand-made per-seed scores where the
     synthetic arm's scores are the baseline's + treated_shift (with a little spread)."""
+    from ganpipe.evaluation.downstream import ARMS, METRICS, summarize
     from ganpipe.stages.utility import headline
-    from ganpipe.utility import ARMS, METRICS, summarize
 
     base = [0.90, 0.91, 0.92]
     per_seed = {
@@ -386,9 +386,9 @@ def test_require_benefit_gates_the_export(data_dir, tmp_path):
     """augment.require_benefit: a 'hurts' verdict stops the stage before it writes anything,
     with the numbers; 'helps' exports; a missing verdict file is a clear error."""
     from ganpipe.config import Params
-    from ganpipe.ops.tracking import NULL_TRACKER
     from ganpipe.paths import Paths
     from ganpipe.stages.augment import run as run_augment
+    from ganpipe.tracker import NULL_TRACKER
 
     make_synthetic(tmp_path / "synthetic", per_class=10)
     paths = Paths(prepared=data_dir, synthetic=tmp_path / "synthetic",

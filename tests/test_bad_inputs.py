@@ -1,31 +1,14 @@
-"""The bad-input suite (benchmarks/bad_inputs.py), one test per case: each bad data source, param
+"""The bad-input suite (tests/bad_inputs.py), one test per case: each bad data source, param
 or damaged file stops its `ganpipe` command with exit 2, one message naming the file, row or key, no
 traceback, and no change to the outputs of the completed tiny run in the workspace."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_suite() -> ModuleType:
-    """benchmarks/bad_inputs.py, the one list of cases (benchmarks/ is not a package)."""
-    name = "ganpipe_bench_bad_inputs"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "bad_inputs.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before exec: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-suite = load_suite()
+from tests import bad_inputs as suite  # the one list of cases
 
 
 @pytest.fixture(scope="module")

@@ -207,7 +207,7 @@ def test_queued_dvc_experiments_on_two_jobs_record_every_run_in_the_repository(t
 
 
 def test_default_store_of_a_queued_experiment_is_the_repositorys(tmp_path):
-    from ganpipe.ops.tracking import default_store_dir
+    from ganpipe.mlflow_adapter.tracking import default_store_dir
 
     exp = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
     exp.mkdir(parents=True)

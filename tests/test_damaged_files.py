@@ -165,7 +165,7 @@ def test_data_path_npz_damaged_pickled_or_a_lone_array(tmp_path):
 def test_damaged_newest_checkpoint_falls_back_at_any_offset(tmp_path, caplog):
     import keras
 
-    from ganpipe.training.checkpoint import HISTORY_COLUMNS, Checkpoints
+    from ganpipe.gan.training.checkpoint import HISTORY_COLUMNS, Checkpoints
 
     ckpt = Checkpoints(tmp_path / "ck")
     rng = np.random.default_rng(0)
@@ -178,7 +178,7 @@ def test_damaged_newest_checkpoint_falls_back_at_any_offset(tmp_path, caplog):
     newest = ckpt.save(8, groups, np.ones((8, len(HISTORY_COLUMNS))))
     pristine = newest.read_bytes()
 
-    caplog.set_level(logging.WARNING, logger="ganpipe.training.checkpoint")
+    caplog.set_level(logging.WARNING, logger="ganpipe.gan.training.checkpoint")
     for what, data in damaged_versions(newest):
         newest.write_bytes(data)
         caplog.clear()
@@ -202,7 +202,7 @@ def test_damaged_newest_checkpoint_falls_back_at_any_offset(tmp_path, caplog):
 def test_train_resumes_from_the_previous_checkpoint_to_the_same_result(work, project):
     import keras
 
-    import ganpipe.models  # noqa: F401  (registers the layers the saved models use)
+    import ganpipe.gan.models  # noqa: F401  (registers the layers the saved models use)
 
     ckpts = sorted((work / "checkpoints").glob("*/ckpt_*.npz"))
     assert len(ckpts) == 2, ckpts

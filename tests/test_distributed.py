@@ -38,9 +38,9 @@ import numpy as np
 
 from ganpipe.config import Params
 from ganpipe.errors import ConfigError
-from ganpipe.training import distribute, train
-from ganpipe.training.checkpoint import run_key
-from ganpipe.training.state import build_for_training
+from ganpipe.gan.training import distribute, train
+from ganpipe.gan.training.checkpoint import run_key
+from ganpipe.gan.training.state import build_for_training
 from tests.train_fixtures import ADA_RESUME_OPTIONS, RESUME_OPTIONS, tiny
 
 data_dir, tmp = Path(sys.argv[1]), Path(sys.argv[2])
@@ -130,7 +130,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 """
     + COMMON
     + r"""
-from ganpipe.training import step_tf
+from ganpipe.gan.training import step_tf
 
 plan = distribute.plan(tiny(), "tensorflow")
 out["devices"] = list(plan.devices)
@@ -194,7 +194,7 @@ JAX_CHECKS = (
     + r"""
 import jax
 
-from ganpipe.training import step_jax
+from ganpipe.gan.training import step_jax
 
 plan = distribute.plan(tiny(), "jax")
 out["devices"] = list(plan.devices)

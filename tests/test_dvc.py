@@ -105,7 +105,7 @@ def test_changed_training_code_retrains(repro):
     reruns train, which starts afresh under a new run key instead of "nothing to do". (Only up to
     train: the stages after it rerun on any new model, code change or not.)"""
     before = json.loads((repro / "models/train_summary.json").read_text())
-    trainer = repro / "ganpipe/training/trainer.py"
+    trainer = repro / "ganpipe/gan/training/trainer.py"
     trainer.write_text(trainer.read_text() + "\n# an edit to the training code\n")
     result = repro_here(repro, "train")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

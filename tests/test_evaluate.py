@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ganpipe.config import EvaluateParams
+from ganpipe.config import EvaluateParams, Params
 from ganpipe.data.prepared import Prepared, Split, save_prepared, save_split
 from ganpipe.errors import ConfigError, DataError
-from ganpipe.memorization import HEADLINE_KEYS as MEMORIZATION_KEYS
-from ganpipe.ops.tracking import Tracker
-from ganpipe.stages.evaluate import PER_CLASS_COLUMNS, evaluate, stratified_subsample
+from ganpipe.evaluation.metrics.memorization import HEADLINE_KEYS as MEMORIZATION_KEYS
+from ganpipe.paths import Paths
+from ganpipe.stages import evaluate as stage
+from ganpipe.stages.evaluate import PER_CLASS_COLUMNS, stratified_subsample
+from ganpipe.tracker import Tracker
 from tests.helpers import digits_prepared
 
 PARAMS = EvaluateParams(
@@ -42,6 +44,24 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("evaluator")
 
 
+def evaluate(
+    params: EvaluateParams,
+    data_dir: Path,
+    synthetic_dir: Path,
+    out: Path,
+    cache_dir: Path,
+    tracker: Tracker | None = None,
+    reference_dir: Path | None = None,
+) -> dict:
+    """The stage's library function with these evaluate params (the other sections default); with
+    a tracker, the stage's `run`, which logs what the library function wrote."""
+    full = Params(evaluate=params)
+    if tracker is None:
+        return stage.evaluate(full, data_dir, synthetic_dir, out, cache_dir, reference_dir)
+    paths = Paths(prepared=data_dir, synthetic=synthetic_dir, metrics=out, evaluator=cache_dir)
+    return stage.run(full, paths, tracker)
+
+
 def write_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     save_split(path / "samples.npz", Split(images, labels.astype(np.int64)))
@@ -64,7 +84,7 @@ class RecordingTracker(Tracker):
 
 
 def test_get_evaluator_trains_once_and_retrains_on_change(digits, tmp_path, monkeypatch):
-    from ganpipe import evaluator as clf
+    from ganpipe.evaluation import domain_classifier as clf
 
     data_dir, prepared = digits
     calls = []
@@ -111,7 +131,7 @@ def test_get_evaluator_trains_once_and_retrains_on_change(digits, tmp_path, monk
 def test_get_evaluator_retrains_when_model_file_is_damaged(digits, tmp_path, monkeypatch):
     """The classifier stage (rebuild_damaged) retrains over a damaged model file; the stages that
     only read the evaluator stop with a DataError naming it (tests/test_damaged_files.py: the CLI)."""
-    from ganpipe import evaluator as clf
+    from ganpipe.evaluation import domain_classifier as clf
 
     data_dir, _ = digits
     params = EvaluateParams(classifier_epochs=1)
@@ -129,9 +149,9 @@ def test_get_evaluator_retrains_when_model_file_is_damaged(digits, tmp_path, mon
 
 
 def test_classifier_features_layer_and_extract(digits, cache_dir):
-    from ganpipe.evaluator import get_evaluator
-    from ganpipe.metrics import extract
-    from ganpipe.models.classifier import feature_extractor
+    from ganpipe.evaluation.domain_classifier import get_evaluator
+    from ganpipe.evaluation.domain_net import feature_extractor
+    from ganpipe.evaluation.metrics import extract
 
     data_dir, prepared = digits
     ev = get_evaluator(data_dir, PARAMS, cache_dir)
@@ -292,7 +312,7 @@ def test_stratified_subsample_keeps_class_shares():
 
 
 def test_second_generator_reuses_the_real_reference(digits, cache_dir, tmp_path, monkeypatch):
-    from ganpipe.metrics.extractors import Extractor
+    from ganpipe.evaluation.metrics.extractors import Extractor
 
     data_dir, prepared = digits
     extracted = []
@@ -344,7 +364,7 @@ def _noisy(
 
 
 def test_inception_without_weights_refuses_before_any_training(digits, tmp_path, monkeypatch):
-    from ganpipe.metrics import extractors
+    from ganpipe.evaluation.metrics import extractors
 
     data_dir, prepared = digits
     syn = write_samples(tmp_path / "syn", prepared.test.images, prepared.test.labels)
@@ -363,7 +383,7 @@ def test_inception_features_are_reported_as_fid(digits, cache_dir, tmp_path, mon
     """The Inception path end to end, with a small stand-in network (no weights to download)."""
     import keras
 
-    from ganpipe.metrics import extractors
+    from ganpipe.evaluation.metrics import extractors
 
     def stand_in(weights):
         keras.utils.set_random_seed(0)

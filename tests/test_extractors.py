@@ -16,11 +16,11 @@ import pytest
 from ganpipe.config import EvaluateParams, load_params
 from ganpipe.data.prepared import to_float
 from ganpipe.errors import ConfigError, DataError
-from ganpipe.metrics import FeatureSet, SingularCovarianceWarning, feature_stats
-from ganpipe.metrics import extractors as ex
-from ganpipe.metrics.features import extract, run_batched
-from ganpipe.metrics.reference import load_or_compute, real_reference
-from ganpipe.models.classifier import build_classifier, feature_extractor
+from ganpipe.evaluation.domain_net import build_classifier, feature_extractor
+from ganpipe.evaluation.metrics import FeatureSet, SingularCovarianceWarning, feature_stats
+from ganpipe.evaluation.metrics import extractors as ex
+from ganpipe.evaluation.metrics.features import extract, run_batched
+from ganpipe.evaluation.metrics.reference import load_or_compute, real_reference
 
 OFFLINE = Exception(
     "URL fetch failure on https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -300,7 +300,7 @@ def test_load_or_compute_reuses_and_invalidates(tmp_path):
     assert load_or_compute(tmp_path, parts, compute, "x-train").from_cache
 
 
-@pytest.mark.filterwarnings("ignore::ganpipe.metrics.SingularCovarianceWarning")
+@pytest.mark.filterwarnings("ignore::ganpipe.evaluation.metrics.SingularCovarianceWarning")
 def test_real_reference_counts_extractions(tmp_path, classifier):
     meta = {"key": {"content_hash": "abc"}, "trained_at": "t1"}
     extractor = ex.build_extractor(None, classifier, meta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 
 import pytest
@@ -164,7 +165,9 @@ def test_flow_completes_when_the_dvc_remote_is_missing(harness, tmp_path):
     """A scheduled run in a DVC repository whose default remote does not exist (issue 14: a fresh
     clone failed at `update_data`, three tries): the update step warns and the run completes. It
     records into an MLflow server: the report's picture and links are that run's artifacts, served
-    by the server, and its first generator holds the `champion` alias."""
+    by the server, and its first generator holds the `champion` alias. Then the nightly user's
+    normal case: the next run's data changed, so the champion is re-evaluated on the new data,
+    with the default `generate` params (issue 21: per_class auto raised DataError there)."""
     import httpx
     from prefect.settings import PREFECT_API_URL
 
@@ -176,7 +179,9 @@ def test_flow_completes_when_the_dvc_remote_is_missing(harness, tmp_path):
 
     (tmp_path / "project").mkdir()
     with mlflow_server(tmp_path / "mlflow.db", free_port()) as uri:
-        params = full_params(TINY, "tracking.enabled=true", f"tracking.uri={uri}")
+        params = full_params(
+            TINY, "tracking.enabled=true", f"tracking.uri={uri}", "generate.per_class=auto"
+        )
         repo = make_repo(tmp_path / "project", params)
         dvc(repo, "remote", "add", "-d", "--local", "gone", "../storage")
         state = fp.pipeline(
@@ -207,6 +212,18 @@ def test_flow_completes_when_the_dvc_remote_is_missing(harness, tmp_path):
             "?workflowType=machine_learning)" in report
         )
         assert re.search(r"\| num_synthetic \| \d+ \|", report)  # a count, not 480.0000
+
+        # the next night: fewer images per class, so other data; the champion is re-evaluated
+        first_data = json.loads((repo / "data/prepared/summary.json").read_text())["content_hash"]
+        changed = (repo / "params.yaml").read_text().replace("max_per_class: 40", "max_per_class: 30")
+        (repo / "params.yaml").write_text(changed)
+        again = fp.pipeline(params_file=str(repo / "params.yaml"), root=str(repo))
+        summary = json.loads((repo / "data/prepared/summary.json").read_text())
+        assert summary["content_hash"] != first_data and summary["num_train"] < 10 * 40
+        decision = again["promotion"]
+        assert decision["basis"] == "re-evaluated" and decision["champion_version"] == "1"
+        assert decision["version"] == "2" and decision["decision"] in ("promoted", "kept")
+        assert math.isfinite(decision["champion_value"]) and math.isfinite(decision["value"])
 
     body = {
         "flow_runs": {"id": {"any_": [str(state.state_details.flow_run_id)]}},

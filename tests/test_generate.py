@@ -1,7 +1,7 @@
 """generate: counts, formats, PNG tree, manifest, seeding, errors and atomicity.
 
 Uses a tiny stand-in generator (built-in layers, inputs `z` and `label`) so it does not depend on
-ganpipe.models.
+ganpipe.gan.models.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 import ganpipe.stages.generate as gen_mod
-from ganpipe.config import GenerateParams
+from ganpipe.config import AugmentParams, GenerateParams, Params
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
 from ganpipe.errors import DataError
 from ganpipe.io import read_json
-from ganpipe.ops.tracking import Tracker
-from ganpipe.stages.generate import class_counts, class_dir_names, generate
+from ganpipe.paths import Paths
+from ganpipe.stages.generate import class_counts, class_dir_names
+from ganpipe.tracker import Tracker
 
 SHAPE = (8, 8, 1)
 LATENT = 6
@@ -60,6 +61,21 @@ def model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return make_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+def generate(
+    params: GenerateParams,
+    model_dir: Path,
+    data_dir: Path,
+    out: Path,
+    tracker: Tracker | None = None,
+) -> dict:
+    """The stage's library function with these generate params and an augment mode that needs no
+    samples (so a fixed per_class is not checked against it); with a tracker, the stage's `run`."""
+    full = Params(generate=params, augment=AugmentParams(synthetic_ratio=0.0))
+    if tracker is None:
+        return gen_mod.generate(full, model_dir, data_dir, out)
+    return gen_mod.run(full, Paths(prepared=data_dir, models=model_dir, synthetic=out), tracker)
 
 
 def load_samples(out: Path) -> tuple[np.ndarray, np.ndarray]:

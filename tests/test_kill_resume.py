@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import ganpipe.models  # noqa: F401  (registers the layers the saved models use)
+import ganpipe.gan.models  # noqa: F401  (registers the layers the saved models use)
 from ganpipe.lock import LOCK_NAME
 
 GANPIPE = str(Path(sys.executable).parent / "ganpipe")

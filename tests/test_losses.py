@@ -12,10 +12,10 @@ import tensorflow as tf
 
 from ganpipe.config import ModelParams, Params, TrainParams, load_params
 from ganpipe.errors import ConfigError
-from ganpipe.models import build_models
-from ganpipe.training import checkpoint, diffaugment, ema, step_tf
-from ganpipe.training.checkpoint import run_key
-from ganpipe.training.losses import (
+from ganpipe.gan.models import build_models
+from ganpipe.gan.training import checkpoint, diffaugment, ema, step_tf
+from ganpipe.gan.training.checkpoint import run_key
+from ganpipe.gan.training.losses import (
     StepOptions,
     adversarial_losses,
     gan_losses,
@@ -23,7 +23,7 @@ from ganpipe.training.losses import (
     interpolate,
     step_uniforms,
 )
-from ganpipe.training.state import GanState, build_for_training, make_optimizers
+from ganpipe.gan.training.state import GanState, build_for_training, make_optimizers
 
 REAL = np.array([[2.0], [-1.0], [0.5], [0.0]], np.float32)
 FAKE = np.array([[-3.0], [1.5], [0.0], [-0.5]], np.float32)

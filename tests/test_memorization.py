@@ -1,4 +1,4 @@
-"""The memorization guard and DCR (ganpipe.memorization) on the embedded 5,000 MNIST digits.
+"""The memorization guard and DCR (ganpipe.evaluation.metrics.memorization) on the embedded 5,000 MNIST digits.
 
 Features are a fixed random projection of the pixels: the rule does not care where features come
 from, and no Keras is needed here.
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from ganpipe.memorization import (
+from ganpipe.evaluation.metrics.memorization import (
     fit_guard,
     matched_subsample,
     memorization_report,
@@ -91,7 +91,7 @@ def test_nearest_matches_brute_force_and_excludes_by_index():
 
 
 def test_nearest_blocks_give_the_same_answer(monkeypatch):
-    from ganpipe import memorization
+    from ganpipe.evaluation.metrics import memorization
 
     rng = np.random.default_rng(2)
     ref, queries = rng.normal(size=(70, 5)), rng.normal(size=(33, 5))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from ganpipe.metrics import (
+from ganpipe.evaluation.metrics import (
     METRICS,
     FeatureSet,
     MetricInputs,
@@ -254,8 +254,8 @@ def test_registry_computes_headline_metrics():
 
 
 def test_registry_plugs_in_new_metric(monkeypatch):
-    monkeypatch.setattr("ganpipe.metrics.METRICS", dict(METRICS))
-    import ganpipe.metrics as m
+    monkeypatch.setattr("ganpipe.evaluation.metrics.METRICS", dict(METRICS))
+    import ganpipe.evaluation.metrics as m
 
     @m.register_metric("n_real")
     def _n_real(inputs: MetricInputs) -> dict[str, float]:

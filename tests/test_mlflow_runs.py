@@ -73,7 +73,7 @@ def test_the_generator_is_logged_with_a_signature_and_an_input_example(stages_ru
 
 
 def test_run_name_source_tags_and_experiment_kind(stages_run):
-    from ganpipe.ops.runinfo import run_key
+    from ganpipe.mlflow_adapter.runinfo import run_key
 
     root, params, _, client, run_id = stages_run
     run = client.get_run(run_id)
@@ -114,7 +114,7 @@ def test_a_run_that_fails_in_generate_registers_nothing(stages_run):
     """A second run on the same workspace whose generator file is damaged after train: generate
     fails, the run ends FAILED with its generator logged but no model version."""
     from ganpipe.errors import GanpipeError
-    from ganpipe.ops.tracking import tracked_run
+    from ganpipe.mlflow_adapter.tracking import tracked_run
     from ganpipe.pipeline import run_stage
 
     root, params, paths, client, first = stages_run

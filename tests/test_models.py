@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from ganpipe.config import ModelParams
-from ganpipe.images import grid, readable_scale, save_grid
-from ganpipe.models import (
+from ganpipe.gan.models import (
     ARCHS,
     build_discriminator,
     build_generator,
@@ -19,6 +18,7 @@ from ganpipe.models import (
     check_shape,
     upsamplings,
 )
+from ganpipe.images import grid, readable_scale, save_grid
 
 TINY = ModelParams(latent_dim=8, embed_dim=4, filters=16)
 ARCH_NAMES = tuple(ARCHS)
@@ -240,7 +240,7 @@ def test_spectral_norm_covers_every_discriminator_layer(arch):
 
 
 def test_class_batch_norm_is_batch_norm_with_a_gain_and_bias_per_class():
-    from ganpipe.models.layers import ClassBatchNorm
+    from ganpipe.gan.models.layers import ClassBatchNorm
 
     layer = ClassBatchNorm(3, epsilon=1e-6)
     x = np.random.default_rng(0).normal(2.0, 3.0, (6, 4, 4, 5)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Fast unit tests of ganpipe/ops: no Prefect server, no MLflow server, no training. Where MLflow is
+"""Fast unit tests of ganpipe/orchestration: no Prefect server, no MLflow server, no training. Where MLflow is
 needed it is one SQLite store in a temporary folder, shared by the module."""
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import pytest
 
 from ganpipe.config import load_params
 from ganpipe.errors import ConfigError
-from ganpipe.ops import console_script, tracking
-from ganpipe.ops import dvc as ops_dvc
-from ganpipe.ops import sweep as sweeps
-from ganpipe.ops.promotion import evaluation_identity
-from ganpipe.ops.report import pipeline_report, sweep_report
-from ganpipe.ops.run_links import MAX_EMBED_BYTES, RunLinks, artifact_url, png_data_uri
-from ganpipe.ops.tracking import NULL_TRACKER, Tracker, tracked_run
+from ganpipe.mlflow_adapter import tracking
+from ganpipe.mlflow_adapter.tracking import NULL_TRACKER, Tracker, tracked_run
+from ganpipe.orchestration import console_script
+from ganpipe.orchestration import dvc as ops_dvc
+from ganpipe.orchestration import sweep as sweeps
+from ganpipe.orchestration.promotion import evaluation_identity
+from ganpipe.orchestration.report import pipeline_report, sweep_report
+from ganpipe.orchestration.run_links import MAX_EMBED_BYTES, RunLinks, artifact_url, png_data_uri
 from ganpipe.pipeline import Paths
 from tests.helpers import TINY
 
@@ -335,7 +336,7 @@ def test_pipeline_report_local_store_embeds_the_grid(tmp_path):
 
 
 def test_pipeline_report_shows_the_verdict_and_the_filters():
-    from ganpipe.utility import ARMS, METRICS, summarize
+    from ganpipe.evaluation.downstream import ARMS, METRICS, summarize
 
     per_seed = {
         arm: [{m: 0.9 + 0.01 * i + (0.02 if "synthetic" in arm else 0.0) for m in METRICS}

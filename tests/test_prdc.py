@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from ganpipe.metrics.prdc import density_coverage, precision_recall
+from ganpipe.evaluation.metrics.prdc import density_coverage, precision_recall
 
 
 def reference_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:

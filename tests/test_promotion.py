@@ -31,7 +31,7 @@ def test_first_promoted_worse_kept_other_data_reevaluated_better_promoted(tmp_pa
     from mlflow import MlflowClient
 
     from ganpipe.cli import run_all
-    from ganpipe.ops.promotion import decide, promote_if_better, reevaluate_champion
+    from ganpipe.orchestration.promotion import decide, promote_if_better, reevaluate_champion
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = load_params(TINY, ["tracking.enabled=true", f"tracking.uri={uri}"])
@@ -87,7 +87,7 @@ def test_first_promoted_worse_kept_other_data_reevaluated_better_promoted(tmp_pa
 def test_a_run_without_a_registered_model_is_not_promoted(tmp_path):
     from mlflow import MlflowClient
 
-    from ganpipe.ops.promotion import promote_if_better
+    from ganpipe.orchestration.promotion import promote_if_better
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = client.create_run(client.create_experiment("x")).info.run_id

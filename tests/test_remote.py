@@ -1,5 +1,5 @@
 """`dvc push` / `dvc pull` of pipeline outputs through a local-directory remote, in temporary git+DVC
-repos, and the flow's update step (`ganpipe.ops.dvc.pull`): no remote committed, a remote the user
+repos, and the flow's update step (`ganpipe.orchestration.dvc.pull`): no remote committed, a remote the user
 added, one that is missing, one that is empty, and a network remote that fails."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from ganpipe.errors import GanpipeError
-from ganpipe.ops import dvc as ops_dvc
+from ganpipe.orchestration import dvc as ops_dvc
 from tests.helpers import REPO, TINY, run
 from tests.test_dvc import full_params, git, make_repo
 

@@ -10,9 +10,9 @@ import numpy as np
 
 from ganpipe.config import TrackingParams
 from ganpipe.images import save_grid
-from ganpipe.ops.report import pipeline_report
-from ganpipe.ops.run_links import GRID, log_report_files, run_links
-from ganpipe.ops.tracking import MlflowTracker
+from ganpipe.mlflow_adapter.tracking import MlflowTracker
+from ganpipe.orchestration.report import pipeline_report
+from ganpipe.orchestration.run_links import GRID, log_report_files, run_links
 from ganpipe.paths import Paths
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ganpipe.errors import ConfigError
-from ganpipe.ops.sweep import config_name, expand_grid, load_sweep, make_sweep
+from ganpipe.orchestration.sweep import config_name, expand_grid, load_sweep, make_sweep
 from tests.helpers import TINY
 
 

@@ -20,7 +20,7 @@ from tests.test_serve import free_port
 @contextmanager
 def mlflow_server(db: Path, port: int) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1:`port` over the SQLite store `db`, as a user starts one."""
-    from ganpipe.ops import console_script
+    from ganpipe.orchestration import console_script
 
     log = open(db.with_suffix(f".{port}.log"), "ab")
     proc = subprocess.Popen(

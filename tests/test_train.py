@@ -15,11 +15,11 @@ from PIL import Image
 from ganpipe.config import Params, load_params
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
 from ganpipe.errors import ConfigError, TrainingError
+from ganpipe.gan.training import step_tf, train
+from ganpipe.gan.training.checkpoint import Checkpoints, run_key
+from ganpipe.gan.training.state import build_for_training
 from ganpipe.io import read_json
-from ganpipe.ops.tracking import Tracker
-from ganpipe.training import step_tf, train
-from ganpipe.training.checkpoint import Checkpoints, run_key
-from ganpipe.training.state import build_for_training
+from ganpipe.tracker import Tracker
 from tests.train_fixtures import (
     BATCH,
     N_TRAIN,
@@ -166,11 +166,11 @@ def test_more_epochs_resume_and_match_an_uninterrupted_run(tmp_path, data_dir, c
 
 def test_the_run_key_follows_the_training_source(tmp_path, monkeypatch):
     """Editing a file of the trainer (a comment will do) changes the run key; the fingerprint is
-    taken over checkpoint.TRAINING_SOURCES, here a copy of them that the test edits."""
+    taken over the registry's CHECKPOINT_CODE, here a copy of them that the test edits."""
     from ganpipe import keys
-    from ganpipe.training.checkpoint import TRAINING_SOURCES
+    from ganpipe.registry import CHECKPOINT_CODE
 
-    for part in TRAINING_SOURCES:
+    for part in CHECKPOINT_CODE:
         src, dst = keys.PACKAGE_ROOT / part, tmp_path / part
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
@@ -182,12 +182,12 @@ def test_the_run_key_follows_the_training_source(tmp_path, monkeypatch):
     keys.source_fingerprint.cache_clear()
     try:
         assert run_key(tiny(), "h") == key  # the same bytes under the same names
-        with open(tmp_path / "training" / "trainer.py", "a") as f:
+        with open(tmp_path / "gan" / "training" / "trainer.py", "a") as f:
             f.write("# edited\n")
         keys.source_fingerprint.cache_clear()
         edited = run_key(tiny(), "h")
         assert edited != key
-        (tmp_path / "models" / "dcgan.py").write_text("# another builder\n")
+        (tmp_path / "gan" / "models" / "dcgan.py").write_text("# another builder\n")
         keys.source_fingerprint.cache_clear()
         assert run_key(tiny(), "h") not in (key, edited)
     finally:
@@ -204,7 +204,7 @@ def test_a_finished_run_trains_afresh_after_the_code_changes(
     first = train(tiny(), data_dir, tmp_path / "m", ck, progress=False)
     assert "starting fresh in" in capsys.readouterr().out
     monkeypatch.setattr(
-        "ganpipe.training.checkpoint.source_fingerprint", lambda *parts: "edited trainer"
+        "ganpipe.gan.training.checkpoint.source_fingerprint", lambda *parts: "edited trainer"
     )
     again = train(tiny(), data_dir, tmp_path / "m", ck, progress=False)
     out = capsys.readouterr().out
@@ -437,7 +437,7 @@ def test_train_stage_tracks_what_the_pipeline_tracked(tmp_path, data_dir):
     ]
 
 
-# --- train.class_balance: the epoch order (ganpipe/training/sampling.py) -------------------------
+# --- train.class_balance: the epoch order (ganpipe/gan/training/sampling.py) -------------------------
 
 
 def _long_tail_labels() -> np.ndarray:
@@ -447,7 +447,7 @@ def _long_tail_labels() -> np.ndarray:
 
 
 def test_balanced_order_gives_every_class_an_equal_share():
-    from ganpipe.training.sampling import epoch_order
+    from ganpipe.gan.training.sampling import epoch_order
 
     labels = _long_tail_labels()
     order = epoch_order(3, 0, labels, class_balance=True)
@@ -465,7 +465,7 @@ def test_balanced_order_gives_every_class_an_equal_share():
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
-    from ganpipe.training.sampling import epoch_order
+    from ganpipe.gan.training.sampling import epoch_order
 
     labels = _long_tail_labels()
     a = epoch_order(3, 5, labels, class_balance=True)
@@ -479,7 +479,7 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
 
 def test_class_balance_is_in_the_run_key_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
     from ganpipe.data.prepared import load_split
-    from ganpipe.training.sampling import balanced_order
+    from ganpipe.gan.training.sampling import balanced_order
 
     assert run_key(tiny(class_balance=True), "h") != run_key(tiny(), "h")
     seen = []
@@ -506,7 +506,7 @@ def test_every_arch_trains_as_a_gan(tmp_path, data_dir, arch):
     """The seed articles' dense GAN and the residual one train through the same step as the
     default: D learns to tell real from fake (its mean output on real images ends above that on
     fakes), both models' weights move, and the exported generator loads and draws finite images."""
-    import ganpipe.models  # noqa: F401  (registers the layers the saved models use)
+    import ganpipe.gan.models  # noqa: F401  (registers the layers the saved models use)
 
     p = tiny(epochs=2)
     model = p.model.model_dump() | {"arch": arch}

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from ganpipe.errors import ConfigError
-from ganpipe.training import train
+from ganpipe.gan.training import train
 from tests.helpers import has_jax
 from tests.train_fixtures import STEPS_PER_EPOCH, tiny
 
@@ -48,7 +48,7 @@ import pandas as pd
 
 from ganpipe.config import Params
 from ganpipe.errors import ConfigError
-from ganpipe.training import step_jax, train
+from ganpipe.gan.training import step_jax, train
 
 HEAVY = ("tensorflow", "mlflow", "prefect", "dvc", "mlxtend", "sklearn")
 imported_by_import = sorted(m for m in HEAVY if m in sys.modules and m not in baseline)
@@ -162,8 +162,8 @@ out["options_resume"] = {
 }
 
 # Spectral norm in the stateless step: the kernel's assignment (kernel / sigma) and u are kept.
-from ganpipe.models import build_models
-from ganpipe.training.state import GanState, make_optimizers
+from ganpipe.gan.models import build_models
+from ganpipe.gan.training.state import GanState, make_optimizers
 
 p = tiny_with(True, d_learning_rate=1e-12, g_learning_rate=1e-12)
 g, d = build_models((8, 8, 1), 10, p.model)
@@ -198,7 +198,7 @@ out["uniforms"] = [float(draws.min()), float(draws.max()), float(draws.mean()), 
 
 # wgan_gp through jax.grad on a linear D: d_loss = mean(f) - mean(r) + 10 (||w|| - 1)^2.
 import jax.numpy as jnp
-from ganpipe.training.losses import StepOptions, gan_losses
+from ganpipe.gan.training.losses import StepOptions, gan_losses
 
 w = jnp.asarray(rng.normal(size=(1, 2, 2, 1)), jnp.float32)
 real, fake = (jnp.asarray(x, jnp.float32) for x in rng.uniform(-1, 1, (2, 4, 2, 2, 1)))

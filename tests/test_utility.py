@@ -12,17 +12,17 @@ import keras
 import numpy as np
 import pytest
 
-from ganpipe import utility as U
 from ganpipe.config import Params, UtilityParams
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
 from ganpipe.errors import ConfigError, DataError
-from ganpipe.io import read_json, save_npz, write_json
-from ganpipe.models.downstream import (
+from ganpipe.evaluation import downstream as U
+from ganpipe.evaluation.downstream_net import (
     check_fits,
     classic_augmentation,
     fresh_network,
     load_user_model,
 )
+from ganpipe.io import read_json, save_npz, write_json
 from ganpipe.paths import Paths
 from ganpipe.stages import utility as stage
 from tests.helpers import digits_prepared
@@ -163,7 +163,7 @@ def test_user_model_checked_and_cloned_fresh(tmp_path):
     _user_model(10, softmax=True).save(path)
     model = load_user_model(path)
     check_fits(model, (8, 8, 1), 10, "utility.model_path")
-    from ganpipe.models.downstream import outputs_probabilities
+    from ganpipe.evaluation.downstream_net import outputs_probabilities
 
     assert outputs_probabilities(model) and not outputs_probabilities(_user_model(10))
     clone = fresh_network(model, (8, 8, 1), 10, seed=3)

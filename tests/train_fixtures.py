@@ -37,7 +37,7 @@ OPTION_RUNS = {
 }
 # Resume exactness with every random path and the EMA on.
 RESUME_OPTIONS = {"loss": "wgan_gp", "ema_decay": 0.9, "diffaugment": "color,translation,cutout"}
-# ADA (ganpipe/training/ada.py) set up so that p moves within a tiny run: D learns fast (its
+# ADA (ganpipe/gan/training/ada.py) set up so that p moves within a tiny run: D learns fast (its
 # learning rate), the target is low, and each interval (2 steps of 32 images) moves p by 0.1.
 ADA = {
     "ada": True,

@@ -105,7 +105,7 @@ def check_prefect_report(page: Page, markdown: str, shots: Path) -> str:
 def check_report_images(page: Page, markdown: str, require_one: bool = True) -> int:
     """Every image the report's markdown has is rendered and has loaded (naturalWidth > 0: a
     broken URL, or a server that refuses the request, leaves 0); with require_one, there is at
-    least one (the report shows the sample grid: ganpipe/ops/report.py). Returns how many."""
+    least one (the report shows the sample grid: ganpipe/orchestration/report.py). Returns how many."""
     from playwright.sync_api import expect
 
     wanted = len(re.findall(r"!\[[^\]]*\]\(", markdown)) + markdown.count("<img")
@@ -141,7 +141,7 @@ def check_mlflow_champion(
     """The registered model's page: the row of `version` shows the alias `champion`."""
     from playwright.sync_api import expect
 
-    from ganpipe.ops.runinfo import ui_url
+    from ganpipe.mlflow_adapter.runinfo import ui_url
 
     page.goto(ui_url(mlflow_uri, f"models/{model}"))  # in the model-training view, as linked
     cell = page.get_by_role("cell", name=f"Version {version}", exact=True)

@@ -6,7 +6,7 @@
 copied unchanged. With nothing synthetic to add (ratio 0) train.npz keeps the real order: a copy.
 
 How many per class: `augment.mode` (`ganpipe.data.synthetic.wanted_counts`: ratio, balance,
-counts). Before the per-class draw the filters (`ganpipe.filters`: off-label, memorization guard,
+counts). Before the per-class draw the filters (`ganpipe.evaluation.filters`: off-label, memorization guard,
 fidelity) drop samples; summary.json records what each kept and dropped per class. Nothing is
 written unless every class gets what it asked for. With `augment.require_benefit` the stage first
 reads the utility stage's verdict (metrics/utility.json) and refuses to export when it is "hurts".
@@ -26,13 +26,13 @@ from ganpipe.config import AugmentParams, Params
 from ganpipe.data.prepared import Split, load_prepared, make_summary
 from ganpipe.data.synthetic import load_synthetic, select_synthetic, wanted_counts
 from ganpipe.errors import DataError
-from ganpipe.filters import active_filters, apply_filters
+from ganpipe.evaluation.filters import active_filters, apply_filters
 from ganpipe.io import atomic_dir, save_npz, write_json
-from ganpipe.ops.tracking import Tracker
 from ganpipe.paths import Paths
+from ganpipe.tracker import Tracker
 
 if TYPE_CHECKING:
-    from ganpipe.evaluator import Evaluator
+    from ganpipe.evaluation.domain_classifier import Evaluator
 
 
 def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
         check_benefit(paths.metrics)
     evaluator = None
     if active_filters(params.augment):
-        from ganpipe.evaluator import get_evaluator
+        from ganpipe.evaluation.domain_classifier import get_evaluator
 
         evaluator = get_evaluator(paths.prepared, params.evaluate, paths.evaluator)
     summary = augment(params.augment, paths.prepared, paths.synthetic, paths.augmented, evaluator)
@@ -64,7 +64,7 @@ def metric_safe(name: str) -> str:
 def check_benefit(metrics_dir: str | os.PathLike[str]) -> None:
     """augment.require_benefit: DataError with the verdict and its numbers when the utility
     stage found that the synthetic samples hurt (or recorded no verdict)."""
-    from ganpipe.utility import read_verdict
+    from ganpipe.evaluation.downstream import read_verdict
 
     verdict = read_verdict(metrics_dir)
     if verdict is None:
@@ -94,7 +94,7 @@ def augment(
     """Merge the real train split with the synthetic samples `params.mode` asks for, per class,
     after the filters; write the result to `out_dir` atomically and return its summary.
 
-    `evaluator` (`ganpipe.evaluator.get_evaluator`) is required when a filter is on (ValueError).
+    `evaluator` (`ganpipe.evaluation.domain_classifier.get_evaluator`) is required when a filter is on (ValueError).
     Raises DataError if the synthetic samples are missing (when some are wanted), of another shape
     or class set, or too few (after the filters) for some class.
     """

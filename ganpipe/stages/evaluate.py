@@ -10,7 +10,7 @@ utility stage's question.) Writes to `<out_dir>/`:
   per_class_accuracy.png   bar chart of the per-class conditional accuracy and distance
   feature_space.png        real and synthetic features on the real set's two principal axes
   memorization.json        near-copies and distances to closest records, overall and per class
-                           (ganpipe.memorization), with the guard's thresholds
+                           (ganpipe.evaluation.metrics.memorization), with the guard's thresholds
   nearest_copies.png       the 20 synthetic samples closest to a training image in pixels, each
                            beside that image, with the distance (red: flagged as a near-copy)
 
@@ -25,7 +25,7 @@ Headline metrics (the Fréchet key is `fid` with evaluate.extractor=inception, e
   evaluator_test_accuracy  the domain classifier's accuracy on the real test set (sanity check)
   num_synthetic, num_real  samples evaluated (after the max_samples cap)
 
-Memorization (ganpipe.memorization; always in the domain classifier's features, whatever
+Memorization (ganpipe.evaluation.metrics.memorization; always in the domain classifier's features, whatever
 evaluate.extractor is, plus pixels; the guard is fit on the whole prepared train split with
 augment.memorization_quantile, and the held-out set is the real test subsample above):
   near_copy_fraction       synthetic samples that are near-copies of a training image (in pixels,
@@ -52,18 +52,22 @@ from typing import Any
 
 import numpy as np
 
-from ganpipe.config import AugmentParams, EvaluateParams, Params
+from ganpipe.config import EvaluateParams, Params
 from ganpipe.data.prepared import Prepared, Split, load_prepared
 from ganpipe.data.sampling import stratified_subsample
 from ganpipe.data.synthetic import SAMPLES_FILE, load_synthetic
 from ganpipe.errors import DataError
+from ganpipe.evaluation.metrics import MetricInputs, compute_metrics, per_class_table
+from ganpipe.evaluation.metrics.memorization import HEADLINE_KEYS as MEMORIZATION_KEYS
+from ganpipe.evaluation.metrics.memorization import (
+    fit_guard,
+    memorization_report,
+    nearest_copies_figure,
+)
+from ganpipe.evaluation.metrics.reference import Reference, real_reference
 from ganpipe.io import atomic_path, write_json
-from ganpipe.memorization import HEADLINE_KEYS as MEMORIZATION_KEYS
-from ganpipe.memorization import fit_guard, memorization_report, nearest_copies_figure
-from ganpipe.metrics import MetricInputs, compute_metrics, per_class_table
-from ganpipe.metrics.reference import Reference, real_reference
-from ganpipe.ops.tracking import NULL_TRACKER, Tracker
 from ganpipe.paths import Paths
+from ganpipe.tracker import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,7 @@ PER_CLASS_COLUMNS = (
     "conditional_accuracy",
     "classifier_fd",
 )
+PER_CLASS_FILE = "per_class.csv"
 PER_CLASS_PLOT = "per_class_accuracy.png"
 FEATURE_PLOT = "feature_space.png"
 MEMORIZATION_FILE = "memorization.json"
@@ -98,15 +103,11 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
     its metrics written and logged, the run's generator is registered (`tracking.register_model`):
     a run that failed before this point leaves the model registry as it was."""
     tracker.log_data(paths.prepared)  # no-op when train logged it; train skipped by DVC: here
-    headline = evaluate(
-        params.evaluate,
-        paths.prepared,
-        paths.synthetic,
-        paths.metrics,
-        paths.evaluator,
-        tracker,
-        augment_params=params.augment,
-    )
+    headline = evaluate(params, paths.prepared, paths.synthetic, paths.metrics, paths.evaluator)
+    tracker.log_metrics(headline)
+    for name in (PER_CLASS_FILE, PER_CLASS_PLOT, FEATURE_PLOT, MEMORIZATION_FILE, NEAREST_PLOT):
+        if (paths.metrics / name).exists():  # the plots only with matplotlib installed
+            tracker.log_artifact(paths.metrics / name, "evaluate")
     tracker.register_generator()
     return headline
 
@@ -237,14 +238,14 @@ def _memorization(
     params: EvaluateParams,
     quantile: float,
 ) -> tuple[dict[str, float], list[Path]]:
-    """Near-copies and DCR of `synthetic` (ganpipe.memorization), in the domain classifier's
+    """Near-copies and DCR of `synthetic` (ganpipe.evaluation.metrics.memorization), in the domain classifier's
     features and in pixels; writes memorization.json and nearest_copies.png to `out`; returns the
     headline numbers and the files written.
 
     The guard sees the whole train split: a copy of an image outside evaluate.max_samples' subsample
     is still a copy. Its classifier features go through the reference cache (once per dataset); the
     sets the other metrics already ran through the classifier are reused, not recomputed."""
-    from ganpipe.metrics.extractors import build_extractor
+    from ganpipe.evaluation.metrics.extractors import build_extractor
 
     is_classifier = extractor.name == "classifier"
     # the domain classifier alone: the guard must not depend on evaluate.extractor
@@ -313,26 +314,24 @@ def real_references(
 
 
 def evaluate(
-    params: EvaluateParams,
+    all_params: Params,
     data_dir: str | os.PathLike[str],
     synthetic_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str] = "metrics",
-    cache_dir: str | os.PathLike[str] = "evaluator",
-    tracker: Tracker | None = None,
+    out_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
     reference_dir: str | os.PathLike[str] | None = None,
-    augment_params: AugmentParams | None = None,
 ) -> dict[str, Any]:
     """Score `<synthetic_dir>/samples.npz` against the prepared data in `data_dir`.
 
     The domain classifier is cached in `cache_dir`; the real sets' features and statistics in
     `reference_dir` (default `.ganpipe_cache/reference` beside `cache_dir`: see REFERENCE_CACHE).
-    Writes eval.json, per_class.csv and the plots to `out_dir`, logs them to `tracker`, and returns
+    Writes eval.json, per_class.csv, memorization.json and the plots to `out_dir` and returns
     the headline metrics (a flat dict of floats, plus ints for the sample counts).
     """
-    from ganpipe.evaluator import get_evaluator
-    from ganpipe.metrics.extractors import build_extractor, load_feature_network
+    from ganpipe.evaluation.domain_classifier import get_evaluator
+    from ganpipe.evaluation.metrics.extractors import build_extractor, load_feature_network
 
-    tracker = tracker or NULL_TRACKER
+    params = all_params.evaluate
     prepared = load_prepared(data_dir)
     for name, split in (("train", prepared.train), ("test", prepared.test)):
         if len(split) < 2:
@@ -382,8 +381,8 @@ def evaluate(
     headline["num_synthetic"] = len(syn)
     headline["num_real"] = len(real.features)
     out = Path(out_dir)
-    quantile = (augment_params or AugmentParams()).memorization_quantile
-    memorized, memorization_files = _memorization(
+    quantile = all_params.augment.memorization_quantile
+    memorized, _ = _memorization(
         out,
         prepared,
         synthetic,
@@ -412,12 +411,8 @@ def evaluate(
     )
     for row in rows:
         row[fd_key] = row.pop("classifier_fd")
-    _write_per_class(out / "per_class.csv", rows, PER_CLASS_COLUMNS[:-1] + (fd_key,))
-    plots = _plots(out, rows, fd_key, real.features, syn)
+    _write_per_class(out / PER_CLASS_FILE, rows, PER_CLASS_COLUMNS[:-1] + (fd_key,))
+    _plots(out, rows, fd_key, real.features, syn)
     write_json(out / "eval.json", headline)
-
-    tracker.log_metrics(headline)
-    for path in (out / "per_class.csv", *plots, *memorization_files):
-        tracker.log_artifact(path, "evaluate")
     log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
     return headline

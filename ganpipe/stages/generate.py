@@ -28,8 +28,8 @@ from ganpipe.data.synthetic import wanted_counts
 from ganpipe.errors import DataError
 from ganpipe.images import readable_scale, save_grid
 from ganpipe.io import atomic_dir, file_sha256, keras_file_damage, save_npz, write_json
-from ganpipe.ops.tracking import NULL_TRACKER, Tracker
 from ganpipe.paths import Paths
+from ganpipe.tracker import Tracker
 
 GENERATOR_FILE = "generator.keras"
 GRID_COLUMNS = 10
@@ -39,29 +39,28 @@ _PNG_CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA
 def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -> dict[str, Any]:
     """The stage: `paths.models`/generator.keras -> `paths.synthetic`, as many per class as
     the augment stage's mode needs (generate.per_class: auto) or at least checked against it."""
-    return generate(
-        params.generate, paths.models, paths.prepared, paths.synthetic,
-        latent_dim=params.model.latent_dim, tracker=tracker, augment_params=params.augment,
-    )  # fmt: skip
+    result = generate(params, paths.models, paths.prepared, paths.synthetic)
+    tracker.log_metrics({"generated_samples": float(result["total"])})
+    tracker.log_artifact(paths.synthetic / "grid.png", "generate")
+    return result
 
 
 def generate(
-    params: GenerateParams,
+    all_params: Params,
     model_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    latent_dim: int | None = None,
-    tracker: Tracker | None = None,
-    augment_params: AugmentParams | None = None,
 ) -> dict[str, Any]:
-    """Sample images per class (`class_counts`) and write them to `out_dir`.
+    """Sample images per class (`class_counts`: generate.per_class, checked against what
+    augment.mode needs) and write them to `out_dir`.
 
     Returns the summary written to `out_dir/summary.json`, plus `paths` (absolute output paths).
     Raises DataError for a missing generator or data summary, a generator that does not fit
-    the dataset (class count, image shape), or (with `augment_params`) a fixed per_class that
-    gives some class fewer samples than augment's mode needs: before anything is written.
+    the dataset (class count, image shape), or a fixed per_class that gives some class fewer
+    samples than augment's mode needs: before anything is written.
     """
-    tracker = tracker or NULL_TRACKER
+    params = all_params.generate
+    latent_dim = all_params.model.latent_dim  # only when the model does not tell its own
     model_path = Path(model_dir) / GENERATOR_FILE
     data_summary = read_summary(data_dir)
     class_names = [str(c) for c in data_summary["class_names"]]
@@ -76,7 +75,7 @@ def generate(
     gen = _inspect_generator(model, model_path, latent_dim)
     _check_fits(gen, model_path, Path(data_dir), class_names, image_shape)
 
-    counts = class_counts(params, data_summary.get("train_counts"), class_names, augment_params)
+    counts = class_counts(params, data_summary.get("train_counts"), class_names, all_params.augment)
     generator_sha256 = file_sha256(model_path)
     generator_version = generator_sha256[:12]
     images, labels = sample(model, gen, counts, params.seed, params.batch_size)
@@ -134,8 +133,6 @@ def generate(
         key: str((out / name).resolve()) if name else None for key, name in summary["files"].items()
     }
     paths["out_dir"] = str(out.resolve())
-    tracker.log_metrics({"generated_samples": float(len(labels))})
-    tracker.log_artifact(out / "grid.png", "generate")
     return {**summary, "paths": paths}
 
 
@@ -249,7 +246,7 @@ def _load_generator(path: Path) -> Any:
         raise DataError(f"{path}: not found (run `ganpipe train` first)")
     import keras
 
-    import ganpipe.models.layers  # noqa: F401  (registers the layers a saved generator may use)
+    import ganpipe.gan.models.layers  # noqa: F401  (registers the layers a saved generator may use)
 
     again = "rerun `ganpipe train` to write it again"
     try:

@@ -18,8 +18,8 @@ from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
 from ganpipe.data.sources import KERAS_CLASS_NAMES, NPZ_KEYS, load_source
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import atomic_dir
-from ganpipe.ops.tracking import Tracker
 from ganpipe.paths import Paths
+from ganpipe.tracker import Tracker
 
 OUTPUT_FILES = {"train.npz", "test.npz", "summary.json"}
 ARRAYS = ("images", "labels", "test images", "test labels")

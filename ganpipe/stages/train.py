@@ -1,5 +1,5 @@
 """Stage `train`: the prepared data in `paths.prepared` -> the generator and friends in
-`paths.models` (the trainer: ganpipe.training), resuming from `paths.checkpoints`.
+`paths.models` (the trainer: ganpipe.gan.training), resuming from `paths.checkpoints`.
 
 Besides training, the stage does the tracking that belongs to the pipeline rather than to the
 trainer: it tags the run with the data it trained on and logs that as the run's dataset input, logs
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ganpipe.config import Params
-from ganpipe.ops.tracking import Tracker, save_run_file
+from ganpipe.tracker import Tracker, save_run_file
 
 if TYPE_CHECKING:
     from ganpipe.paths import Paths
@@ -26,7 +26,7 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
     from ganpipe.data.prepared import load_prepared
 
     load_prepared(paths.prepared)  # missing data: an error before TF loads
-    from ganpipe.training.trainer import train
+    from ganpipe.gan.training.trainer import train
 
     tracker.log_data(paths.prepared)  # tags and the dataset input (once per run)
     tracker.log_artifact(paths.prepared / "summary.json", "data")

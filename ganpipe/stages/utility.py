@@ -1,5 +1,5 @@
 """Stage `utility`: does adding the synthetic samples help a classifier? (the protocol:
-`ganpipe.utility`)
+`ganpipe.evaluation.downstream`)
 
 For each scenario in `utility.scenarios` it finds the real data, the synthetic samples the augment
 stage would export for that data, and the evaluator that augment's filters use; then it trains the
@@ -34,10 +34,7 @@ import numpy as np
 
 from ganpipe.config import Params
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
-from ganpipe.io import atomic_dir, atomic_path, write_json
-from ganpipe.ops.tracking import NULL_TRACKER, Tracker
-from ganpipe.paths import Paths
-from ganpipe.utility import (
+from ganpipe.evaluation.downstream import (
     ARMS,
     COMPARISONS,
     HEADLINE,
@@ -48,14 +45,15 @@ from ganpipe.utility import (
     read_verdict,
     run_study,
 )
+from ganpipe.io import atomic_dir, atomic_path, write_json
+from ganpipe.paths import Paths
+from ganpipe.tracker import NULL_TRACKER, Tracker
 
 log = logging.getLogger(__name__)
 
 UTILITY_CSV = "utility.csv"
 UTILITY_PNG = "utility.png"
 CSV_COLUMNS = ("scenario", "arm", "metric", "mean", "std")
-# The stages that give a subset scenario its own GAN, synthetic samples and evaluator.
-SUBSET_STAGES = ("train", "generate", "classifier")
 
 __all__ = ["read_verdict", "run", "scenario_paths", "utility", "write_subset"]
 
@@ -81,7 +79,7 @@ def utility(params: Params, paths: Paths, progress: bool = True) -> dict[str, An
 
     template = None
     if up.model_path:
-        from ganpipe.models.downstream import check_fits, load_user_model
+        from ganpipe.evaluation.downstream_net import check_fits, load_user_model
 
         # every scenario keeps the prepared data's image shape and classes: check once, before
         # any scenario trains a GAN
@@ -167,8 +165,11 @@ def scenario_inputs(
     """The scenario's real data and the synthetic samples augment would export for it (augment
     run with require_benefit off into `<paths.utility>/<scenario>/data/augmented`, with the
     scenario's evaluator for its filters)."""
-    from ganpipe.evaluator import get_evaluator
-    from ganpipe.pipeline import run_stage
+    from ganpipe.evaluation.domain_classifier import get_evaluator
+
+    # a scenario is a small pipeline of its own: the one loop that runs stages (upward, lazily)
+    from ganpipe.pipeline import run_stages
+    from ganpipe.registry import SUBSET_STAGES
     from ganpipe.stages.augment import augment
 
     if scenario == "as_given":
@@ -180,10 +181,8 @@ def scenario_inputs(
             "utility %s: %d of the training images kept (%s); training its own GAN in %s",
             scenario, summary["num_train"], summary["train_counts"], sub.models,
         )  # fmt: skip
-        for stage in SUBSET_STAGES:
-            t0 = time.perf_counter()
-            run_stage(stage, params, sub, NULL_TRACKER, progress)
-            log.info("utility %s: %s done in %.1fs", scenario, stage, time.perf_counter() - t0)
+        done = run_stages(SUBSET_STAGES, params, sub, NULL_TRACKER, progress)
+        log.info("utility %s: stage seconds %s", scenario, done["seconds"])
         data_dir, synthetic_dir, evaluator_dir = sub.prepared, sub.synthetic, sub.evaluator
     evaluator = get_evaluator(data_dir, params.evaluate, evaluator_dir)
     augment_params = params.augment.model_copy(update={"require_benefit": False})

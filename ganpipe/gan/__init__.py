@@ -1,0 +1,1 @@
+"""The GAN wing: the generator/discriminator builders (`models/`) and the trainer (`training/`)."""
