@@ -6,7 +6,7 @@ PYTHON ?= $(shell .ci/find-python 3.11 2>/dev/null || echo python3.11)
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The Keras backends: TensorFlow on CPU (cpu) and JAX on CPU (jax), which the tests use both of.
-# On an NVIDIA GPU: EXTRAS=cuda,dev (TensorFlow) or EXTRAS=cpu,jax-cuda,dev (README, Training on a GPU).
+# On an NVIDIA GPU: EXTRAS=cuda,dev (TensorFlow) or EXTRAS=cpu,jax-cuda,dev (docs/gpu.md).
 EXTRAS ?= cpu,jax,dev
 
 .PHONY: setup run test lint format clean smoke chromium
@@ -50,7 +50,7 @@ smoke:
 	for v in $(SMOKE_PYTHONS); do SMOKE_MISSING=skip .ci/smoke $$v || exit 1; done
 
 .PHONY: serve
-serve: setup  # Prefect server, MLflow server and a worker on 127.0.0.1 (README, Scheduled runs)
+serve: setup  # Prefect server, MLflow server and a worker on 127.0.0.1 (docs/prefect.md, Scheduled runs)
 	$(BIN)/ganpipe serve
 
 clean:

@@ -1,7 +1,9 @@
-"""`ganpipe prepare|train|generate|classifier|utility|augment|evaluate|run`: thin callers of `run_stage`.
+"""The `ganpipe` command: one subcommand per stage of the registry (ganpipe/registry.py) and `run`
+for all of them, thin callers of `run_stage`/`run_stages`; `serve` (ganpipe/serve.py) and
+`check-metrics` (ganpipe/orchestration/check_metrics.py).
 
-Every command takes `--params FILE` and repeated `--set section.key=value`. Errors the user can fix
-print one message and exit 2; nothing else is printed in their place.
+Every stage command takes `--params FILE` and repeated `--set section.key=value`. Errors the user
+can fix print one message and exit 2; nothing else is printed in their place.
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_help = "run a Prefect server, an MLflow server and a worker for scheduled runs"
     add_arguments(sub.add_parser("serve", help=serve_help, description=serve_help))
+    check_help = (
+        "compare the workspace's metrics with a git revision's, with a tolerance per metric for "
+        "the spread between machines; exit 1 when one is beyond it"
+    )
+    check = sub.add_parser("check-metrics", help=check_help, description=check_help)
+    check.add_argument("--rev", default="HEAD", help="the git revision to compare with (HEAD)")
+    check.add_argument("--root", default=".", help="a folder inside the DVC repository (.)")
     return parser
 
 
@@ -61,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         from ganpipe.serve import main as serve
 
         return serve(args)
+    if args.command == "check-metrics":
+        return check_metrics(args.root, args.rev)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     paths = Paths(**{k: getattr(args, f"path_{k}") for k in Paths.__dataclass_fields__})
     # SIGTERM (a scheduler's timeout, `kill`) unwinds like Ctrl-C: the MLflow run is marked KILLED,
@@ -130,6 +141,19 @@ def run_all(params: Params, paths: Paths, progress: bool = True) -> dict[str, An
         results["run_id"] = tracker.run_id
         tracker.log_metrics({f"seconds_{k}": v for k, v in results["seconds"].items()})
     return results
+
+
+def check_metrics(root: str, rev: str) -> int:
+    """`ganpipe check-metrics`: 0 when every metric is within the spread between machines."""
+    from ganpipe.orchestration.check_metrics import check, report
+
+    try:
+        changes = check(root, rev)
+    except GanpipeError as e:
+        print(f"ganpipe check-metrics: error: {e}", file=sys.stderr)
+        return 2
+    print(report(changes, rev))
+    return 0 if all(c.within for c in changes) else 1
 
 
 def print_report(results: dict, paths: Paths) -> None:

@@ -118,7 +118,7 @@ def test_run_url_points_at_the_server_ui():
 
     stub = tracking.MlflowTracker.__new__(tracking.MlflowTracker)
     stub.uri, stub.client, stub.run_id = "http://127.0.0.1:5000/", Client(), "abc"
-    # the query opens MLflow 3.17's UI in its model-training view (README "MLflow")
+    # the query opens MLflow 3.17's UI in its model-training view (docs/mlflow.md)
     url = "http://127.0.0.1:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
     assert stub.run_url() == url
 

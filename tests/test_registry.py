@@ -123,7 +123,7 @@ def test_the_registry_drives_the_cli():
     from ganpipe.cli import _parser
 
     sub = next(a for a in _parser()._actions if a.dest == "command")
-    assert list(sub.choices) == [*NAMES, "run", "serve"]
+    assert list(sub.choices) == [*NAMES, "run", "serve", "check-metrics"]
     for name in NAMES:
         assert sub.choices[name].description == STAGES[name].help
 

@@ -24,7 +24,7 @@ a single-device run draws for the same global batch.
 
 The replica count is part of the run key when above 1 (a checkpoint written by one replica count
 is resumed only by the same count: the numerics differ, slightly on JAX, through BatchNorm on
-TensorFlow). Multi-node training is not wired in; see README, "Data parallel and multi-node".
+TensorFlow). Multi-node training is not wired in; see docs/gpu.md, "Data parallel and multi-node".
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def train_loop(
                 d_mean, g_mean, ips_mean = np.mean(window, axis=0).tolist()
                 window.clear()
                 # "train/": MLflow charts these curves in their own section, apart from the
-                # headline numbers (README "MLflow"); history.csv keeps the plain names.
+                # headline numbers (docs/mlflow.md); history.csv keeps the plain names.
                 logged = {
                     "train/d_loss": d_mean,
                     "train/g_loss": g_mean,
