@@ -1,8 +1,10 @@
-"""Operations around the pipeline: MLflow tracking (`tracking`, the only module that imports
-mlflow), champion promotion, the local servers, DVC, sweep planning and the run reports.
-
-Ops sit above the stages: they may call `ganpipe.pipeline` and the stages, never the reverse (the
-stages only receive a `Tracker`). `flows/` wires these functions into Prefect tasks.
+"""The orchestration, above the stages: what runs stages or acts on finished runs. `sweep.py`
+(sweep files, planning, running configurations through `ganpipe.pipeline.run_stages`, picking the
+best), `promotion.py` (the `champion` alias, re-evaluating a champion on new data), `dvc.py` (pull,
+stage status and commit for the flow's skipping), `check_metrics.py` (`ganpipe check-metrics`),
+`report.py` and `run_links.py` (the flows' markdown reports and their links). Nothing below the
+stages imports this package; `flows/` wires these functions into Prefect tasks. MLflow is reached
+through `ganpipe.mlflow_adapter`, never imported here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Where ops report progress: a module's logger, or the Prefect run logger a flow passes in (so the
+# Where the orchestration reports progress: a module's logger, or the Prefect run logger a flow passes in (so the
 # lines show in the Prefect UI).
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
