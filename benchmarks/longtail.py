@@ -9,7 +9,8 @@ Runs `ganpipe prepare`, `train`, `generate` (500 samples per class, whatever aug
 for) and `classifier` with tracking off, every output directory under --workdir. Then, for each class, the fraction of the samples generated for it that are
 assigned to it by
   (a) the pipeline's evaluator: trained on the prepared (long-tailed) training split, with class
-      weights when it is imbalanced (ganpipe.evaluation.domain_classifier.class_weights);
+      weights when it is imbalanced
+      (ganpipe.evaluation.domain_classifier.class_weights_mean_over_classes);
   (b) a reference classifier trained on the FULL, balanced MNIST training split
       (`new_classifier`, --reference-epochs epochs), cached at --reference (trained once, shared
       between runs), so a judge that never saw the tail agrees or not.

@@ -64,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     from ganpipe.evaluation.domain_classifier import get_evaluator
     from ganpipe.evaluation.metrics import MetricInputs, compute_metrics
     from ganpipe.evaluation.metrics.extractors import build_extractor, load_feature_network
+    from ganpipe.evaluation.scoring import real_references
     from ganpipe.gan.training import ema
     from ganpipe.gan.training.plan import plan_run
     from ganpipe.gan.training.sampling import epoch_order
     from ganpipe.gan.training.state import build_for_training
     from ganpipe.gan.training.trainer import LOG_EVERY, make_runner
     from ganpipe.pipeline import Paths, run_stage
-    from ganpipe.stages.evaluate import REFERENCE_CACHE, real_references
+    from ganpipe.stages.evaluate import REFERENCE_CACHE
 
     params = load_params(args.params, [*args.overrides, "tracking.enabled=false"])
     paths = Paths.under(args.workdir)
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     extractor = build_extractor(
         load_feature_network(ep, data.image_shape), evaluator.extractor, evaluator.meta
     )
-    refs, _ = real_references(ep, data, extractor, Path(args.workdir) / REFERENCE_CACHE)
+    refs = real_references(ep, data, extractor, Path(args.workdir) / REFERENCE_CACHE).refs
 
     fractions = sorted(float(f) for f in args.points.split(","))
     marks = [args.budget * f for f in fractions]

@@ -10,6 +10,9 @@ from PIL import Image
 
 from ganpipe.io import atomic_path
 
+# Samples per class (one row each) in a class grid (`save_class_grid`: generate's grid.png).
+GRID_COLUMNS = 10
+
 
 def grid(
     images_uint8: np.ndarray, rows: int, pad: int = 2, scale: int = 1, pad_value: int = 128
@@ -53,3 +56,22 @@ def save_grid(
 def readable_scale(image_shape: tuple[int, ...], min_side: int = 28) -> int:
     """The integer scale that makes the smaller side of an image at least `min_side` pixels."""
     return max(1, math.ceil(min_side / max(1, min(image_shape[:2]))))
+
+
+def class_grid(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """num_classes x GRID_COLUMNS images, row k the first samples of class k (black if fewer)."""
+    grid = np.zeros((num_classes * GRID_COLUMNS, *images.shape[1:]), dtype=np.uint8)
+    for k in range(num_classes):
+        rows = images[labels == k][:GRID_COLUMNS]
+        grid[k * GRID_COLUMNS : k * GRID_COLUMNS + len(rows)] = rows
+    return grid
+
+
+def save_class_grid(
+    path: str | os.PathLike[str], images: np.ndarray, labels: np.ndarray, num_classes: int
+) -> None:
+    """`class_grid` as a PNG (RGBA drawn as RGB), each image enlarged to a readable size."""
+    grid = class_grid(images, labels, num_classes)
+    if grid.shape[-1] == 4:  # save_grid takes grayscale or RGB
+        grid = grid[..., :3]
+    save_grid(path, grid, rows=num_classes, scale=readable_scale(grid.shape[1:]))

@@ -92,7 +92,7 @@ _SEQUENCE = (
         ),
         inputs=("data/prepared/summary.json", "models/generator.keras"),
         outputs=("data/synthetic",),
-        code=("data", "gan/models", "images.py", "stages/generate.py"),
+        code=("data", "gan/generator.py", "gan/models", "images.py", "stages/generate.py"),
     ),
     Stage(
         "classifier",

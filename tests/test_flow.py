@@ -215,7 +215,9 @@ def test_flow_completes_when_the_dvc_remote_is_missing(harness, tmp_path):
 
         # the next night: fewer images per class, so other data; the champion is re-evaluated
         first_data = json.loads((repo / "data/prepared/summary.json").read_text())["content_hash"]
-        changed = (repo / "params.yaml").read_text().replace("max_per_class: 40", "max_per_class: 30")
+        changed = (
+            (repo / "params.yaml").read_text().replace("max_per_class: 40", "max_per_class: 30")
+        )
         (repo / "params.yaml").write_text(changed)
         again = fp.pipeline(params_file=str(repo / "params.yaml"), root=str(repo))
         summary = json.loads((repo / "data/prepared/summary.json").read_text())

@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import ganpipe.data.synthetic as synthetic_mod
 import ganpipe.stages.generate as gen_mod
 from ganpipe.config import AugmentParams, GenerateParams, Params
 from ganpipe.data.prepared import Prepared, Split, make_summary, save_prepared
+from ganpipe.data.synthetic import class_counts, class_dir_names
 from ganpipe.errors import DataError
 from ganpipe.io import read_json
 from ganpipe.paths import Paths
-from ganpipe.stages.generate import class_counts, class_dir_names
 from ganpipe.tracker import Tracker
 
 SHAPE = (8, 8, 1)
@@ -248,7 +249,7 @@ def test_failure_keeps_previous_output(model_dir, data_dir, tmp_path, monkeypatc
             raise OSError("disk full")
         Image.fromarray(image[..., 0]).save(path)
 
-    monkeypatch.setattr(gen_mod, "_write_png", broken)
+    monkeypatch.setattr(synthetic_mod, "_write_png", broken)
     with pytest.raises(OSError, match="disk full"):
         generate(GenerateParams(per_class=3, seed=2), model_dir, data_dir, out)
 

@@ -16,10 +16,10 @@ from ganpipe.evaluation.metrics.memorization import (
     matched_subsample,
     memorization_report,
     nearest,
-    nearest_copies_figure,
     pixel_nearest,
     shifts,
 )
+from ganpipe.evaluation.plots import nearest_copies_figure
 
 QUANTILE = 0.02
 NAMES = [str(i) for i in range(10)]

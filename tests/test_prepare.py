@@ -326,7 +326,9 @@ def test_refuses_to_replace_unrelated_directory(tmp_path: Path) -> None:
 
 def test_evaluator_class_weights_only_for_imbalanced_training_data() -> None:
     # Prepared long-tailed data is what the evaluator's class weights are for (ganpipe/evaluation/domain_classifier.py).
-    from ganpipe.evaluation.domain_classifier import class_weights
+    from ganpipe.evaluation.domain_classifier import (
+        class_weights_mean_over_classes as class_weights,
+    )
 
     assert class_weights(np.repeat(np.arange(3), [100, 90, 70]), 3) is None  # 100/70 <= 1.5
     w = class_weights(np.repeat(np.arange(4), [1000, 1000, 20, 20]), 4)

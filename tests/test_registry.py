@@ -168,9 +168,7 @@ def test_stages_import_only_the_tracking_interface():
 def test_only_the_mlflow_adapter_imports_mlflow():
     everything = sorted(PACKAGE.rglob("*.py"))
     importers = {
-        p.relative_to(PACKAGE).parent.as_posix()
-        for p in everything
-        if imported(p, ("mlflow",))
+        p.relative_to(PACKAGE).parent.as_posix() for p in everything if imported(p, ("mlflow",))
     }
     assert importers == {"mlflow_adapter"}
 

@@ -16,6 +16,7 @@ from ganpipe.config import Params, UtilityParams
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.evaluation import downstream as U
+from ganpipe.evaluation.downstream import class_weights_mean_over_images as class_weights
 from ganpipe.evaluation.downstream_net import (
     check_fits,
     classic_augmentation,
@@ -113,14 +114,14 @@ def test_validation_split_is_stratified_seeded_and_keeps_a_training_image_per_cl
 def test_class_weights_exactly_when_imbalanced():
     balanced = np.repeat(np.arange(3), [10, 12, 14])  # 14/10 = 1.4 <= 1.5
     imbalanced = np.repeat(np.arange(3), [10, 10, 40])
-    assert U.class_weights(balanced, 3, "auto") is None
-    w = U.class_weights(imbalanced, 3, "auto")
+    assert class_weights(balanced, 3, "auto") is None
+    w = class_weights(imbalanced, 3, "auto")
     assert w == pytest.approx({0: 2.0, 1: 2.0, 2: 0.5})  # n / (k n_c)
     per_image = np.array([w[c] for c in imbalanced])
     assert per_image.mean() == pytest.approx(1.0)  # the loss keeps its scale
-    assert U.class_weights(imbalanced, 3, False) is None
-    assert U.class_weights(balanced, 3, True) is not None  # forced on
-    assert U.class_weights(np.repeat([0, 2], [5, 20]), 3, True)[1] == 1.0  # absent class
+    assert class_weights(imbalanced, 3, False) is None
+    assert class_weights(balanced, 3, True) is not None  # forced on
+    assert class_weights(np.repeat([0, 2], [5, 20]), 3, True)[1] == 1.0  # absent class
 
 
 def test_scenario_subsets():
@@ -257,7 +258,7 @@ class FakeTrainer:
         self.calls.append(dict(train=train, val=val, test=test, seed=seed, classic=classic))
         n_syn = (train.images[:, 0, 0, 0] == 255).sum()  # the stand-ins' mark
         value = 0.7 + 0.01 * seed + 0.05 * classic + (-0.03 if self.hurt else 0.03) * (n_syn > 0)
-        weighted = U.class_weights(train.labels, k, params.class_weight) is not None
+        weighted = class_weights(train.labels, k, params.class_weight) is not None
         return U.TrainResult(dict.fromkeys(U.METRICS, value), 2, 1, 0.5, weighted)
 
 

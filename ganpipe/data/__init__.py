@@ -1,1 +1,2 @@
-"""Data sources, validation and the prepared-data contract."""
+"""Data sources, the transforms and validation of prepare, the prepared-data contract, sampling
+and the generated-samples contract."""

@@ -1,7 +1,7 @@
 """Data sources: one small loader per `data.source`, each returning raw images and labels.
 
-Loaders only read and decode; `ganpipe.stages.prepare` converts, splits and validates. Images may be
-any numeric dtype with values 0-255, shaped N x H x W or N x H x W x C; labels are 0..K-1.
+Loaders only read and decode; `ganpipe.data.transforms` converts, splits and validates. Images
+may be any numeric dtype with values 0-255, shaped N x H x W or N x H x W x C; labels are 0..K-1.
 """
 
 from __future__ import annotations

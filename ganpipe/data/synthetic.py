@@ -1,25 +1,32 @@
-"""The generated-samples contract, as augment, evaluate and the utility stage read it.
+"""The generated-samples contract, as generate writes it and augment, evaluate and the utility
+stage read it.
 
 `<synthetic_dir>/samples.npz` (images, labels: the prepared-data format) and its `summary.json`
-(class names, generator version) are written by the generate stage; `load_synthetic` checks them
-against the real data, and `synthetic_counts` / `select_synthetic` draw per-class quotas from them.
+(class names, generator version) are written by the generate stage, with the optional PNG tree
+`images/<class dir>/<index:06d>.png` (`class_dir_names`, `write_png_tree`); `class_counts` says
+how many samples it draws per class. `load_synthetic` checks them against the real data, and
+`synthetic_counts` / `select_synthetic` draw per-class quotas from them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from ganpipe.config import AugmentParams
+from ganpipe.config import AugmentParams, GenerateParams
 from ganpipe.data.prepared import Split, load_split
+from ganpipe.data.sampling import largest_remainder
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import file_sha256, read_json
 
 SAMPLES_FILE = "samples.npz"
 RERUN = "run `ganpipe train` and `ganpipe generate` again on this data"
+PNG_CHANNELS = (1, 3, 4)  # grayscale, RGB, RGBA
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -128,3 +135,107 @@ def select_synthetic(
         for k in range(len(wanted))
     ]
     return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+
+
+# ---- what generate writes ------------------------------------------------------------------------
+
+
+def class_counts(
+    params: GenerateParams,
+    train_counts: list[int] | None,
+    class_names: list[str],
+    augment_params: AugmentParams | None = None,
+) -> np.ndarray:
+    """Samples per class for generate to draw.
+
+    per_class auto: what `augment_params.mode` asks for per class times `headroom` (rounded up),
+    at least `min_per_class`. A number: that many each, or with `proportional` that times the
+    class count split in proportion to the real training counts by largest remainder (ties to
+    the lower class index, so the total is exact); with `augment_params`, a DataError naming every
+    class that would get fewer than augment needs.
+    """
+    num_classes = len(class_names)
+    real = _real_counts(train_counts, num_classes, params)
+    if params.per_class == "auto":
+        if augment_params is None:
+            raise DataError(
+                "generate.per_class auto needs the augment params (the stage passes them)"
+            )
+        need = wanted_counts(augment_params, real, class_names)
+        return np.maximum(np.ceil(need * params.headroom), params.min_per_class).astype(np.int64)
+    if not params.proportional:
+        counts = np.full(num_classes, params.per_class, dtype=np.int64)
+    else:
+        if real.sum() <= 0:
+            raise DataError(f"generate.proportional: bad real train_counts {list(train_counts)}")
+        counts = largest_remainder(real.astype(np.float64), params.per_class * num_classes)
+    if augment_params is not None:
+        need = wanted_counts(augment_params, real, class_names)
+        short = [k for k in range(num_classes) if counts[k] < need[k]]
+        if short:
+            detail = "; ".join(
+                f"class {class_names[k]!r}: needs {need[k]}, would get {counts[k]}" for k in short
+            )
+            raise DataError(
+                f"generate.per_class={params.per_class} is too few for augment.mode="
+                f"{augment_params.mode} ({detail}): set generate.per_class: auto (it generates "
+                "what augment needs, with headroom for its filters) or a larger number"
+            )
+    return counts
+
+
+def _real_counts(
+    train_counts: list[int] | None, num_classes: int, params: GenerateParams
+) -> np.ndarray:
+    """The real training counts from the data summary (zeros when absent and not needed)."""
+    needed = params.per_class == "auto" or params.proportional
+    if train_counts is None or len(train_counts) != num_classes:
+        if needed:
+            raise DataError(
+                "generate.per_class auto and generate.proportional need the real train_counts "
+                "per class in the data summary.json (re-run `ganpipe prepare`)"
+            )
+        return np.zeros(num_classes, dtype=np.int64)
+    real = np.asarray(train_counts, dtype=np.int64)
+    if (real < 0).any():
+        raise DataError(f"bad real train_counts {list(train_counts)} in the data summary.json")
+    return real
+
+
+def class_dir_names(class_names: list[str]) -> list[str]:
+    """A safe, unique folder name per class (letters, digits, `.`, `_`, `-`; never `.`/`..`)."""
+    used: set[str] = set()
+    names = []
+    for k, name in enumerate(class_names):
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or f"class_{k}"
+        candidate = safe
+        if candidate.lower() in used:
+            candidate = f"{safe}_{k}"
+        while candidate.lower() in used:  # case-insensitive file systems
+            candidate = f"{candidate}_"
+        used.add(candidate.lower())
+        names.append(candidate)
+    return names
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """One uint8 H x W x C image as a PNG (grayscale for C=1, RGB for C=3)."""
+    channels = image.shape[-1]
+    if channels not in PNG_CHANNELS:
+        raise DataError(f"cannot write {channels}-channel images as PNG (set generate.write_png)")
+    Image.fromarray(image[..., 0] if channels == 1 else image).save(path)
+
+
+def write_png_tree(
+    root: Path, images: np.ndarray, labels: np.ndarray, class_dirs: list[str]
+) -> list[str]:
+    """Each image as `root/images/<its class dir>/<row:06d>.png`; the files relative to `root`,
+    in row order (manifest.csv's `file`)."""
+    files = []
+    for k in np.unique(labels):
+        (root / "images" / class_dirs[k]).mkdir(parents=True, exist_ok=True)
+    for i, (image, k) in enumerate(zip(images, labels, strict=True)):
+        rel = f"images/{class_dirs[k]}/{i:06d}.png"
+        _write_png(root / rel, image)
+        files.append(rel)
+    return files

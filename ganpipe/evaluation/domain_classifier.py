@@ -95,7 +95,10 @@ def cache_key(prepared: Prepared, params: EvaluateParams) -> dict[str, Any]:
     }
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float] | None:
+# Not downstream.class_weights_mean_over_images: these average 1 over the classes, not the images.
+def class_weights_mean_over_classes(
+    labels: np.ndarray, num_classes: int
+) -> dict[int, float] | None:
     """Inverse-frequency class weights, normalised to mean 1 over the classes present, when the
     classes are imbalanced (`ganpipe.data.sampling.is_imbalanced`); None otherwise.
 
@@ -113,9 +116,9 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float] | No
 
 def _train(prepared: Prepared, params: EvaluateParams) -> tuple[keras.Model, dict[str, Any]]:
     """Train a fresh classifier on the real training split; (model, training history summary,
-    with `class_weighted` saying whether `class_weights` applied)."""
+    with `class_weighted` saying whether `class_weights_mean_over_classes` applied)."""
     model = new_classifier(prepared.image_shape, prepared.num_classes, params.seed)
-    weights = class_weights(prepared.train.labels, prepared.num_classes)
+    weights = class_weights_mean_over_classes(prepared.train.labels, prepared.num_classes)
     # Balanced data passes no class_weight at all, so it trains exactly as it always has.
     extra = {} if weights is None else {"class_weight": weights}
     history = model.fit(

@@ -149,7 +149,9 @@ def validation_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def class_weights(
+# Not domain_classifier.class_weights_mean_over_classes: these average 1 over the training images
+# (sklearn's "balanced"), absent classes included at weight 1, and follow utility.class_weight.
+def class_weights_mean_over_images(
     labels: np.ndarray, num_classes: int, mode: bool | str
 ) -> dict[int, float] | None:
     """Keras `class_weight` for training labels `labels`: inverse class frequency scaled so the
@@ -264,7 +266,7 @@ def train_and_score(
         optimizer=keras.optimizers.Adam(params.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
     )
-    weights = class_weights(train.labels, num_classes, params.class_weight)
+    weights = class_weights_mean_over_images(train.labels, num_classes, params.class_weight)
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=params.patience, restore_best_weights=True
     )

@@ -38,6 +38,9 @@ augment.memorization_quantile, and the held-out set is the real test subsample a
   closer_to_train_fraction samples nearer a training than a held-out image: ~0.5 without
                            memorization, towards 1 copying
   pixel_dcr_...            the same four DCR numbers in pixels ([0, 1] units, one-pixel shifts)
+
+The real and synthetic subsamples and the memorization check are ganpipe.evaluation.scoring's, the
+plots ganpipe.evaluation.plots'; this module wires them and writes the files.
 """
 
 from __future__ import annotations
@@ -50,21 +53,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ganpipe.config import EvaluateParams, Params
-from ganpipe.data.prepared import Prepared, Split, load_prepared
+from ganpipe.config import Params
+from ganpipe.data.prepared import load_prepared
 from ganpipe.data.sampling import stratified_subsample
 from ganpipe.data.synthetic import SAMPLES_FILE, load_synthetic
 from ganpipe.errors import DataError
 from ganpipe.evaluation.metrics import MetricInputs, compute_metrics, per_class_table
 from ganpipe.evaluation.metrics.memorization import HEADLINE_KEYS as MEMORIZATION_KEYS
-from ganpipe.evaluation.metrics.memorization import (
-    fit_guard,
-    memorization_report,
-    nearest_copies_figure,
+from ganpipe.evaluation.plots import (
+    FEATURE_PLOT,
+    NEAREST_PLOT,
+    PER_CLASS_PLOT,
+    evaluation_plots,
+    memorization_plots,
 )
-from ganpipe.evaluation.metrics.reference import Reference, real_reference
+from ganpipe.evaluation.scoring import real_references, score_memorization, synthetic_subsample
 from ganpipe.io import atomic_path, write_json
 from ganpipe.paths import Paths
 from ganpipe.tracker import Tracker
@@ -80,20 +83,13 @@ PER_CLASS_COLUMNS = (
     "classifier_fd",
 )
 PER_CLASS_FILE = "per_class.csv"
-PER_CLASS_PLOT = "per_class_accuracy.png"
-FEATURE_PLOT = "feature_space.png"
 MEMORIZATION_FILE = "memorization.json"
-NEAREST_PLOT = "nearest_copies.png"
-# Synthetic samples drawn in nearest_copies.png.
-NEAREST_SHOWN = 20
 # The reference statistics cache, beside the classifier's cache directory rather than inside it: under
 # DVC `evaluator/` is the classifier stage's output, and files the evaluate stage added there would
 # change that output's hash (so `dvc repro` would never be a no-op). `.ganpipe_cache/` is gitignored.
 REFERENCE_CACHE = Path(".ganpipe_cache") / "reference"
 # Below this the classifier is too weak for its features and predictions to mean much.
 MIN_EVALUATOR_ACCURACY = 0.5
-# Points per set in the feature-space figure.
-PLOT_POINTS = 2000
 
 __all__ = ["PER_CLASS_COLUMNS", "SAMPLES_FILE", "evaluate", "run", "stratified_subsample"]
 
@@ -112,20 +108,6 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
     return headline
 
 
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    """Independent seeded streams per set, so caching one set never shifts another's sample."""
-    return np.random.default_rng([seed, stream])
-
-
-def _subsample(split: Split, n: int, rng: np.random.Generator, what: str) -> np.ndarray:
-    idx = stratified_subsample(split.labels, n, rng)
-    if len(idx) < len(split):
-        log.info(
-            "evaluate: %s: %d of %d samples (evaluate.max_samples)", what, len(idx), len(split)
-        )
-    return idx
-
-
 def _write_per_class(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
         with open(tmp, "w", newline="") as f:
@@ -138,179 +120,6 @@ def _write_per_class(path: Path, rows: list[dict[str, Any]], columns: tuple[str,
                         for k, v in row.items()
                     }
                 )
-
-
-# ---- plots -----------------------------------------------------------------------------------------
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
-def plot_per_class(path: Path, rows: list[dict[str, Any]], fd_key: str) -> None:
-    """Bar charts of per-class conditional accuracy and Fréchet distance (Agg, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = [str(r["class_name"]) for r in rows]
-    acc = [r["conditional_accuracy"] for r in rows]
-    fd = [r[fd_key] for r in rows]
-    fig = Figure(figsize=(max(6.0, 0.5 * len(rows) + 2), 6.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    x = np.arange(len(rows))
-    top.bar(x, np.nan_to_num(acc), color="tab:blue")
-    top.set_ylim(0, 1)
-    top.set_ylabel("conditional accuracy")
-    top.set_title("per class: does a sample look like its label? (higher is better)")
-    bottom.bar(x, np.nan_to_num(fd), color="tab:orange")
-    bottom.set_ylabel(fd_key)
-    bottom.set_title("per class: Fréchet distance to the real class (lower is better)")
-    bottom.set_xticks(x, names, rotation=45 if len(rows) > 12 else 0)
-    _save_figure(fig, path)
-
-
-def plot_feature_space(
-    path: Path, real: np.ndarray, real_labels: np.ndarray, syn: np.ndarray, syn_labels: np.ndarray
-) -> None:
-    """Real and synthetic features projected on the real set's first two principal axes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rng = np.random.default_rng(0)
-    r_idx = rng.permutation(len(real))[:PLOT_POINTS]
-    s_idx = rng.permutation(len(syn))[:PLOT_POINTS]
-    r = real[r_idx].astype(np.float64)
-    centre = r.mean(axis=0)
-    _, _, vt = np.linalg.svd(r - centre, full_matrices=False)
-    axes = vt[:2].T
-    pr, ps = (r - centre) @ axes, (syn[s_idx] - centre) @ axes
-    k = int(max(real_labels.max(initial=0), syn_labels.max(initial=0))) + 1
-    colours = {"cmap": "tab10" if k <= 10 else "tab20" if k <= 20 else "viridis"}
-    colours.update(vmin=-0.5, vmax=k - 0.5)  # the same colour for a class in both panels
-    fig = Figure(figsize=(11.0, 5.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2, sharex=True, sharey=True)
-    for ax, pts, lab, title in (
-        (left, pr, real_labels[r_idx], "real (train)"),
-        (right, ps, syn_labels[s_idx], "synthetic"),
-    ):
-        sc = ax.scatter(pts[:, 0], pts[:, 1], c=lab, s=4, alpha=0.6, **colours)
-        ax.set_title(f"{title}, {len(pts)} points")
-        ax.set_xlabel("PC 1 of real features")
-    left.set_ylabel("PC 2 of real features")
-    fig.colorbar(sc, ax=[left, right], label="class")
-    _save_figure(fig, path)
-
-
-def _has_matplotlib(warn: bool = True) -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        if warn:
-            warnings.warn("matplotlib is not installed: no evaluation plots", stacklevel=4)
-        return False
-    return True
-
-
-def _plots(out: Path, rows: list[dict[str, Any]], fd_key: str, real: Any, syn: Any) -> list[Path]:
-    if not _has_matplotlib():
-        return []
-    plot_per_class(out / PER_CLASS_PLOT, rows, fd_key)
-    plot_feature_space(out / FEATURE_PLOT, real.features, real.labels, syn.features, syn.labels)
-    return [out / PER_CLASS_PLOT, out / FEATURE_PLOT]
-
-
-# ---- memorization ----------------------------------------------------------------------------------
-
-
-def _memorization(
-    out: Path,
-    prepared: Any,
-    synthetic: Split,
-    syn: Any,
-    refs: dict[str, Any],
-    indices: dict[str, np.ndarray],
-    extractor: Any,
-    evaluator: Any,
-    ref_dir: Path,
-    params: EvaluateParams,
-    quantile: float,
-) -> tuple[dict[str, float], list[Path]]:
-    """Near-copies and DCR of `synthetic` (ganpipe.evaluation.metrics.memorization), in the domain classifier's
-    features and in pixels; writes memorization.json and nearest_copies.png to `out`; returns the
-    headline numbers and the files written.
-
-    The guard sees the whole train split: a copy of an image outside evaluate.max_samples' subsample
-    is still a copy. Its classifier features go through the reference cache (once per dataset); the
-    sets the other metrics already ran through the classifier are reused, not recomputed."""
-    from ganpipe.evaluation.metrics.extractors import build_extractor
-
-    is_classifier = extractor.name == "classifier"
-    # the domain classifier alone: the guard must not depend on evaluate.extractor
-    clf = extractor if is_classifier else build_extractor(None, evaluator.extractor, evaluator.meta)
-
-    def classifier_features(name: str, split: Split, idx: np.ndarray) -> np.ndarray:
-        if is_classifier and np.array_equal(indices[name], idx):
-            return refs[name].features.features
-        ref = real_reference(
-            ref_dir, prepared.content_hash, name, split.images, split.labels, idx, clf
-        )
-        return ref.features.features
-
-    train, test = prepared.train, prepared.test
-    train_features = classifier_features("train", train, np.arange(len(train)))
-    test_idx = indices["test"]
-    holdout = Split(test.images[test_idx], test.labels[test_idx])
-    holdout_features = classifier_features("test", test, test_idx)
-    syn_features = syn.features if is_classifier else evaluator.features(synthetic.images)[0]
-
-    guard = fit_guard(
-        train.images, train_features, quantile, seed=params.seed, train_labels=train.labels
-    )
-    near = guard.near_copies(synthetic.images, syn_features, synthetic.labels)
-    report = memorization_report(
-        synthetic.images,
-        syn_features,
-        synthetic.labels,
-        train_images=train.images,
-        train_features=train_features,
-        train_labels=train.labels,
-        holdout_images=holdout.images,
-        holdout_features=holdout_features,
-        holdout_labels=holdout.labels,
-        guard=guard,
-        class_names=prepared.class_names,
-        seed=params.seed,
-        near=near,
-    )
-    write_json(out / MEMORIZATION_FILE, report)
-    written = [out / MEMORIZATION_FILE]
-    if _has_matplotlib(warn=False):  # _plots says so, once
-        nearest_copies_figure(
-            out / NEAREST_PLOT, synthetic.images, train.images, near, NEAREST_SHOWN
-        )
-        written.append(out / NEAREST_PLOT)
-    return {k: float(report[k]) for k in MEMORIZATION_KEYS}, written
-
-
-# ---- the stage -------------------------------------------------------------------------------------
-
-
-def real_references(
-    params: EvaluateParams, prepared: Prepared, extractor: Any, ref_dir: Path
-) -> tuple[dict[str, Reference], dict[str, np.ndarray]]:
-    """The real train and test subsamples' references (features, statistics; cached in
-    `ref_dir`) and their indices, by split name: what every evaluation compares against."""
-    refs, indices = {}, {}
-    for stream, (name, split) in enumerate((("train", prepared.train), ("test", prepared.test))):
-        idx = _subsample(split, params.max_samples, _rng(params.seed, stream), f"real {name}")
-        indices[name] = idx
-        refs[name] = real_reference(
-            ref_dir, prepared.content_hash, name, split.images, split.labels, idx, extractor
-        )
-    return refs, indices
 
 
 def evaluate(
@@ -359,13 +168,11 @@ def evaluate(
     extractor = build_extractor(network, evaluator.extractor, meta)
 
     ref_dir = Path(reference_dir or Path(cache_dir).parent / REFERENCE_CACHE)
-    refs, indices = real_references(params, prepared, extractor, ref_dir)
-    syn_idx = _subsample(synthetic, params.max_samples, _rng(params.seed, 2), "synthetic")
-    if len(syn_idx) < len(synthetic):
-        synthetic = Split(synthetic.images[syn_idx], synthetic.labels[syn_idx])
+    references = real_references(params, prepared, extractor, ref_dir)
+    synthetic = synthetic_subsample(params, synthetic)
     syn = extractor.feature_set(synthetic.images, synthetic.labels)
 
-    real, real_test = refs["train"], refs["test"]
+    real, real_test = references.refs["train"], references.refs["test"]
     inputs = MetricInputs(
         synthetic=syn,
         real=real.features,
@@ -382,20 +189,10 @@ def evaluate(
     headline["num_real"] = len(real.features)
     out = Path(out_dir)
     quantile = all_params.augment.memorization_quantile
-    memorized, _ = _memorization(
-        out,
-        prepared,
-        synthetic,
-        syn,
-        refs,
-        indices,
-        extractor,
-        evaluator,
-        ref_dir,
-        params,
-        quantile,
-    )
-    headline.update(memorized)
+    report, near = score_memorization(references, synthetic, syn, evaluator, params.seed, quantile)
+    write_json(out / MEMORIZATION_FILE, report)
+    memorization_plots(out, synthetic.images, prepared.train.images, near)
+    headline.update({k: float(report[k]) for k in MEMORIZATION_KEYS})
     for k, v in headline.items():
         if not math.isfinite(v):
             raise ValueError(f"metric {k} is not finite ({v}); the features are degenerate")
@@ -412,7 +209,7 @@ def evaluate(
     for row in rows:
         row[fd_key] = row.pop("classifier_fd")
     _write_per_class(out / PER_CLASS_FILE, rows, PER_CLASS_COLUMNS[:-1] + (fd_key,))
-    _plots(out, rows, fd_key, real.features, syn)
+    evaluation_plots(out, rows, fd_key, real.features, syn)
     write_json(out / "eval.json", headline)
     log.info("evaluate: %s", ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
     return headline

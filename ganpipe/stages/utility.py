@@ -45,6 +45,7 @@ from ganpipe.evaluation.downstream import (
     read_verdict,
     run_study,
 )
+from ganpipe.evaluation.plots import plot_utility
 from ganpipe.io import atomic_dir, atomic_path, write_json
 from ganpipe.paths import Paths
 from ganpipe.tracker import NULL_TRACKER, Tracker
@@ -235,40 +236,8 @@ def _write_outputs(out: Path, result: dict[str, Any]) -> None:
             writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             writer.writerows(csv_rows(result))
-    plot(out / UTILITY_PNG, result)
+    plot_utility(out / UTILITY_PNG, result)
     write_json(out / UTILITY_JSON, result)  # last: its presence means the others are complete
-
-
-def plot(path: Path, result: dict[str, Any]) -> None:
-    """A row of bar charts per scenario, one per metric: each arm's mean with std error bars
-    (Agg, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    scenarios = result.get("scenarios", {})
-    rows = max(1, len(scenarios))
-    fig = Figure(figsize=(4.0 * len(METRICS), 3.4 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = np.asarray(fig.subplots(rows, len(METRICS), squeeze=False))
-    if not scenarios:
-        for ax in axes.ravel():
-            ax.set_axis_off()
-        axes[0, 0].text(0, 0.5, "utility stage disabled (utility.enabled: false)")
-    colours = ("tab:gray", "tab:blue", "tab:orange", "tab:green")
-    x = np.arange(len(ARMS))
-    for r, (name, study) in enumerate(scenarios.items()):
-        for c, m in enumerate(METRICS):
-            ax = axes[r, c]
-            means = [study["arms"][a][m]["mean"] for a in ARMS]
-            stds = [study["arms"][a][m]["std"] for a in ARMS]
-            ax.bar(x, means, yerr=stds, capsize=4, color=colours)
-            low = min(mu - s for mu, s in zip(means, stds, strict=True))
-            ax.set_ylim(max(0.0, low - 0.05), 1.0)
-            verdict = study["comparisons"][HEADLINE]["metrics"][m]["verdict"]
-            ax.set_title(f"{name}: {m}\n(+synthetic over classic: {verdict})", fontsize=9)
-            ax.set_xticks(x, [a.replace("_", "\n") for a in ARMS], fontsize=7)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 def _track(tracker: Tracker, result: dict[str, Any], out: Path) -> None:

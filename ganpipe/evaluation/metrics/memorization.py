@@ -41,18 +41,17 @@ training set) is the direct count.
 
 Distances are chunked matrix products (||a||^2 + ||b||^2 - 2ab in float32, clipped at 0), then
 recomputed exactly in float64 for the chosen pair, so an exact copy is at distance 0, not at
-float32 rounding noise. Pure NumPy; matplotlib is imported only to draw.
+float32 rounding noise. Pure NumPy. (The figure of the nearest copies is
+`ganpipe.evaluation.plots.nearest_copies_figure`; the evaluate stage's run of the guard and report
+over its sets, `ganpipe.evaluation.scoring.score_memorization`.)
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from ganpipe.io import atomic_path
 
 # Rows per block of the distance computation: one QUERY_BLOCK x REFERENCE_BLOCK float32 block is
 # 64 MiB; besides it the reference is held as float32 (60,000 MNIST images: 188 MB) and the
@@ -67,7 +66,6 @@ __all__ = [
     "fit_guard",
     "memorization_report",
     "nearest",
-    "nearest_copies_figure",
     "pixel_nearest",
     "shifts",
 ]
@@ -490,51 +488,3 @@ def memorization_report(
     report["num_dcr_reference"] = len(ti)
     report["per_class"] = {name: numbers(syn_labels == c) for c, name in enumerate(class_names)}
     return report
-
-
-# ---- the figure -----------------------------------------------------------------------------------
-
-
-def nearest_copies_figure(
-    path: str | os.PathLike[str],
-    syn_images: np.ndarray,
-    train_images: np.ndarray,
-    near: NearCopies,
-    n: int = 20,
-) -> None:
-    """PNG of the `n` synthetic samples closest to a training image in pixels, each beside that
-    training image, titled with the distance (red: flagged as a near-copy)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    order = np.argsort(near.pixel_distance, kind="stable")[: max(n, 0)]
-    cols = 5  # pairs per row
-    rows = max(1, -(-len(order) // cols))
-    fig = Figure(figsize=(2.0 * cols * 1.1, 1.25 * rows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = np.atleast_2d(fig.subplots(rows, 2 * cols, squeeze=False))
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for k, i in enumerate(order):
-        r, c = divmod(k, cols)
-        left, right = axes[r, 2 * c], axes[r, 2 * c + 1]
-        _show(left, syn_images[i])
-        _show(right, train_images[near.pixel_index[i]])
-        colour = "tab:red" if near.mask[i] else "black"
-        left.set_title(f"d={near.pixel_distance[i]:.3g}", fontsize=8, color=colour)
-        right.set_title(f"train #{near.pixel_index[i]}", fontsize=8)
-    fig.suptitle(
-        "synthetic (left) beside its nearest training image (right), pixel distance "
-        "(red: a near-copy)",
-        fontsize=9,
-    )
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
-def _show(ax: Any, image: np.ndarray) -> None:
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = img[..., 0]
-    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
-    ax.set_axis_off()
