@@ -156,14 +156,52 @@ def check_metrics(root: str, rev: str) -> int:
     return 0 if all(c.within for c in changes) else 1
 
 
-def print_report(results: dict, paths: Paths) -> None:
-    metrics = results.get("evaluate", {})
-    print("\nMetrics (metrics/eval.json):")
-    for k, v in sorted(metrics.items()):
-        print(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What a finished run means, in a few lines, before the full table: the verdict (or why it
+    was not measured), the distance in multiples of the real data's floor, the on-label rate and
+    the near-copies."""
+    metrics = results.get("evaluate") or {}
     utility = results.get("utility") or {}
     if utility.get("enabled"):
-        print(f"\nDoes it help? (metrics/utility.json): {utility.get('verdict')}")
+        delta = (utility.get("headline") or {}).get(f"delta_{utility.get('verdict_metric')}")
+        change = f": {delta:+.2%} {utility.get('verdict_metric')}" if delta is not None else ""
+        lines = [f"Does it help?  {utility.get('verdict')}{change} (metrics/utility.json)"]
+    else:
+        lines = [
+            "Does it help?  not measured: the utility stage is off "
+            "(--set utility.enabled=true trains downstream classifiers: minutes)"
+        ]
+    fd_key = "fid" if "fid" in metrics else "classifier_fd"
+    fd, floor = metrics.get(fd_key), metrics.get(f"{fd_key}_floor")
+    if fd is not None and floor:
+        lines.append(
+            f"Distance       {fd_key} {fd:.3g} = {fd / floor:.1f}x the real data's own floor "
+            f"{floor:.3g} (1x: as close as two real samples; lower is better)"
+        )
+    if "conditional_accuracy" in metrics:
+        lines.append(
+            f"On-label       {metrics['conditional_accuracy']:.1%} of the samples are classified "
+            "as the class they were generated for"
+        )
+    if "near_copy_fraction" in metrics:
+        dropped = ((results.get("augment") or {}).get("filters") or {}).get("filters", {})
+        guard = dropped.get("memorization", {}).get("dropped")
+        export = f"; augment dropped {guard} from the export" if guard is not None else ""
+        lines.append(
+            f"Near-copies    {metrics['near_copy_fraction']:.2%} of the samples are near-copies "
+            f"of training images{export}"
+        )
+    return lines
+
+
+def print_report(results: dict, paths: Paths) -> None:
+    metrics = results.get("evaluate", {})
+    print("\nResult:")
+    for line in summary_lines(results):
+        print(f"  {line}")
+    print("\nAll metrics (metrics/eval.json):")
+    for k, v in sorted(metrics.items()):
+        print(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
     print("\nOutputs:")
     print(f"  prepared data    {paths.prepared}/")
     print(f"  generator        {paths.models}/generator.keras (samples in {paths.models}/samples/)")

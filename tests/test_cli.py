@@ -41,6 +41,14 @@ def test_run_writes_every_output_and_prints_metrics(tracked_run):
         assert (root / rel).exists(), rel
     metrics = json.loads((root / "metrics/eval.json").read_text())
     assert "Metrics" in result.stdout and "conditional_accuracy" in result.stdout
+    # what the numbers mean comes first, in a few lines; the full table after
+    out = result.stdout
+    assert out.index("Result:") < out.index("All metrics (metrics/eval.json):")
+    ratio = metrics["classifier_fd"] / metrics["classifier_fd_floor"]
+    assert f"Distance       classifier_fd {metrics['classifier_fd']:.3g} = {ratio:.1f}x" in out
+    assert f"On-label       {metrics['conditional_accuracy']:.1%} of the samples" in out
+    assert f"Near-copies    {metrics['near_copy_fraction']:.2%}" in out
+    assert "augment dropped " in out and " from the export" in out
     assert 0.0 <= metrics["conditional_accuracy"] <= 1.0
     assert np.isfinite(metrics["classifier_fd"])
     with np.load(root / "data/synthetic/samples.npz") as f:
@@ -82,7 +90,8 @@ def test_utility_verdict_printed_and_gating_the_export(tracked_run, tmp_path):
     root, result = tracked_run
     utility = json.loads((root / "metrics/utility.json").read_text())
     assert utility["enabled"] and utility["verdict"] in ("helps", "no measurable effect", "hurts")
-    assert f"Does it help? (metrics/utility.json): {utility['verdict']}" in result.stdout
+    assert f"Does it help?  {utility['verdict']}: " in result.stdout
+    assert "(metrics/utility.json)" in result.stdout
     arms = utility["scenarios"]["as_given"]["arms"]
     assert set(arms) == {"real", "real_classic", "real_synthetic", "real_classic_synthetic"}
     assert all(len(a["balanced_accuracy"]["per_seed"]) == 3 for a in arms.values())
