@@ -163,8 +163,12 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     metrics = results.get("evaluate") or {}
     utility = results.get("utility") or {}
     if utility.get("enabled"):
-        delta = (utility.get("headline") or {}).get(f"delta_{utility.get('verdict_metric')}")
-        change = f": {delta:+.2%} {utility.get('verdict_metric')}" if delta is not None else ""
+        flat = utility.get("headline") or {}
+        metric = utility.get("verdict_metric")
+        delta, seen = flat.get(f"delta_{metric}"), flat.get(f"delta_{metric}_detectable")
+        change = f": {delta:+.2%} {metric}" if delta is not None else ""
+        if seen is not None:
+            change += f"; this run could detect effects of {seen:.2%} or more"
         lines = [f"Does it help?  {utility.get('verdict')}{change} (metrics/utility.json)"]
     else:
         lines = [

@@ -59,6 +59,8 @@ COMPARISONS = {
 HEADLINE = next(iter(COMPARISONS))
 HELPS, HURTS, NO_EFFECT = "helps", "hurts", "no measurable effect"
 CONFIDENCE = 0.95
+# The power `detectable` is computed for: an effect that large is called 4 times in 5.
+POWER = 0.8
 UTILITY_JSON = "utility.json"
 
 
@@ -110,8 +112,10 @@ def paired_interval(
     confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
     """The per-seed differences treatment - baseline, their mean, the `confidence` Student-t
-    interval of the mean (n - 1 degrees of freedom) and its verdict. Pairing by seed removes the
-    seed-to-seed spread (split, initialisation) that both arms share."""
+    interval of the mean (n - 1 degrees of freedom), its verdict, and `detectable`: the smallest
+    true mean difference this run would call (either way) with probability POWER, given the
+    spread of its differences, (t_{1-a/2} + t_{POWER}) * sd / sqrt(n). Pairing by seed removes
+    the seed-to-seed spread (split, initialisation) that both arms share."""
     from scipy import stats
 
     a = np.asarray(baseline, dtype=np.float64)
@@ -120,9 +124,10 @@ def paired_interval(
         raise ValueError("need two equally long series of at least 2 paired values")
     diff = b - a
     mean = float(diff.mean())
-    half = float(
-        stats.t.ppf(0.5 + confidence / 2, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
-    )
+    n = len(diff)
+    se = diff.std(ddof=1) / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * se)
+    detectable = half + float(stats.t.ppf(POWER, n - 1) * se)
     low, high = mean - half, mean + half
     return {
         "per_seed": diff.tolist(),
@@ -131,6 +136,8 @@ def paired_interval(
         "high": high,
         "confidence": confidence,
         "verdict": verdict_of(low, high),
+        "detectable": detectable,
+        "power": POWER,
     }
 
 

@@ -209,6 +209,7 @@ def headline(study: dict[str, Any], verdict_metric: str) -> dict[str, float]:
         flat[f"delta_{m}"] = c["mean"]
         flat[f"delta_{m}_low"] = c["low"]
         flat[f"delta_{m}_high"] = c["high"]
+        flat[f"delta_{m}_detectable"] = c["detectable"]
     other = [n for n in COMPARISONS if n != HEADLINE]
     for name in other:
         flat[f"synthetic_only_delta_{verdict_metric}"] = study["comparisons"][name]["metrics"][
