@@ -11,6 +11,12 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# The JAX subprocesses (test_train_jax, test_ada, test_backend, test_distributed, test_models) spend
+# most of their time having XLA compile many small programs; LLVM's optimisation level 0 about
+# halves that. Same programs; their float results differ from the default level's only in
+# rounding (~1e-7 after a tiny run), and runs compared for exactness all use this level. Users'
+# runs keep XLA's default.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 # Subprocesses (dvc's stage commands, Prefect workers) find `ganpipe`, `dvc`, `prefect` by name, as
 # in an activated venv; CI runs .venv/bin/pytest without activating it.
 _bin = str(Path(sys.executable).parent)
