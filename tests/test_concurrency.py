@@ -65,7 +65,7 @@ def just_past_the_last_checkpoint(root: Path) -> str:
     the checkpoint's step (fewer would discard it, exactly at it would leave nothing to do)."""
     from ganpipe.io import read_npz
 
-    newest = max(root.glob("checkpoints/*/ckpt_*.npz"))  # one run key; zero-padded steps
+    newest = max(root.glob("checkpoints/*/ckpt_*.npz"), key=lambda p: p.stat().st_mtime_ns)
     history = read_npz(newest, ["history"])["history"]  # a row a step: step, epoch (from 1), …
     return f"train.epochs={int(history[-1, 1]) + 1}"
 
