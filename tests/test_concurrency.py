@@ -202,8 +202,9 @@ def test_runs_starting_at_once_share_a_new_sqlite_store(tmp_path):
     db = tmp_path / "shared" / "mlflow.db"
     uri = f"sqlite:///{db}"
     roots = [tiny_project(tmp_path / f"w{i}", tracking=True) for i in range(3)]
-    for r in roots:
-        assert run(["ganpipe", "prepare", "--quiet"], cwd=r).returncode == 0
+    assert run(["ganpipe", "prepare", "--quiet"], cwd=roots[0]).returncode == 0
+    for r in roots[1:]:  # the same prepared data (prepare is deterministic and never tracked)
+        shutil.copytree(roots[0] / "data", r / "data")
     procs = [
         start(["ganpipe", "train", "--quiet", "--set", f"tracking.uri={uri}"], r) for r in roots
     ]
