@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import GANPIPE, TINY, quiet_env, run, tiny_project
 
-LONG = "train.epochs=80"  # tiny: 13 steps an epoch, checkpoints every 5 steps: tens of seconds
+LONG = "train.epochs=80"  # tiny: 12 steps an epoch, checkpoints every 5 steps: tens of seconds
+# A run that must finish: at its first checkpoint (step 5) it is paused (`paused`) while the test
+# acts beside it, so it need not be long to be caught mid-way; 240 steps leave seconds to spare.
+PAUSABLE = "train.epochs=20"
 
 
 def start(cmd: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
@@ -39,6 +45,29 @@ def wait_for_checkpoint(root: Path, proc: subprocess.Popen[str], seconds: float 
         assert time.monotonic() < deadline, "no checkpoint written"
         time.sleep(0.2)
     return found[0]
+
+
+@contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """Process `pid` stopped (SIGSTOP) for the block, then continued: what the block does happens
+    while that process is certainly mid-way, however little work it has left."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def just_past_the_last_checkpoint(root: Path) -> str:
+    """`train.epochs=N` for a rerun that resumes the newest checkpoint under `root` and trains only
+    to the end of the epoch after it, not to LONG's end: the run key leaves `epochs` out
+    (ganpipe/gan/training/checkpoint.py), so these epochs resume the same run, and they end past
+    the checkpoint's step (fewer would discard it, exactly at it would leave nothing to do)."""
+    from ganpipe.io import read_npz
+
+    newest = max(root.glob("checkpoints/*/ckpt_*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    history = read_npz(newest, ["history"])["history"]  # a row a step: step, epoch (from 1), …
+    return f"train.epochs={int(history[-1, 1]) + 1}"
 
 
 def digest(root: Path, *folders: str) -> dict[str, str]:
@@ -92,8 +121,13 @@ def test_second_run_stops_naming_the_first_and_an_interrupt_resumes(tmp_path, si
     assert not (root / "models" / "generator.keras").exists()  # train never finished
     steps = sorted(root.glob("checkpoints/*/ckpt_*.npz"))
     assert steps, "the checkpoints were lost"
-
-    again = run(["ganpipe", "train", "--quiet", "--set", LONG], cwd=root, timeout=600)
+    if sig != signal.SIGINT:
+        # SIGTERM unwinds as Ctrl-C does (ganpipe.cli turns it into KeyboardInterrupt), so what it
+        # leaves is what the SIGINT case leaves, whose rerun resumes below (and after SIGKILL,
+        # with no unwinding at all: test_a_killed_holder_is_taken_over_and_training_resumes).
+        return
+    resume = just_past_the_last_checkpoint(root)
+    again = run(["ganpipe", "train", "--quiet", "--set", resume], cwd=root, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from step" in again.stdout
     assert (root / "models" / "generator.keras").exists()
@@ -113,7 +147,8 @@ def test_a_killed_holder_is_taken_over_and_training_resumes(tmp_path):
         first.kill()
     left = json.loads((root / ".ganpipe.lock").read_text())
     assert left["pid"] == first.pid
-    again = run(["ganpipe", "train", "--quiet", "--set", LONG], cwd=root, timeout=600)
+    resume = just_past_the_last_checkpoint(root)
+    again = run(["ganpipe", "train", "--quiet", "--set", resume], cwd=root, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"taking over the lock left by pid {first.pid}" in again.stderr
     assert "resuming from step" in again.stdout
@@ -142,14 +177,17 @@ def test_dvc_repro_and_a_run_in_one_repository_exclude_each_other(tmp_path):
 
     # dvc repro first: its stage command holds the workspace (DVC lets its own lock go while a
     # command runs), and `ganpipe run` stops naming it; repro carries on undisturbed.
-    shutil.rmtree(repo / "checkpoints")  # train from scratch: long enough to be caught at it
+    shutil.rmtree(repo / "checkpoints")  # train from scratch, paused at its first checkpoint
+    (repo / "params.yaml").write_text(full_params(TINY, PAUSABLE))  # (repro runs to the end)
     repro_proc = subprocess.Popen(
         ["dvc", "repro", "train"], cwd=repo, env=quiet_env(PYTHONPATH=str(repo)), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         wait_for_checkpoint(repo, repro_proc)
-        second = run(["ganpipe", "run", "--quiet"], cwd=repo, timeout=120)
+        stage = json.loads((repo / ".ganpipe.lock").read_text())["pid"]  # dvc's `ganpipe train`
+        with paused(stage):
+            second = run(["ganpipe", "run", "--quiet"], cwd=repo, timeout=120)
     finally:
         out, err = repro_proc.communicate(timeout=600)
     assert second.returncode == 2 and "Traceback" not in second.stderr
@@ -164,8 +202,9 @@ def test_runs_starting_at_once_share_a_new_sqlite_store(tmp_path):
     db = tmp_path / "shared" / "mlflow.db"
     uri = f"sqlite:///{db}"
     roots = [tiny_project(tmp_path / f"w{i}", tracking=True) for i in range(3)]
-    for r in roots:
-        assert run(["ganpipe", "prepare", "--quiet"], cwd=r).returncode == 0
+    assert run(["ganpipe", "prepare", "--quiet"], cwd=roots[0]).returncode == 0
+    for r in roots[1:]:  # the same prepared data (prepare is deterministic and never tracked)
+        shutil.copytree(roots[0] / "data", r / "data")
     procs = [
         start(["ganpipe", "train", "--quiet", "--set", f"tracking.uri={uri}"], r) for r in roots
     ]
@@ -178,16 +217,16 @@ def test_runs_starting_at_once_share_a_new_sqlite_store(tmp_path):
 def test_queued_dvc_experiments_on_two_jobs_record_every_run_in_the_repository(tmp_path):
     """`dvc exp run --queue` twice, then `dvc queue start --jobs 2`: both experiments run at once,
     each in a temporary copy of the repository, and both record into the repository's SQLite store
-    (not into their copies, which DVC deletes), each with its generator registered."""
+    (not into their copies, which DVC deletes), each with its generator registered. (Up to
+    evaluate, which registers it: utility and augment, which only log into the run, are left out.)"""
     from tests.test_dvc import full_params, make_repo
 
     (tmp_path / "repo").mkdir()
     repo = make_repo(tmp_path / "repo", full_params(TINY, "tracking.enabled=true"))
     env = {"PYTHONPATH": str(repo)}
     for lr in ("0.0001", "0.0004"):
-        queued = run(
-            ["dvc", "exp", "run", "--queue", "-S", f"train.g_learning_rate={lr}"], repo, **env
-        )
+        exp = ["dvc", "exp", "run", "--queue", "-S", f"train.g_learning_rate={lr}", "evaluate"]
+        queued = run(exp, repo, **env)
         assert queued.returncode == 0, queued.stderr
     started = run(["dvc", "queue", "start", "--jobs", "2"], repo, **env)
     assert started.returncode == 0, started.stderr

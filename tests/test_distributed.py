@@ -271,7 +271,8 @@ def results(data_dir, tmp_path_factory) -> dict[str, dict]:
             {
                 "KERAS_BACKEND": "jax",
                 "JAX_PLATFORMS": "cpu",
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                "--xla_force_host_platform_device_count=2",
             },
             data_dir,
             tmp_path_factory.mktemp("jax"),

@@ -323,6 +323,10 @@ def test_second_generator_reuses_the_real_reference(digits, cache_dir, tmp_path,
         return real_feature_set(self, images, labels)
 
     monkeypatch.setattr(Extractor, "feature_set", counting)
+    # Four evaluations of which only the features and numbers matter here: without the plots (most
+    # of an evaluation's time; test_evaluate_realistic_beats_noise checks them).
+    for plots in ("evaluation_plots", "memorization_plots"):
+        monkeypatch.setattr(stage, plots, lambda *args: None)
     ref_dir = tmp_path / "reference"
     rng = np.random.default_rng(5)
     gens = []

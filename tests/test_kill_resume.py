@@ -28,7 +28,7 @@ import ganpipe.gan.models  # noqa: F401  (registers the layers the saved models 
 from ganpipe.lock import LOCK_NAME
 
 GANPIPE = str(Path(sys.executable).parent / "ganpipe")
-EPOCHS = 50  # x 12 steps of 16 images: killed near step 40-60 of 600, with seconds to spare
+EPOCHS = 20  # x 12 steps of 16 images: killed near step 40-60 of 240, with seconds to spare
 CHECKPOINT_EVERY = 40
 # The option sets (train params, indented as in params_yaml). ADA: p moves by 16 * 3 / 2000 every
 # third step from about step 30 (D's faster learning rate gets it sure of the reals early), so the

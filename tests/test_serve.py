@@ -77,6 +77,7 @@ def cancel_a_run_then_resume_it(api: str, mlflow_uri: str, root: Path) -> None:
 
 
 def _cancel_and_resume(api, mlflow_uri, root, MlflowClient, run_deployment, FLOW_NAME, digest):  # noqa: N803
+    from tests.test_concurrency import just_past_the_last_checkpoint
 
     longer = {"overrides": ["tracking.enabled=true", "train.epochs=80"]}
     outputs = digest(root, "models", "metrics", "data/synthetic", "data/augmented")
@@ -111,7 +112,9 @@ def _cancel_and_resume(api, mlflow_uri, root, MlflowClient, run_deployment, FLOW
     assert latest.info.status == "KILLED"
     assert len(client.search_model_versions("name = 'ganpipe-generator'")) == 1
 
-    resumed = run_deployment(f"{FLOW_NAME}/test", parameters=longer, timeout=300, poll_interval=1)
+    # resumed to just past the cancelled run's last checkpoint, not to its 80 epochs
+    resume = {"overrides": ["tracking.enabled=true", just_past_the_last_checkpoint(root)]}
+    resumed = run_deployment(f"{FLOW_NAME}/test", parameters=resume, timeout=300, poll_interval=1)
     assert resumed.state.is_completed(), resumed.state
     logs = httpx.post(
         f"{api}/logs/filter",
