@@ -40,7 +40,7 @@ def test_run_writes_every_output_and_prints_metrics(tracked_run):
     ]:
         assert (root / rel).exists(), rel
     metrics = json.loads((root / "metrics/eval.json").read_text())
-    assert "Metrics" in result.stdout and "conditional_accuracy" in result.stdout
+    assert "All metrics" in result.stdout and "conditional_accuracy" in result.stdout
     # what the numbers mean comes first, in a few lines; the full table after
     out = result.stdout
     assert out.index("Result:") < out.index("All metrics (metrics/eval.json):")
