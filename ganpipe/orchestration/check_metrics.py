@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from ganpipe.errors import GanpipeError
-from ganpipe.orchestration.dvc import _dvc, find_repo
+from ganpipe.orchestration.dvc import find_repo, run_dvc
 
 Kind = Literal["abs", "rel"]
 # (kind, size): |new - old| <= size ("abs"), or <= size * |old| ("rel").
@@ -85,7 +85,7 @@ class Change:
 
     @property
     def tolerance(self) -> str:
-        return f"±{self.size:g}" if self.kind == "abs" else f"±{self.size:.0%}".replace("±0%", "±0")
+        return f"±{self.size:g}" if self.kind == "abs" else f"±{self.size * 100:g}%"
 
 
 def _number(value: object) -> float | None:
@@ -113,7 +113,7 @@ def check(root: str | Path = ".", rev: str = "HEAD") -> list[Change]:
     repo = find_repo(root)
     if repo is None:
         raise GanpipeError(f"{Path(root).resolve()} is not in a DVC repository (no .dvc/ above it)")
-    done = _dvc(repo, "metrics", "diff", "--json", rev, timeout=120)
+    done = run_dvc(repo, "metrics", "diff", "--json", rev, timeout=120)
     if done.returncode != 0:
         raise GanpipeError(f"dvc metrics diff {rev}: {done.stderr.strip() or done.stdout.strip()}")
     return compare(json.loads(done.stdout or "{}"))

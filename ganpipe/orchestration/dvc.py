@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _dvc(repo: Path, *args: str, timeout: float | None = 600) -> subprocess.CompletedProcess[str]:
-    # The flow holds DVC's repository lock for its whole run (ganpipe/lock.py); a DVC command needs it.
+def run_dvc(
+    repo: Path, *args: str, timeout: float | None = 600
+) -> subprocess.CompletedProcess[str]:
+    """`dvc <args>` in `repo`, output captured. The flow holds DVC's repository lock for its whole
+    run (ganpipe/lock.py); a DVC command needs it, so it is released meanwhile."""
     with dvc_lock_released(repo):
         return subprocess.run(
             [console_script("dvc"), *args],
@@ -72,11 +75,11 @@ def default_remote(repo: Path) -> tuple[str, str] | None:
     """The repository's default DVC remote as (name, url), or None when there is none. The url
     is as DVC resolves it: a relative path is relative to the folder of the config file naming it
     (`.dvc/` for `.dvc/config` and `.dvc/config.local`), and `dvc config` prints it absolute."""
-    default = _dvc(repo, "remote", "default", timeout=60)
+    default = run_dvc(repo, "remote", "default", timeout=60)
     name = default.stdout.strip()
     if default.returncode != 0 or not name:
         return None
-    url = _dvc(repo, "config", f"remote.{name}.url", timeout=60)
+    url = run_dvc(repo, "config", f"remote.{name}.url", timeout=60)
     return name, url.stdout.strip() if url.returncode == 0 else ""
 
 
@@ -135,7 +138,7 @@ def pull(root: str | Path, logger: Logger = log) -> str:
             name, url or "no url", problem, where or "<path>", name, name,
         )  # fmt: skip
         return "remote unreachable"
-    pulled = _dvc(repo, "pull", timeout=None)  # as long as the data takes
+    pulled = run_dvc(repo, "pull", timeout=None)  # as long as the data takes
     if pulled.returncode == 0:
         logger.info("data: dvc pull from '%s' (%s): %s", name, url, pulled.stdout.strip()[-500:])
         return "pulled"
@@ -185,7 +188,7 @@ def dvc_stage_repo(root: str | Path, params_file: str | None, overrides: list[st
 
 def is_up_to_date(repo: Path, stage: str) -> bool:
     """True when DVC reports no change in the stage's deps, params or outs (outs present)."""
-    result = _dvc(repo, "status", stage, "--json")
+    result = run_dvc(repo, "status", stage, "--json")
     if result.returncode != 0:
         return False  # unknown stage, broken lock, ...: run it
     try:
@@ -210,6 +213,6 @@ def skipped_result(repo: Path, stage: str, paths: Paths, tracker: Tracker) -> di
 
 def record(repo: Path, stage: str) -> None:
     """Record the stage's current deps, params and outs in dvc.lock (and outs in DVC's cache)."""
-    result = _dvc(repo, "commit", "--force", stage)
+    result = run_dvc(repo, "commit", "--force", stage)
     if result.returncode != 0:
         raise RuntimeError(f"dvc commit {stage} in {repo} failed: {result.stderr.strip()[-2000:]}")
