@@ -5,9 +5,10 @@ training set.
     python benchmarks/cas.py /tmp/ttq/generator.keras --prepared ttq-run/data/prepared
     python benchmarks/cas.py models/generator.keras --per-class 6000 --seeds 3
 
-Trained as the utility stage trains (`ganpipe.evaluation.downstream.train_and_score`: ganpipe's downstream CNN,
-utility.* params, early stopping on a validation split of the *real* training images, the real
-test split only scored), on `--per-class` samples of every class drawn from the generator
+Trained as the utility stage trains one arm (`ganpipe.evaluation.downstream_fit.fit_job`:
+ganpipe's downstream CNN, classic augmentation, utility.* params, `--steps` fixed steps with a
+cosine schedule, the real test split only scored), on `--per-class` samples of every class drawn
+from the generator
 (default 6,000: 60,000 for MNIST). Prints accuracy, balanced accuracy and macro-F1, mean and std
 over `--seeds`, for the synthetic and the real training set, and their ratio.
 """
@@ -28,22 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepared", default="data/prepared", help="prepared data directory")
     ap.add_argument("--per-class", type=int, default=6000)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=2000, help="training steps of each classifier")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="utility.* params")
     ap.add_argument("--json", help="also write the table as JSON here")
     args = ap.parse_args(argv)
+
+    import tempfile
 
     import keras
 
     import ganpipe.gan.models.layers  # noqa: F401  (registers the layers a generator may use)
     from ganpipe.config import load_params
     from ganpipe.data.prepared import Split, load_prepared, to_uint8
-    from ganpipe.evaluation.downstream import train_and_score, validation_split
+    from ganpipe.evaluation.downstream_fit import Job, arrays_file, fit_job
+    from ganpipe.evaluation.downstream_study import settings_of
 
     params = load_params(None, args.overrides).utility
     real = load_prepared(args.prepared)
     generator = keras.models.load_model(args.generator, compile=False, safe_mode=True)
     latent_dim = int(generator.inputs[0].shape[-1])
-    k, shape = real.num_classes, real.image_shape
+    k = real.num_classes
     labels = np.repeat(np.arange(k, dtype=np.int32), args.per_class)
     z = np.random.default_rng(12345).standard_normal((len(labels), latent_dim), dtype=np.float32)
     images = np.concatenate(
@@ -55,20 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = Split(images, labels.astype(np.int64))
 
     results: dict[str, list[dict[str, float]]] = {"synthetic": [], "real": []}
-    for seed in range(args.seeds):
-        rng = np.random.default_rng([params.seed, seed])
-        train_idx, val_idx = validation_split(real.train.labels, params.validation_fraction, rng)
-        val = Split(real.train.images[val_idx], real.train.labels[val_idx])
-        sets = {
-            "synthetic": synthetic,
-            "real": Split(real.train.images[train_idx], real.train.labels[train_idx]),
-        }
-        for name, train in sets.items():
-            r = train_and_score(train, val, real.test, shape, k, params, seed, classic=False)
-            results[name].append(r.scores | {"epochs": r.epochs, "seconds": r.seconds})
-            print(
-                f"seed {seed} {name:<10} " + " ".join(f"{m}={v:.4f}" for m, v in r.scores.items())
-            )
+    settings = settings_of(params, workers=1)
+    none = Split(real.train.images[:0], real.train.labels[:0])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, train in {"synthetic": synthetic, "real": real.train}.items():
+            # each set's own validation split (unused by a fixed budget); the real test split
+            path = arrays_file(Path(tmp) / f"{name}.npz", train, real.test, none, None, k)
+            for seed in range(args.seeds):
+                r = fit_job(Job(name, seed, seed, steps=args.steps), path, settings)
+                results[name].append(r["test"] | {"seconds": r["seconds"]})
+                scores = " ".join(f"{m}={v:.4f}" for m, v in r["test"].items())
+                print(f"seed {seed} {name:<10} {scores}")
 
     table = {}
     for name, rows in results.items():

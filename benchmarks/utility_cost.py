@@ -2,12 +2,12 @@
 
 Runs in a work directory (default: a new temporary one) holding a copy of params.yaml; the stages
 are the pipeline's own (`ganpipe.pipeline.run_stage`), tracking off. Prints each stage's seconds,
-then the utility stage's seconds per arm (summed over seeds), epochs per training and the verdict.
+then the utility stage's seconds per arm (summed over seeds), its steps per training and the verdict.
 Rerun with the same `--workdir` to time `utility` alone: the earlier stages reuse their outputs and
 checkpoints (keys: params + data + code).
 
   python benchmarks/utility_cost.py                          # default params (mnist_5k)
-  python benchmarks/utility_cost.py --workdir /tmp/uc --set utility.max_epochs=15
+  python benchmarks/utility_cost.py --workdir /tmp/uc --set utility.seeds=5
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BEFORE = ("prepare", "train", "generate", "classifier")
+
+
+def seconds_per_arm(trainings: list[dict]) -> dict[str, float]:
+    """Each arm's training seconds, summed over its seeds (worker time, not wall time)."""
+    out: dict[str, float] = {}
+    for t in trainings:
+        out[t["arm"]] = round(out.get(t["arm"], 0.0) + t["seconds"], 1)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         "verdict_metric": result.get("verdict_metric"),
         "scenarios": {
             name: {
-                "seconds_per_arm": s["seconds_per_arm"],
-                "epochs": s["epochs"],
+                "seconds": s["seconds"],
+                "workers": s["workers"],
+                "steps": s["steps"],
+                "seconds_per_arm": seconds_per_arm(s["trainings"]),
                 "num_real": s["num_real"],
                 "num_synthetic": s["num_synthetic"],
                 "verdict": s["verdict"],

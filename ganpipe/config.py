@@ -237,10 +237,10 @@ class EvaluateParams(Section):
 
 
 class UtilityParams(Section):
-    """The downstream test (ganpipe.stages.utility): does adding the synthetic samples help a
-    classifier that is not the evaluator? Arms real, real+classic, real+synthetic,
-    real+classic+synthetic; the verdict compares the last two. Off by default: 12 classifier
-    trainings per scenario take minutes (about 12-29 on mnist_5k on 2 CPU cores)."""
+    """The downstream test (ganpipe.evaluation.downstream_study): does adding the synthetic
+    samples help a classifier that is not the evaluator, over the strongest real-only baseline
+    (chosen on validation among the losses, with and without oversampling)? Off by default: a
+    study is dozens of classifier trainings (about 30 min for the long-tail preset on 2 cores)."""
 
     enabled: bool = False
     # Scenarios: the data as given; a stratified label_fraction of it; a long tail (class_caps).
@@ -248,19 +248,34 @@ class UtilityParams(Section):
     scenarios: tuple[Literal["as_given", "label_fraction", "long_tail"], ...] = ("as_given",)
     label_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     class_caps: dict[str, Annotated[int, Field(ge=1)]] | None = None
-    seeds: int = Field(3, ge=3)
+    # paired seeds: every arm of a seed shares its split, initialisation and real batches
+    seeds: int = Field(10, ge=3)
     seed: int = 0
-    # null: ganpipe's small CNN (not the evaluator's architecture); or your compiled-or-not .keras
-    # model taking the images in [-1, 1] and returning class logits or probabilities.
+    # The losses each arm is trained with; the strongest is chosen on validation.
+    losses: tuple[Literal["weighted", "balanced_softmax"], ...] = ("weighted", "balanced_softmax")
+    # the control arm: the real images repeated to the counts the synthetic fill adds
+    oversample_control: bool = True
+    # a second opinion: a small ResNet (or your model_path model) trains the chosen pair too
+    second_architecture: bool = True
+    # the worth-in-real-images curve (scenarios whose caps removed real images): the rare
+    # classes' real images x these multiples
+    worth_multiples: tuple[Annotated[float, Field(gt=1.0)], ...] = (1.5, 2.0, 3.0)
+    # your .keras model (images in [-1, 1] -> class logits or probabilities) as the second
+    # architecture; null: ganpipe's small ResNet
     model_path: str | None = None
+    # training steps of every arm; auto: the best epoch of one early-stopped calibration training
+    # (max_epochs, patience on the validation loss) of the class-weighted real-only arm
+    steps: int | Literal["auto"] = "auto"
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(3, ge=1)
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    # "auto": class-weighted loss when the arm's training classes are imbalanced (max/min > 1.5).
-    class_weight: bool | Literal["auto"] = "auto"
-    # Classic augmentation: random shifts (fraction of the size) and rotations (degrees).
+    # parallel trainings: local worker processes (auto: one per core) ...
+    workers: int | Literal["auto"] = "auto"
+    # ... or a Dask scheduler (tcp://host:8786) whose workers see this workspace's files
+    dask_address: str | None = None
+    # Classic augmentation (every arm): random shifts (fraction of the size), rotations (degrees).
     classic_shift: float = Field(0.1, ge=0.0, lt=0.5)
     classic_rotation: float = Field(10.0, ge=0.0, le=180.0)
     # The headline metric the verdict is read from.
@@ -274,6 +289,12 @@ class UtilityParams(Section):
             raise ValueError("utility.class_caps required for the long_tail scenario")
         if len(set(self.scenarios)) != len(self.scenarios) or not self.scenarios:
             raise ValueError("utility.scenarios: list each scenario once, at least one")
+        if not self.losses or len(set(self.losses)) != len(self.losses):
+            raise ValueError("utility.losses: list each loss once, at least one")
+        if isinstance(self.steps, int) and self.steps < 1:
+            raise ValueError("utility.steps: at least 1, or auto")
+        if isinstance(self.workers, int) and self.workers < 1:
+            raise ValueError("utility.workers: at least 1, or auto")
         return self
 
 

@@ -113,6 +113,8 @@ _SEQUENCE = (
         params=(
             "utility",
             "augment",
+            # as_given with data.class_caps: the images the caps removed price the samples
+            "data",
             "model",
             "train",
             "generate",
@@ -133,6 +135,7 @@ _SEQUENCE = (
             "stages/augment.py",
             "stages/classifier.py",
             "stages/generate.py",
+            "stages/prepare.py",
             "stages/train.py",
             "stages/utility.py",
         ),

@@ -355,21 +355,11 @@ def test_fidelity_filter_drops_outliers(data_dir, tmp_path):
 
 
 def write_verdict(metrics_dir: Path, treated_shift: float) -> str:
-    """A utility.json as the utility stage writes it, from hand-made per-seed scores where the
-    synthetic arm's scores are the baseline's + treated_shift (with a little spread)."""
-    from ganpipe.evaluation.downstream import ARMS, METRICS, summarize
+    """A utility.json as the utility stage writes it (tests/helpers.py's hand-made study)."""
     from ganpipe.stages.utility import headline
+    from tests.helpers import utility_study
 
-    base = [0.90, 0.91, 0.92]
-    per_seed = {
-        arm: [
-            {m: b + (treated_shift + 0.001 * i if "synthetic" in arm else 0.0) for m in METRICS}
-            for i, b in enumerate(base)
-        ]
-        for arm in ARMS
-    }
-    study = summarize(per_seed, "balanced_accuracy")
-    study.update({"num_real": 15, "num_synthetic": 8})
+    study = utility_study(treated_shift)
     write_json(
         metrics_dir / "utility.json",
         {

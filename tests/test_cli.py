@@ -92,9 +92,14 @@ def test_utility_verdict_printed_and_gating_the_export(tracked_run, tmp_path):
     assert utility["enabled"] and utility["verdict"] in ("helps", "no measurable effect", "hurts")
     assert f"Does it help?  {utility['verdict']}: " in result.stdout
     assert "(metrics/utility.json)" in result.stdout
-    arms = utility["scenarios"]["as_given"]["arms"]
-    assert set(arms) == {"real", "real_classic", "real_synthetic", "real_classic_synthetic"}
+    study = utility["scenarios"]["as_given"]
+    arms = study["arms"]  # tests/data/tiny.yaml: both losses, no oversampling control, a ResNet
+    assert set(arms) == {
+        "real_weighted", "real_balanced_softmax", "synthetic_weighted",
+        "synthetic_balanced_softmax", f"resnet:{study['baseline']}", f"resnet:{study['treatment']}",
+    }  # fmt: skip
     assert all(len(a["balanced_accuracy"]["per_seed"]) == 3 for a in arms.values())
+    assert study["steps"] == 10 and set(study["verdicts"]) == {"cnn", "resnet"}
 
     copy = tmp_path / "project"
     shutil.copytree(root, copy)

@@ -336,14 +336,11 @@ def test_pipeline_report_local_store_embeds_the_grid(tmp_path):
 
 
 def test_pipeline_report_shows_the_verdict_and_the_filters():
-    from ganpipe.evaluation.downstream import ARMS, METRICS, summarize
+    from tests.helpers import utility_study
 
-    per_seed = {
-        arm: [{m: 0.9 + 0.01 * i + (0.02 if "synthetic" in arm else 0.0) for m in METRICS}
-              for i in range(3)]
-        for arm in ARMS
-    }  # fmt: skip
-    study = summarize(per_seed, "balanced_accuracy")
+    study = utility_study(0.02, second_shift=-0.01)
+    study["worth"] = {"worth": 1.6, "low": 1.2, "high": 2.1, "above": False, "below": False,
+                      "rare_real_images": 100}  # fmt: skip
     utility = {"enabled": True, "verdict": study["verdict"], "verdict_metric": "balanced_accuracy",
                "scenarios": {"as_given": study}}  # fmt: skip
     augment = {
@@ -355,10 +352,13 @@ def test_pipeline_report_shows_the_verdict_and_the_filters():
     }  # fmt: skip
     text = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"),
                            utility=utility, augment=augment)  # fmt: skip
-    assert "**Does it help?** **helps** on balanced_accuracy: real_classic_synthetic vs " in text
-    assert "## Does it help? **helps** (balanced_accuracy)" in text
-    assert "- as_given: **helps**: real_classic_synthetic 0.9300 vs real_classic 0.9100, " in text
-    assert "difference +0.0200 (95% interval +0.0200 .. +0.0200, 3 seeds)" in text
+    # the second architecture saw harm: the verdict is hurts, and the report shows both
+    assert "**Does it help?** **hurts** on balanced_accuracy: synthetic_weighted vs " in text
+    assert "## Does it help? **hurts** (balanced_accuracy)" in text
+    assert "- as_given: **hurts**: synthetic_weighted 0.9310 vs real_weighted 0.9100 " in text
+    assert "difference +0.0210 (95% interval +0.0185 .. +0.0235, 3 seeds; " in text
+    assert "second opinion (resnet): **hurts**, difference -0.0090" in text
+    assert "worth 1.60x the rare classes' 100 real images (95% interval 1.20 .. 2.10x)" in text
     assert "| filter | a | b | dropped |" in text and "| memorization | 1 | 2 | 3 |" in text
     assert "8 synthetic added to 15 real (augment.mode balance)" in text
     plain = pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"))

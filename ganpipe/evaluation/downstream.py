@@ -1,62 +1,33 @@
-"""Does adding the synthetic samples help a classifier? The protocol of the utility stage.
+"""Does adding the synthetic samples help a classifier? The utility protocol's pure parts: the
+scores, the paired interval and its verdict, the splits, the class weights, the scenario subsets,
+the choice of the strongest arm on validation, the two architectures' combined verdict, the
+worth-in-real-images curve, and the augment stage's gate (`read_verdict`).
 
-One study per scenario (the stage, `ganpipe.stages.utility`, prepares the scenarios' data and
-synthetic samples and writes the outputs). For each of `utility.seeds` seeds, four arms train the
-same downstream classifier (`ganpipe.evaluation.downstream_net`; not the evaluator's network) from the same
-seeded initialisation, on the same seeded stratified train/validation split of the REAL training
-images:
+The study itself (which arms train and what they mean) is `ganpipe.evaluation.downstream_study`;
+one training is `ganpipe.evaluation.downstream_fit`; the networks `ganpipe.evaluation.downstream_net`.
 
-  real                    the real training part
-  real_classic            the same, through classic augmentation (random shifts and rotations)
-  real_synthetic          the real training part plus the synthetic samples
-  real_classic_synthetic  both
+Comparisons are paired by seed: for each metric, the per-seed differences, their mean and 95%
+Student-t interval, a verdict (`helps` if the interval lies above 0, `hurts` if below, else
+`no measurable effect`) and the smallest effect the run could have detected (`detectable`).
 
-Synthetic samples only ever join the training part. Each training runs to convergence: up to
-`max_epochs`, early stopping (`patience`, best weights restored) on the validation loss, whose
-images are real and never augmented. The test split is used for nothing but the final scores:
-accuracy, balanced accuracy (mean per-class recall), macro F1 and the worst class's recall.
-
-Comparisons are paired by seed (same split, same initialisation): the headline is
-real_classic_synthetic vs real_classic (does the GAN add anything over the augmentation everyone
-already does?), and real_synthetic vs real is reported too. For each metric: the per-seed
-differences, their mean and 95% Student-t interval, and a verdict: `helps` if the interval lies
-above 0, `hurts` if below, else `no measurable effect`.
-
-Nothing here imports Keras at module level: `read_verdict` (the augment stage's gate) stays cheap.
+Nothing here imports Keras: `read_verdict` (the augment stage's gate) stays cheap.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ganpipe.config import UtilityParams
-from ganpipe.data.prepared import Prepared, Split, to_float
 from ganpipe.data.sampling import is_imbalanced
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import read_json
 
-if TYPE_CHECKING:
-    import keras
-
-log = logging.getLogger(__name__)
-
-ARMS = ("real", "real_classic", "real_synthetic", "real_classic_synthetic")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "worst_class_recall")
-# name -> (baseline arm, treatment arm); the first one decides the verdict.
-COMPARISONS = {
-    "real_classic_synthetic_vs_real_classic": ("real_classic", "real_classic_synthetic"),
-    "real_synthetic_vs_real": ("real", "real_synthetic"),
-}
-HEADLINE = next(iter(COMPARISONS))
 HELPS, HURTS, NO_EFFECT = "helps", "hurts", "no measurable effect"
 CONFIDENCE = 0.95
 # The power `detectable` is computed for: an effect that large is called 4 times in 5.
@@ -213,199 +184,108 @@ def class_caps_subset(
 
 
 def seed_value(params: UtilityParams, i: int) -> int:
-    """The training seed of seed index `i` (shared by the four arms: paired comparisons)."""
+    """The training seed of seed index `i` (shared by every arm of the seed: paired comparisons)."""
     return (params.seed + i) % 2**32
 
 
-def split_rng(params: UtilityParams, i: int) -> np.random.Generator:
-    """The validation split's generator for seed index `i`: the same for every arm."""
-    return np.random.default_rng([i, params.seed % 2**32])
+def split_of_seed(
+    labels: np.ndarray, fraction: float, split_seed: int, seed_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seed index `seed_index`'s (train, validation) split of the real training images: the same
+    for every arm of that seed."""
+    rng = np.random.default_rng([seed_index, split_seed % 2**32])
+    return validation_split(labels, fraction, rng)
 
 
-def _take(split: Split, idx: np.ndarray) -> Split:
-    return Split(split.images[idx], split.labels[idx])
+# ---- choosing, combining, pricing ------------------------------------------------------------------
 
 
-def _concat(a: Split, b: Split) -> Split:
-    return Split(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]))
-
-
-# ---- training one arm ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    scores: dict[str, float]  # METRICS on the test split
-    epochs: int  # epochs run (early stopping may end before max_epochs)
-    best_epoch: int  # 1-based epoch whose weights were kept (lowest validation loss)
-    seconds: float  # training and scoring
-    class_weighted: bool
-
-
-def train_and_score(
-    train: Split,
-    val: Split,
-    test: Split,
-    image_shape: tuple[int, int, int],
-    num_classes: int,
-    params: UtilityParams,
-    seed: int,
-    classic: bool,
-    template: keras.Model | None = None,
-) -> TrainResult:
-    """Train a fresh downstream classifier on `train` (through classic augmentation when
-    `classic`), early-stopped on `val`'s loss with the best weights restored; score it on `test`.
-    `test` is only predicted, after training: nothing about the training depends on it."""
-    import keras
-
-    from ganpipe.evaluation.downstream_net import fresh_network, outputs_probabilities
-
-    if len(val) == 0:
-        raise DataError(
-            "the utility stage's validation split is empty: too few real training images per "
-            "class (raise utility.validation_fraction or use more data)"
-        )
-    t0 = time.perf_counter()
-    augmentation = (params.classic_shift, params.classic_rotation) if classic else None
-    model = fresh_network(template, image_shape, num_classes, seed, augmentation)
-    from_logits = template is None or not outputs_probabilities(template)
-    model.compile(
-        optimizer=keras.optimizers.Adam(params.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
-    )
-    weights = class_weights_mean_over_images(train.labels, num_classes, params.class_weight)
-    stop = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=params.patience, restore_best_weights=True
-    )
-    history = model.fit(
-        to_float(train.images),
-        train.labels,
-        validation_data=(to_float(val.images), val.labels),
-        epochs=params.max_epochs,
-        batch_size=params.batch_size,
-        shuffle=True,
-        class_weight=weights,
-        callbacks=[stop],
-        verbose=0,
-    )
-    # batches through the model's call, not model.predict: predict traces a new function for
-    # every fresh model, and TensorFlow warns about "retracing" after a few of them
-    bs = max(256, params.batch_size)
-    pred = np.concatenate(
-        [
-            np.asarray(model(to_float(test.images[i : i + bs]), training=False)).argmax(axis=1)
-            for i in range(0, len(test), bs)
-        ]
-    )
-    scores = classification_metrics(test.labels, pred, num_classes)
-    return TrainResult(
-        scores=scores,
-        epochs=len(history.history["loss"]),
-        best_epoch=int(stop.best_epoch) + 1,
-        seconds=time.perf_counter() - t0,
-        class_weighted=weights is not None,
-    )
-
-
-# ---- one scenario's study -------------------------------------------------------------------------
-
-
-def _mean_std(values: list[float]) -> dict[str, Any]:
+def mean_std(values: list[float]) -> dict[str, Any]:
     v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)), "per_seed": v.tolist()}
+    std = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return {"mean": float(v.mean()), "std": std, "per_seed": v.tolist()}
 
 
-def summarize(per_seed: dict[str, list[dict[str, float]]], verdict_metric: str) -> dict[str, Any]:
-    """arms (mean, std, per_seed per metric), comparisons (paired intervals per metric) and the
-    verdict (the headline comparison's on `verdict_metric`) from each arm's per-seed scores."""
-    arms = {
-        arm: {m: _mean_std([s[m] for s in scores]) for m in METRICS}
-        for arm, scores in per_seed.items()
-    }
-    comparisons = {}
-    for name, (base, treat) in COMPARISONS.items():
-        comparisons[name] = {
-            "baseline": base,
-            "treatment": treat,
-            "metrics": {
-                m: paired_interval(arms[base][m]["per_seed"], arms[treat][m]["per_seed"])
-                for m in METRICS
-            },
-        }
-    return {
-        "arms": arms,
-        "comparisons": comparisons,
-        "headline_comparison": HEADLINE,
-        "verdict": comparisons[HEADLINE]["metrics"][verdict_metric]["verdict"],
-    }
-
-
-def run_study(
-    real: Prepared,
-    synthetic: Split,
-    params: UtilityParams,
-    template: keras.Model | None = None,
-    on_trained: Callable[[str, int, TrainResult], None] | None = None,
-    name: str = "",
-) -> dict[str, Any]:
-    """The four arms x `params.seeds` seeds on `real` (train split for training and validation,
-    test split for the scores) and `synthetic` (added to the training part); `summarize`'s result
-    plus counts, seconds per arm (sum over seeds) and epochs per training. `on_trained(arm, seed,
-    result)` after each training (progress)."""
-    if len(synthetic) == 0:
-        raise DataError(
-            f"utility{f' ({name})' if name else ''}: no synthetic samples to add (the augment "
-            "stage's settings exported none: check augment.mode and its filters)"
-        )
-    shape, k = real.image_shape, real.num_classes
-    per_seed: dict[str, list[dict[str, float]]] = {arm: [] for arm in ARMS}
-    trainings: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
-    n_val = 0
-    for i in range(params.seeds):
-        seed = seed_value(params, i)
-        train_idx, val_idx = validation_split(
-            real.train.labels, params.validation_fraction, split_rng(params, i)
-        )
-        train, val = _take(real.train, train_idx), _take(real.train, val_idx)
-        n_val = len(val)
-        for arm in ARMS:
-            data = _concat(train, synthetic) if arm.endswith("synthetic") else train
-            result = train_and_score(
-                data, val, real.test, shape, k, params, seed, "classic" in arm, template
-            )
-            per_seed[arm].append(result.scores)
-            trainings[arm].append(
-                {
-                    "seed": seed,
-                    "epochs": result.epochs,
-                    "best_epoch": result.best_epoch,
-                    "seconds": round(result.seconds, 2),
-                    "class_weighted": result.class_weighted,
-                }
-            )
-            log.info(
-                "utility %s: arm %s seed %d: %d epochs (best %d), %.1fs, %s %.4f",
-                name, arm, seed, result.epochs, result.best_epoch, result.seconds,
-                params.verdict_metric, result.scores[params.verdict_metric],
-            )  # fmt: skip
-            if on_trained is not None:
-                on_trained(arm, seed, result)
-    out = summarize(per_seed, params.verdict_metric)
-    out.update(
-        {
-            "num_real": len(real.train),
-            "num_real_train": len(real.train) - n_val,
-            "num_validation": n_val,
-            "num_synthetic": len(synthetic),
-            "num_test": len(real.test),
-            "seconds_per_arm": {
-                arm: round(sum(t["seconds"] for t in trainings[arm]), 2) for arm in ARMS
-            },
-            "epochs": {arm: [t["epochs"] for t in trainings[arm]] for arm in ARMS},
-            "trainings": trainings,
-        }
+def choose(validation: dict[str, dict[str, Any]], candidates: list[str], metric: str) -> str:
+    """The candidate arm with the highest mean `metric` on the VALIDATION split (ties: the first
+    listed). The test split never takes part in a choice, so the headline is not optimistic."""
+    return max(
+        candidates, key=lambda arm: (validation[arm][metric]["mean"], -candidates.index(arm))
     )
-    return out
+
+
+def combine_verdicts(verdicts: list[str]) -> str:
+    """Two architectures' verdicts as one: `hurts` if either says so (a gated export is blocked),
+    `helps` only if all agree, else `no measurable effect`."""
+    if HURTS in verdicts:
+        return HURTS
+    if verdicts and all(v == HELPS for v in verdicts):
+        return HELPS
+    return NO_EFFECT
+
+
+def crossing(multiples: np.ndarray, curve: np.ndarray, value: float) -> float:
+    """Where `value` meets the curve (multiples ascending, curve made non-decreasing by a running
+    max: more real images never count as worse), by linear interpolation; clipped to the range
+    measured (the caller says when it was)."""
+    y = np.maximum.accumulate(np.asarray(curve, dtype=np.float64))
+    x = np.asarray(multiples, dtype=np.float64)
+    if value <= y[0]:
+        return float(x[0])
+    if value >= y[-1]:
+        return float(x[-1])
+    i = int(np.searchsorted(y, value, side="left"))  # y[i-1] < value <= y[i]
+    if y[i] == y[i - 1]:
+        return float(x[i])
+    return float(x[i - 1] + (x[i] - x[i - 1]) * (value - y[i - 1]) / (y[i] - y[i - 1]))
+
+
+def worth_in_real_images(
+    multiples: list[float],
+    curve_per_seed: np.ndarray,
+    treatment_per_seed: np.ndarray,
+    confidence: float = CONFIDENCE,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What the synthetic samples are worth in real images: the multiple m of the rare classes'
+    real images at which the real-only baseline's curve (`curve_per_seed`: seeds x multiples, the
+    1x point first) reaches the treatment's mean score; its interval from a paired bootstrap over
+    seeds (the same resampled seeds for curve and treatment). `below`/`above` say the estimate
+    lies outside the multiples measured (it is then a bound, not a value)."""
+    curve = np.asarray(curve_per_seed, dtype=np.float64)
+    treat = np.asarray(treatment_per_seed, dtype=np.float64)
+    x = np.asarray(multiples, dtype=np.float64)
+    estimate = crossing(x, curve.mean(axis=0), float(treat.mean()))
+    rng = np.random.default_rng(seed)
+    n = len(treat)
+    boot = np.empty(resamples)
+    for b in range(resamples):
+        idx = rng.integers(0, n, n)
+        boot[b] = crossing(x, curve[idx].mean(axis=0), float(treat[idx].mean()))
+    tail = (1 - confidence) / 2
+    mean_curve = np.maximum.accumulate(curve.mean(axis=0))
+    return {
+        "multiples": x.tolist(),
+        "curve": curve.mean(axis=0).tolist(),
+        "curve_std": (curve.std(axis=0, ddof=1) if n > 1 else np.zeros(len(x))).tolist(),
+        "treatment": float(treat.mean()),
+        "worth": estimate,
+        "low": float(np.quantile(boot, tail)),
+        "high": float(np.quantile(boot, 1 - tail)),
+        "confidence": confidence,
+        "below": bool(treat.mean() < mean_curve[0]),
+        "above": bool(treat.mean() > mean_curve[-1]),
+    }
+
+
+def held_out_counts(
+    real_counts: np.ndarray, available: np.ndarray, rare: np.ndarray, multiple: float
+) -> tuple[int, ...]:
+    """Held-out real images to add per class for the curve point `multiple`: (multiple - 1) x the
+    class's real count for the rare classes, as many as there are; none for the others."""
+    want = np.where(rare, np.floor((multiple - 1) * np.asarray(real_counts) + 0.5), 0)
+    return tuple(int(v) for v in np.minimum(want, available))
 
 
 # ---- the augment stage's gate ---------------------------------------------------------------------

@@ -54,6 +54,57 @@ def build_downstream(image_shape: tuple[int, int, int], num_classes: int) -> ker
     return keras.Model(inputs, logits, name="downstream_classifier")
 
 
+def build_resnet(image_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """The second opinion: a small pre-activation ResNet. A 3x3 stem of 16 filters, then three
+    stages of one residual block each (16, 32, 64 filters; the last two halve the side with a
+    strided convolution and a 1x1 projection on the shortcut), BatchNorm -> ReLU, global average
+    pooling, Dense(num_classes) logits. Unlike `build_downstream`: residual, deeper, no dropout,
+    no dense hidden layer, global pooling, so the two fail in different ways."""
+    h, w, c = (int(s) for s in image_shape)
+    inputs = keras.Input((h, w, c), name="image")
+    x = layers.Conv2D(16, 3, padding="same", use_bias=False)(inputs)
+    for filters, stride in ((16, 1), (32, 2), (64, 2)):
+        y = layers.BatchNormalization(momentum=0.9)(x)
+        y = layers.ReLU()(y)
+        shortcut = x
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(y)
+        y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(y)
+        y = layers.BatchNormalization(momentum=0.9)(y)
+        y = layers.ReLU()(y)
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+        x = layers.Add()([shortcut, y])
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name="downstream_resnet")
+
+
+def build_network(
+    architecture: str,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    seed: int,
+    augmentation: tuple[float, float] | None,
+    model_path: str | None = None,
+) -> keras.Model:
+    """A freshly initialised classifier of `architecture`: "cnn" (`build_downstream`), "resnet"
+    (`build_resnet`) or "user" (the `.keras` model at `model_path`, re-initialised), with the
+    classic augmentation in front when `augmentation` is given."""
+    if architecture == "user":
+        if not model_path:
+            raise ConfigError("utility: the user architecture needs utility.model_path")
+        return fresh_network(load_user_model(model_path), image_shape, num_classes, seed,
+                             augmentation)  # fmt: skip
+    builders = {"cnn": build_downstream, "resnet": build_resnet}
+    if architecture not in builders:
+        raise ConfigError(f"utility: unknown architecture {architecture!r}")
+    keras.utils.set_random_seed(seed)
+    net = builders[architecture](image_shape, num_classes)
+    return _with_augmentation(net, image_shape, seed, augmentation)
+
+
 def classic_augmentation(shift: float, rotation_degrees: float, seed: int) -> keras.Sequential:
     """Random shifts (fraction of the size) and rotations (degrees), filling with -1 (black in
     [-1, 1]). Keras's random preprocessing layers transform only when called with training=True,
@@ -134,6 +185,15 @@ def fresh_network(
         net = build_downstream(image_shape, num_classes)
     else:
         net = keras.models.clone_model(template)
+    return _with_augmentation(net, image_shape, seed, augmentation)
+
+
+def _with_augmentation(
+    net: keras.Model,
+    image_shape: tuple[int, int, int],
+    seed: int,
+    augmentation: tuple[float, float] | None,
+) -> keras.Model:
     if augmentation is None:
         return net
     inputs = keras.Input(tuple(int(s) for s in image_shape), name="image")

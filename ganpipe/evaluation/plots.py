@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ganpipe.evaluation.downstream import ARMS, HEADLINE, METRICS
+from ganpipe.evaluation.downstream import METRICS
 from ganpipe.evaluation.metrics.memorization import NearCopies
 from ganpipe.io import atomic_path
 
@@ -178,32 +178,79 @@ def _show(ax: Any, image: np.ndarray) -> None:
 
 
 def plot_utility(path: Path, result: dict[str, Any]) -> None:
-    """A row of bar charts per scenario, one per metric: each arm's mean with std error bars
-    (Agg, no pyplot)."""
+    """A row per scenario (Agg, no pyplot): every arm's mean verdict metric on the test split with
+    std error bars (the chosen baseline and treatment outlined); the headline difference per metric
+    with its 95% interval, for each architecture; the worth-in-real-images curve."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     scenarios = result.get("scenarios", {})
     rows = max(1, len(scenarios))
-    fig = Figure(figsize=(4.0 * len(METRICS), 3.4 * rows), layout="constrained")
+    fig = Figure(figsize=(15.0, 3.8 * rows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = np.asarray(fig.subplots(rows, len(METRICS), squeeze=False))
+    axes = np.asarray(fig.subplots(rows, 3, squeeze=False))
     if not scenarios:
         for ax in axes.ravel():
             ax.set_axis_off()
         axes[0, 0].text(0, 0.5, "utility stage disabled (utility.enabled: false)")
-    colours = ("tab:gray", "tab:blue", "tab:orange", "tab:green")
-    x = np.arange(len(ARMS))
+    metric = result.get("verdict_metric", "balanced_accuracy")
     for r, (name, study) in enumerate(scenarios.items()):
-        for c, m in enumerate(METRICS):
-            ax = axes[r, c]
-            means = [study["arms"][a][m]["mean"] for a in ARMS]
-            stds = [study["arms"][a][m]["std"] for a in ARMS]
-            ax.bar(x, means, yerr=stds, capsize=4, color=colours)
-            low = min(mu - s for mu, s in zip(means, stds, strict=True))
-            ax.set_ylim(max(0.0, low - 0.05), 1.0)
-            verdict = study["comparisons"][HEADLINE]["metrics"][m]["verdict"]
-            ax.set_title(f"{name}: {m}\n(+synthetic over classic: {verdict})", fontsize=9)
-            ax.set_xticks(x, [a.replace("_", "\n") for a in ARMS], fontsize=7)
+        _utility_arms(axes[r, 0], name, study, metric)
+        _utility_deltas(axes[r, 1], study)
+        _utility_worth(axes[r, 2], study.get("worth"))
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+
+
+def _utility_arms(ax: Any, name: str, study: dict[str, Any], metric: str) -> None:
+    arms = list(study["arms"])
+    means = [study["arms"][a][metric]["mean"] for a in arms]
+    stds = [study["arms"][a][metric]["std"] for a in arms]
+    chosen = (study["baseline"], study["treatment"])
+    colours = ["tab:green" if a.startswith("synthetic") else "tab:blue" for a in arms]
+    edges = ["black" if a in chosen else "none" for a in arms]
+    y = np.arange(len(arms))
+    ax.barh(y, means, xerr=stds, capsize=3, color=colours, edgecolor=edges, linewidth=1.5)
+    low = min(mu - s for mu, s in zip(means, stds, strict=True))
+    ax.set_xlim(max(0.0, low - 0.02), min(1.0, max(means) + max(stds) + 0.02))
+    ax.set_yticks(y, arms, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_title(f"{name}: {metric} per arm (test; outlined: chosen on validation)", fontsize=9)
+
+
+def _utility_deltas(ax: Any, study: dict[str, Any]) -> None:
+    comparisons = study["comparisons"]
+    y = np.arange(len(METRICS))
+    for j, (label, comp) in enumerate(comparisons.items()):
+        d = [comp["metrics"][m] for m in METRICS]
+        mean = np.array([v["mean"] for v in d])
+        err = np.array([[v["mean"] - v["low"] for v in d], [v["high"] - v["mean"] for v in d]])
+        ax.errorbar(mean, y + 0.2 * j, xerr=err, fmt="o", capsize=3, label=label)
+    ax.axvline(0, color="gray", linewidth=1)
+    ax.set_yticks(y, list(METRICS), fontsize=7)
+    ax.invert_yaxis()
+    ax.legend(fontsize=7)
+    head = comparisons["headline"]
+    ax.set_title(f"{head['treatment']} - {head['baseline']} (95%): {study['verdict']}", fontsize=9)
+
+
+def _utility_worth(ax: Any, worth: dict[str, Any] | None) -> None:
+    if not worth:
+        ax.set_axis_off()
+        ax.text(0, 0.5, "worth in real images: not measured\n(no held-out real images)", fontsize=8)
+        return
+    x, y = np.array(worth["multiples"]), np.array(worth["curve"])
+    std = np.array(worth["curve_std"])
+    ax.plot(x, y, "o-", color="tab:blue", label="real only (more rare images)")
+    ax.fill_between(x, y - std, y + std, color="tab:blue", alpha=0.2)
+    ax.axhline(worth["treatment"], color="tab:green", label="real + synthetic")
+    ax.axvspan(worth["low"], worth["high"], color="tab:green", alpha=0.15)
+    ax.axvline(worth["worth"], color="tab:green", linestyle="--")
+    ax.set_xlabel("rare classes' real images (x their count)")
+    ax.set_ylabel(worth["metric"])
+    ax.legend(fontsize=7)
+    ax.set_title(
+        f"worth {worth['worth']:.2f}x the rare real images (95% {worth['low']:.2f}-"
+        f"{worth['high']:.2f})",
+        fontsize=9,
+    )

@@ -161,9 +161,26 @@ def utility_section(utility: dict[str, Any] | None) -> str:
         d = comp["metrics"][m]
         lines.append(
             f"- {name}: **{sc['verdict']}**: {comp['treatment']} {treat['mean']:.4f} vs "
-            f"{comp['baseline']} {base['mean']:.4f}, difference {d['mean']:+.4f} "
-            f"(95% interval {d['low']:+.4f} .. {d['high']:+.4f}, {len(base['per_seed'])} seeds)"
+            f"{comp['baseline']} {base['mean']:.4f} (the strongest of each, chosen on validation), "
+            f"difference {d['mean']:+.4f} (95% interval {d['low']:+.4f} .. {d['high']:+.4f}, "
+            f"{len(base['per_seed'])} seeds; this run could detect {d['detectable']:.4f} or more)"
         )
+        second = sc["comparisons"].get("second_architecture")
+        if second:
+            d2 = second["metrics"][m]
+            lines.append(
+                f"  - second opinion ({sc['second_architecture']}): **{d2['verdict']}**, "
+                f"difference {d2['mean']:+.4f} (95% interval {d2['low']:+.4f} .. {d2['high']:+.4f})"
+            )
+        worth = sc.get("worth")
+        if worth:
+            bound = " (at least: beyond the curve)" if worth["above"] else ""
+            bound = " (at most: below the curve)" if worth["below"] else bound
+            lines.append(
+                f"  - worth: the samples are worth {worth['worth']:.2f}x the rare classes' "
+                f"{worth['rare_real_images']} real images{bound} (95% interval "
+                f"{worth['low']:.2f} .. {worth['high']:.2f}x)"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -78,8 +78,8 @@ def check_benefit(metrics_dir: str | os.PathLike[str]) -> None:
         raise DataError(
             f"augment.require_benefit: the utility stage's verdict is 'hurts': adding the "
             f"synthetic samples changes {m} by {h[f'delta_{m}']:+.4f} (95% interval "
-            f"{h[f'delta_{m}_low']:+.4f} .. {h[f'delta_{m}_high']:+.4f}; real + classic "
-            f"{h[f'real_classic_{m}']:.4f}, with synthetic {h[f'real_classic_synthetic_{m}']:.4f}); "
+            f"{h[f'delta_{m}_low']:+.4f} .. {h[f'delta_{m}_high']:+.4f}; the strongest real-only "
+            f"arm {h[f'baseline_{m}']:.4f}, with synthetic {h[f'treatment_{m}']:.4f}); "
             "not exporting the augmented dataset"
         )
 

@@ -1,9 +1,10 @@
-"""Stage `utility`: does adding the synthetic samples help a classifier? (the protocol:
-`ganpipe.evaluation.downstream`)
+"""Stage `utility`: does adding the synthetic samples help a classifier? (the study:
+`ganpipe.evaluation.downstream_study`)
 
 For each scenario in `utility.scenarios` it finds the real data, the synthetic samples the augment
-stage would export for that data, and the evaluator that augment's filters use; then it trains the
-four arms over `utility.seeds` seeds and scores them on the real test split.
+stage would export for that data, the evaluator that augment's filters use, and the real training
+images the scenario's caps removed (for the worth-in-real-images curve); then it runs the study's
+arms over `utility.seeds` paired seeds and scores them on the real test split.
 
   as_given        the pipeline's own prepared data, synthetic samples and evaluator.
   label_fraction  a seeded stratified `utility.label_fraction` of the prepared training split.
@@ -17,7 +18,8 @@ train, generate and classifier stages run on it there. Checkpoints go to the pip
 
 Writes (atomically) `<paths.metrics>/utility.json` (everything; `headline` is a flat dict for
 `dvc metrics show`), `utility.csv` (scenario, arm, metric, mean, std: for `dvc plots`) and
-`utility.png` (bars per metric and arm with std error bars, a row per scenario).
+`utility.png` (per scenario: the arms, the headline intervals of both architectures, the worth
+curve). The study's arrays for its worker processes go to `<paths.utility>/<scenario>/`.
 """
 
 from __future__ import annotations
@@ -35,15 +37,11 @@ import numpy as np
 from ganpipe.config import Params
 from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, save_prepared
 from ganpipe.evaluation.downstream import (
-    ARMS,
-    COMPARISONS,
-    HEADLINE,
     METRICS,
     UTILITY_JSON,
     class_caps_subset,
     label_fraction_subset,
     read_verdict,
-    run_study,
 )
 from ganpipe.evaluation.plots import plot_utility
 from ganpipe.io import atomic_dir, atomic_path, write_json
@@ -78,7 +76,6 @@ def utility(params: Params, paths: Paths, progress: bool = True) -> dict[str, An
         _write_outputs(out, result)
         return result
 
-    template = None
     if up.model_path:
         from ganpipe.evaluation.downstream_net import check_fits, load_user_model
 
@@ -89,23 +86,31 @@ def utility(params: Params, paths: Paths, progress: bool = True) -> dict[str, An
         check_fits(template, data["shape"], len(data["class_names"]), "utility.model_path")
     from tqdm import tqdm
 
-    total = len(up.scenarios) * up.seeds * len(ARMS)
+    from ganpipe.evaluation.downstream_study import planned_trainings, run_study
+
+    # the curve needs real images the caps removed: a subset scenario's, or data.class_caps'
+    total = sum(
+        planned_trainings(up, with_worth=name != "as_given" or bool(params.data.class_caps))
+        for name in up.scenarios
+    )
     bar = tqdm(total=total, desc="utility", unit="fit", file=sys.stderr, disable=not progress)
     scenarios: dict[str, Any] = {}
     t0 = time.perf_counter()
     with bar:
         for name in up.scenarios:
-            real, synthetic = scenario_inputs(name, params, paths, progress)
+            real, synthetic, held_out = scenario_inputs(name, params, paths, progress)
 
-            def tick(arm: str, seed: int, _result: Any, scenario: str = name) -> None:
-                bar.set_postfix_str(f"{scenario} {arm} seed {seed}")
+            def tick(job: Any, _result: Any, scenario: str = name) -> None:
+                bar.set_postfix_str(f"{scenario} {job.arm} seed {job.seed}")
                 bar.update()
 
             log.info(
                 "utility %s: %d real training images (validation taken from them), %d synthetic, "
-                "%d test", name, len(real.train), len(synthetic), len(real.test),
+                "%d held-out real, %d test",
+                name, len(real.train), len(synthetic), len(held_out or ()), len(real.test),
             )  # fmt: skip
-            study = run_study(real, synthetic, up, template, on_trained=tick, name=name)
+            workdir = Path(paths.utility) / name
+            study = run_study(real, synthetic, up, workdir, held_out, tick, name)
             scenarios[name] = study
             log.info("utility %s: verdict %s on %s", name, study["verdict"], up.verdict_metric)
     first = up.scenarios[0]
@@ -162,10 +167,10 @@ def write_subset(
 
 def scenario_inputs(
     scenario: str, params: Params, paths: Paths, progress: bool = True
-) -> tuple[Prepared, Split]:
-    """The scenario's real data and the synthetic samples augment would export for it (augment
-    run with require_benefit off into `<paths.utility>/<scenario>/data/augmented`, with the
-    scenario's evaluator for its filters)."""
+) -> tuple[Prepared, Split, Split | None]:
+    """The scenario's real data, the synthetic samples augment would export for it (augment run
+    with require_benefit off into `<paths.utility>/<scenario>/data/augmented`, with the scenario's
+    evaluator for its filters), and the real training images its caps removed (None: none)."""
     from ganpipe.evaluation.domain_classifier import get_evaluator
 
     # a scenario is a small pipeline of its own: the one loop that runs stages (upward, lazily)
@@ -175,6 +180,7 @@ def scenario_inputs(
 
     if scenario == "as_given":
         data_dir, synthetic_dir, evaluator_dir = paths.prepared, paths.synthetic, paths.evaluator
+        held_out = removed_by_caps(params, load_prepared(data_dir))
     else:
         sub = scenario_paths(paths, scenario)
         summary = write_subset(scenario, params, paths.prepared, sub.prepared)
@@ -185,6 +191,7 @@ def scenario_inputs(
         done = run_stages(SUBSET_STAGES, params, sub, NULL_TRACKER, progress)
         log.info("utility %s: stage seconds %s", scenario, done["seconds"])
         data_dir, synthetic_dir, evaluator_dir = sub.prepared, sub.synthetic, sub.evaluator
+        held_out = subset_removed(scenario, params, load_prepared(paths.prepared))
     evaluator = get_evaluator(data_dir, params.evaluate, evaluator_dir)
     augment_params = params.augment.model_copy(update={"require_benefit": False})
     work = scenario_paths(paths, scenario).augmented
@@ -192,31 +199,72 @@ def scenario_inputs(
     with np.load(Path(work) / "train.npz", allow_pickle=False) as f:
         is_syn = f["is_synthetic"].astype(bool)
         synthetic = Split(f["images"][is_syn], f["labels"][is_syn].astype(np.int64))
-    return load_prepared(data_dir), synthetic
+    return load_prepared(data_dir), synthetic, held_out
+
+
+def subset_removed(scenario: str, params: Params, real: Prepared) -> Split:
+    """The training images a subset scenario dropped, shuffled (seeded): its held-out pool."""
+    keep = np.zeros(len(real.train), dtype=bool)
+    keep[subset_indices(scenario, params, real)] = True
+    idx = np.random.default_rng([params.utility.seed % 2**32, 7]).permutation(np.flatnonzero(~keep))
+    return Split(real.train.images[idx], real.train.labels[idx])
+
+
+def removed_by_caps(params: Params, real: Prepared) -> Split | None:
+    """The images `data.class_caps` removed from the prepared training split, shuffled (seeded),
+    or None without caps. Prepare is rebuilt without the caps (the same seeded steps before them)
+    and the prepared images taken away, by content."""
+    if not params.data.class_caps:
+        return None
+    from ganpipe.stages.prepare import build_prepared
+
+    full = build_prepared(params.data.model_copy(update={"class_caps": None})).train
+    kept: dict[tuple[bytes, int], int] = {}
+    for image, label in zip(real.train.images, real.train.labels, strict=True):
+        key = (image.tobytes(), int(label))
+        kept[key] = kept.get(key, 0) + 1
+    removed = []
+    for i, (image, label) in enumerate(zip(full.images, full.labels, strict=True)):
+        key = (image.tobytes(), int(label))
+        if kept.get(key):
+            kept[key] -= 1
+        else:
+            removed.append(i)
+    idx = np.random.default_rng([params.utility.seed % 2**32, 7]).permutation(
+        np.asarray(removed, dtype=np.int64)
+    )
+    return Split(full.images[idx], full.labels[idx])
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
 
 
 def headline(study: dict[str, Any], verdict_metric: str) -> dict[str, float]:
-    """Flat key numbers of one scenario (for `dvc metrics show` and MLflow): each arm's mean
-    `verdict_metric`, the headline comparison's mean difference and interval per metric, the
-    synthetic-only comparison's mean difference, and the counts."""
-    flat: dict[str, float] = {}
-    for arm in ARMS:
-        flat[f"{arm}_{verdict_metric}"] = study["arms"][arm][verdict_metric]["mean"]
-    for m, c in study["comparisons"][HEADLINE]["metrics"].items():
+    """Flat key numbers of one scenario (for `dvc metrics show` and MLflow): the chosen baseline's
+    and treatment's mean `verdict_metric`, the headline difference, interval and detectable effect
+    per metric, the second architecture's difference and interval, the worth in real images, and
+    the counts."""
+    flat: dict[str, float] = {
+        f"baseline_{verdict_metric}": study["arms"][study["baseline"]][verdict_metric]["mean"],
+        f"treatment_{verdict_metric}": study["arms"][study["treatment"]][verdict_metric]["mean"],
+    }
+    for m, c in study["comparisons"]["headline"]["metrics"].items():
         flat[f"delta_{m}"] = c["mean"]
         flat[f"delta_{m}_low"] = c["low"]
         flat[f"delta_{m}_high"] = c["high"]
         flat[f"delta_{m}_detectable"] = c["detectable"]
-    other = [n for n in COMPARISONS if n != HEADLINE]
-    for name in other:
-        flat[f"synthetic_only_delta_{verdict_metric}"] = study["comparisons"][name]["metrics"][
-            verdict_metric
-        ]["mean"]
+    second = study["comparisons"].get("second_architecture")
+    if second:
+        c = second["metrics"][verdict_metric]
+        flat[f"second_delta_{verdict_metric}"] = c["mean"]
+        flat[f"second_delta_{verdict_metric}_low"] = c["low"]
+        flat[f"second_delta_{verdict_metric}_high"] = c["high"]
+    if study.get("worth"):
+        for key in ("worth", "low", "high"):
+            flat[f"worth_in_real_images{'' if key == 'worth' else '_' + key}"] = study["worth"][key]
     flat["num_real"] = study["num_real"]
     flat["num_synthetic"] = study["num_synthetic"]
+    flat["steps"] = study["steps"]
     return flat
 
 
@@ -248,12 +296,15 @@ def _track(tracker: Tracker, result: dict[str, Any], out: Path) -> None:
     tags = {"utility.verdict": str(result["verdict"])}
     for i, (name, study) in enumerate(result["scenarios"].items()):
         prefix = "utility_" if i == 0 else f"utility_{name}_"
-        for arm in ARMS:
+        for arm, scores in study["arms"].items():
             for m in METRICS:
-                metrics[f"{prefix}{arm}_{m}_mean"] = study["arms"][arm][m]["mean"]
-        for m, c in study["comparisons"][HEADLINE]["metrics"].items():
-            metrics[f"{prefix}delta_{m}"] = c["mean"]
+                # MLflow keys allow no ':' (the phase-2 arms' "resnet:real_weighted")
+                metrics[f"{prefix}{arm.replace(':', '.')}_{m}_mean"] = scores[m]["mean"]
+        for key, value in headline(study, result["verdict_metric"]).items():
+            metrics[f"{prefix}{key}"] = value
         tags[f"utility.verdict.{name}"] = study["verdict"]
+        tags[f"utility.baseline.{name}"] = study["baseline"]
+        tags[f"utility.treatment.{name}"] = study["treatment"]
     tracker.log_metrics(metrics)
     tracker.set_tags(tags)
     tracker.log_artifact(out / UTILITY_JSON, "utility")
