@@ -258,7 +258,7 @@ class UtilityParams(Section):
     # a second opinion: a small ResNet (or your model_path model) trains the chosen pair too
     second_architecture: bool = True
     # the worth-in-real-images curve (scenarios whose caps removed real images): the rare
-    # classes' real images x these multiples
+    # classes' real images x these multiples ([]: no curve)
     worth_multiples: tuple[Annotated[float, Field(gt=1.0)], ...] = (1.5, 2.0, 3.0)
     # your .keras model (images in [-1, 1] -> class logits or probabilities) as the second
     # architecture; null: ganpipe's small ResNet

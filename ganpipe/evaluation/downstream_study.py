@@ -181,7 +181,7 @@ def run_study(
     held_by_multiple: dict[float, tuple[int, ...]] = {}
     real_counts = np.bincount(real.train.labels, minlength=k)
     rare = np.zeros(k, dtype=bool)
-    if held_out is not None and len(held_out):
+    if held_out is not None and len(held_out) and params.worth_multiples:
         available = np.bincount(held_out.labels, minlength=k)
         rare = available > 0
         for m in params.worth_multiples:

@@ -88,10 +88,10 @@ def utility(params: Params, paths: Paths, progress: bool = True) -> dict[str, An
 
     from ganpipe.evaluation.downstream_study import planned_trainings, run_study
 
-    # the curve needs real images the caps removed: a subset scenario's, or data.class_caps'
+    # the curve needs real images the caps removed: a subset scenario's, or the data's caps
+    capped = bool(params.data.class_caps) or params.data.max_per_class is not None
     total = sum(
-        planned_trainings(up, with_worth=name != "as_given" or bool(params.data.class_caps))
-        for name in up.scenarios
+        planned_trainings(up, with_worth=name != "as_given" or capped) for name in up.scenarios
     )
     bar = tqdm(total=total, desc="utility", unit="fit", file=sys.stderr, disable=not progress)
     scenarios: dict[str, Any] = {}
@@ -211,14 +211,20 @@ def subset_removed(scenario: str, params: Params, real: Prepared) -> Split:
 
 
 def removed_by_caps(params: Params, real: Prepared) -> Split | None:
-    """The images `data.class_caps` removed from the prepared training split, shuffled (seeded),
-    or None without caps. Prepare is rebuilt without the caps (the same seeded steps before them)
-    and the prepared images taken away, by content."""
-    if not params.data.class_caps:
+    """The images the data's caps removed from the prepared training split, shuffled (seeded), or
+    None without caps: those of `data.class_caps` when set (a long tail: the capped classes are
+    the rare ones), else those of `data.max_per_class` (fewer labels: every class). Prepare is
+    rebuilt without that cap (the same seeded steps before it) and the prepared images taken
+    away, by content."""
+    if params.data.class_caps:
+        uncapped = {"class_caps": None}
+    elif params.data.max_per_class is not None:
+        uncapped = {"max_per_class": None}
+    else:
         return None
     from ganpipe.stages.prepare import build_prepared
 
-    full = build_prepared(params.data.model_copy(update={"class_caps": None})).train
+    full = build_prepared(params.data.model_copy(update=uncapped)).train
     kept: dict[tuple[bytes, int], int] = {}
     for image, label in zip(real.train.images, real.train.labels, strict=True):
         key = (image.tobytes(), int(label))
