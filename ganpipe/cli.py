@@ -170,6 +170,19 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         if seen is not None:
             change += f"; this run could detect effects of {seen:.2%} or more"
         lines = [f"Does it help?  {utility.get('verdict')}{change} (metrics/utility.json)"]
+        second = flat.get(f"second_delta_{metric}")
+        if second is not None:
+            lines.append(
+                f"               second architecture: {second:+.2%} (95% interval "
+                f"{flat[f'second_delta_{metric}_low']:+.2%} .. "
+                f"{flat[f'second_delta_{metric}_high']:+.2%})"
+            )
+        if "worth_in_real_images" in flat:
+            lines.append(
+                f"               worth {flat['worth_in_real_images']:.2f}x the rare classes' real "
+                f"images (95% interval {flat['worth_in_real_images_low']:.2f} .. "
+                f"{flat['worth_in_real_images_high']:.2f}x)"
+            )
     else:
         lines = [
             "Does it help?  not measured: the utility stage is off "

@@ -100,6 +100,7 @@ def test_utility_verdict_printed_and_gating_the_export(tracked_run, tmp_path):
     }  # fmt: skip
     assert all(len(a["balanced_accuracy"]["per_seed"]) == 3 for a in arms.values())
     assert study["steps"] == 10 and set(study["verdicts"]) == {"cnn", "resnet"}
+    assert "               second architecture: " in result.stdout
 
     copy = tmp_path / "project"
     shutil.copytree(root, copy)
