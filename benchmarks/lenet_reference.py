@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.workdir)
     real = load_prepared(work / "data/prepared")
-    with np.load(work / "data/augmented/train.npz") as f:
+    with np.load(work / "data/augmented/train.npz", allow_pickle=False) as f:
         syn = f["is_synthetic"].astype(bool)
         synthetic = Split(f["images"][syn], f["labels"][syn].astype(np.int64))
     k, shape = real.num_classes, real.image_shape
