@@ -215,6 +215,9 @@ def test_evaluate_realistic_beats_noise(digits, cache_dir, tmp_path):
     assert good["classifier_fd_floor"] < 0.1 * bad["classifier_fd"]
     # the "good" samples are noisy copies of the held-out set: nearer it than the training images
     assert good["closer_to_train_fraction"] < 0.2 and good["dcr_ratio"] > 1.0
+    # ... in every class, and they cover each class's variety better than the bad samples do
+    assert good["max_class_closer_to_train_fraction"] < 0.5
+    assert good["min_class_coverage"] > bad["min_class_coverage"]
     assert bad["near_copy_fraction"] == 0.0
     assert bad["classifier_fd_floor"] == pytest.approx(good["classifier_fd_floor"])
 

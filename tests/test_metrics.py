@@ -207,6 +207,21 @@ def test_per_class_table():
     assert np.isnan(rows[2]["conditional_accuracy"])
     assert np.isfinite(rows[0]["classifier_fd"])
     assert np.isnan(rows[1]["classifier_fd"]) and np.isnan(rows[2]["classifier_fd"])
+    assert 0.0 <= rows[0]["recall"] <= 1.0 and 0.0 <= rows[0]["coverage"] <= 1.0
+    assert np.isnan(rows[1]["recall"]) and np.isnan(rows[2]["coverage"])  # too few samples
+
+
+def test_per_class_variety_sees_a_class_collapsed_to_one_mode():
+    """Class 0's samples are its real images (full variety), class 1's all sit near one of its
+    real images (on-label, no variety): per-class recall and coverage tell them apart."""
+    rng = np.random.default_rng(13)
+    real = rng.normal(size=(80, 4))
+    real_labels = np.repeat([0, 1], 40)
+    syn = np.concatenate([real[:40], real[40] + 0.01 * rng.normal(size=(40, 4))])
+    rows = per_class_table(syn, real_labels, real_labels, real, real_labels, ["a", "b"])
+    assert rows[0]["recall"] == 1.0 and rows[0]["coverage"] == 1.0
+    assert rows[1]["recall"] < 0.3 and rows[1]["coverage"] < 0.3
+    assert rows[1]["conditional_accuracy"] == 1.0  # on-label all the same
 
 
 def test_per_class_table_warns_once_for_small_classes():

@@ -270,6 +270,22 @@ def test_pipeline_report_without_tracking():
     assert "- metrics: `/out/metrics/eval.json`, `/out/metrics/per_class.csv`" in text
 
 
+def test_pipeline_report_shows_the_per_class_table(tmp_path):
+    paths = Paths.under(tmp_path)
+    paths.metrics.mkdir(parents=True)
+    (paths.metrics / "per_class.csv").write_text(
+        "class,class_name,n_synthetic,n_real,conditional_accuracy,recall,coverage,"
+        "closer_to_train_fraction,classifier_fd\n"
+        "0,zero,64,980,1.0,0.8125,0.9,0.48,28.8\n"
+        "5,five,936,20,0.99893,0.25,,0.74038,18.2\n"
+    )
+    text = pipeline_report({"classifier_fd": 1.0}, paths)
+    assert "## Per class\n| class | real images | samples | on-label | recall | coverage |" in text
+    assert "| zero | 980 | 64 | 1.000 | 0.812 | 0.900 | 0.480 |" in text
+    assert "| five | 20 | 936 | 0.999 | 0.250 |  | 0.740 |" in text  # too few: empty
+    assert "## Per class" not in pipeline_report({"classifier_fd": 1.0}, Paths.under("/out"))
+
+
 def test_pipeline_report_counts_are_integers_beside_the_champion():
     """MLflow gives the champion's counts back as floats: the report prints them as integers."""
     promotion = {**PROMOTION, "champion_metrics": {"classifier_fd": 2.0, "num_synthetic": 500.0,

@@ -4,6 +4,8 @@ sweep. Plain functions of the results, so they are tested without Prefect; the f
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ganpipe.orchestration.run_links import RunLinks
@@ -68,6 +70,7 @@ def pipeline_report(
             f"| {k} | {_cell(v, is_count(k, v))} |" for k, v in sorted(metrics.items())
         )
     text += f"\n## Metrics\n{head}{rows}\n"
+    text += per_class_section(paths.metrics / "per_class.csv")
     text += utility_section(utility) + filters_section(augment)
     if promotion:
         text += (
@@ -120,6 +123,42 @@ def champion_summary(promotion: dict[str, Any] | None, links: RunLinks) -> str:
         f"this run's `{name}` v{version} does **not** hold the `champion` alias; "
         f"v{held} keeps it ({promotion['reason']})"
     )
+
+
+# per_class.csv's columns the report shows, with their headings: a rare class's samples can be
+# on-label (accuracy) yet cover little of its real variety (recall, coverage) and sit nearer its
+# few training images than held-out ones (closer_to_train_fraction above 0.5).
+PER_CLASS_SHOWN = {
+    "class_name": "class",
+    "n_real": "real images",
+    "n_synthetic": "samples",
+    "conditional_accuracy": "on-label",
+    "recall": "recall",
+    "coverage": "coverage",
+    "closer_to_train_fraction": "closer to train",
+}
+
+
+def per_class_section(per_class_csv: Path) -> str:
+    """The evaluate stage's per-class table (empty when the file is absent): "" cells are
+    numbers a class had too few samples for."""
+    if not per_class_csv.is_file():
+        return ""
+    with open(per_class_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    cols = [c for c in PER_CLASS_SHOWN if rows and c in rows[0]]
+    head = "| " + " | ".join(PER_CLASS_SHOWN[c] for c in cols) + " |\n"
+    head += "|" + "---|" * len(cols) + "\n"
+
+    def cell(value: str) -> str:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return value if number.is_integer() and "." not in value else f"{number:.3f}"
+
+    body = "\n".join("| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows)
+    return f"\n## Per class\n{head}{body}\n"
 
 
 def run_section(links: RunLinks) -> str:

@@ -80,8 +80,17 @@ PER_CLASS_COLUMNS = (
     "n_synthetic",
     "n_real",
     "conditional_accuracy",
+    "recall",
+    "coverage",
+    "closer_to_train_fraction",
     "classifier_fd",
 )
+# eval.json's worst class of each per-class variety number (the rare classes' targets read these).
+WORST_CLASS = {
+    "min_class_recall": ("recall", min),
+    "min_class_coverage": ("coverage", min),
+    "max_class_closer_to_train_fraction": ("closer_to_train_fraction", max),
+}
 PER_CLASS_FILE = "per_class.csv"
 MEMORIZATION_FILE = "memorization.json"
 # The reference statistics cache, beside the classifier's cache directory rather than inside it: under
@@ -208,6 +217,14 @@ def evaluate(
     )
     for row in rows:
         row[fd_key] = row.pop("classifier_fd")
+        mem = report["per_class"].get(row["class_name"]) or {}
+        row["closer_to_train_fraction"] = mem.get("closer_to_train_fraction")
+        if row["closer_to_train_fraction"] is None:
+            row["closer_to_train_fraction"] = float("nan")
+    for key, (column, worst) in WORST_CLASS.items():
+        values = [r[column] for r in rows if math.isfinite(r[column])]
+        if values:  # absent when no class has enough samples for it
+            headline[key] = float(worst(values))
     _write_per_class(out / PER_CLASS_FILE, rows, PER_CLASS_COLUMNS[:-1] + (fd_key,))
     evaluation_plots(out, rows, fd_key, real.features, syn)
     write_json(out / "eval.json", headline)

@@ -9,6 +9,10 @@ from typing import Any
 import numpy as np
 
 from ganpipe.evaluation.metrics.frechet import SingularCovarianceWarning, frechet_distance
+from ganpipe.evaluation.metrics.prdc import density_coverage, precision_recall
+
+# The k of eval.json's overall recall (3) and coverage (5), so a class's numbers read the same way.
+RECALL_K, COVERAGE_K = 3, 5
 
 
 def conditional_accuracy(pred_labels: np.ndarray, labels: np.ndarray) -> float:
@@ -45,11 +49,12 @@ def per_class_table(
     real_labels: np.ndarray,
     class_names: Sequence[str],
 ) -> list[dict[str, Any]]:
-    """One row per class: class, class_name, n_synthetic, n_real, conditional_accuracy and
-    classifier_fd (synthetic of that class vs real of that class).
+    """One row per class: class, class_name, n_synthetic, n_real, conditional_accuracy,
+    classifier_fd, recall and coverage (synthetic of that class vs real of that class: does the
+    generator reach the variety of the class's real images, not only the class?).
 
     Accuracy is NaN for a class without synthetic samples; the distance is NaN unless both sets have
-    at least 2 samples of the class. Classes with fewer samples than feature dimensions get one
+    at least 2 samples of the class, recall and coverage unless both have more than their k. Classes with fewer samples than feature dimensions get one
     summary SingularCovarianceWarning instead of one per class.
     """
     syn_labels = np.asarray(syn_labels)
@@ -70,6 +75,11 @@ def per_class_table(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SingularCovarianceWarning)
                 fd = frechet_distance(syn_features[syn_k], real_features[real_k])
+        recall = coverage = float("nan")
+        if min(n_syn, n_real) > max(RECALL_K, COVERAGE_K):
+            real_f, syn_f = real_features[real_k], syn_features[syn_k]
+            recall = precision_recall(real_f, syn_f, RECALL_K)[1]
+            coverage = density_coverage(real_f, syn_f, COVERAGE_K)[1]
         rows.append(
             {
                 "class": k,
@@ -78,6 +88,8 @@ def per_class_table(
                 "n_real": n_real,
                 "conditional_accuracy": acc,
                 "classifier_fd": fd,
+                "recall": recall,
+                "coverage": coverage,
             }
         )
     if singular:
