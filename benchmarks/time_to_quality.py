@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     run_stage("classifier", params, paths, progress=False)
     ep = params.evaluate
     prepared_run = plan_run(params, paths.prepared, Path(args.workdir) / "unused-checkpoints")
-    data = prepared_run.data
+    data, params = prepared_run.data, prepared_run.params  # the data's resolved auto values
     evaluator = get_evaluator(paths.prepared, ep, paths.evaluator)
     extractor = build_extractor(
         load_feature_network(ep, data.image_shape), evaluator.extractor, evaluator.meta

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -115,17 +116,19 @@ class TrainParams(Section):
     # Exponential moving average of the generator's weights (e.g. 0.999); null: off. When on, the
     # EMA generator is the one exported (generator.keras) and drawn in the sample grids.
     ema_decay: float | None = Field(0.999, gt=0, lt=1)
-    # DiffAugment policy for D's inputs (real and fake): "" (off) or a comma-separated subset of
-    # color, translation, cutout.
-    diffaugment: str = ""
+    # DiffAugment policy for D's inputs (real and fake): "" (off), a comma-separated subset of
+    # color, translation, cutout, or auto: all three on imbalanced training data (the largest class
+    # at least IMBALANCE_RATIO times the smallest; ganpipe/gan/training/imbalance.py), else off.
+    diffaugment: str = "auto"
     # Data parallel over the local devices (ganpipe/gan/training/distribute.py): auto (data_parallel
     # when there is more than one device), none, or data_parallel. batch_size is the global batch,
     # split evenly across the devices.
     distribute: Literal["auto", "none", "data_parallel"] = "auto"
     # Draw real batches class-balanced (every class equally often, its images cycled) instead of
     # one pass over the data per epoch: rare classes get as many of D's and G's steps (the fake
-    # batch uses the real batch's labels) as common ones. For long-tailed data.
-    class_balance: bool = False
+    # batch uses the real batch's labels) as common ones. For long-tailed data; auto: on when the
+    # training data is imbalanced (as diffaugment's auto).
+    class_balance: bool | Literal["auto"] = "auto"
     # Adaptive discriminator augmentation (Karras et al. 2020; ganpipe/gan/training/ada.py): each of
     # ada_policy's transforms is applied to each image D sees with probability p, and p moves
     # every ada_interval steps towards D's outputs on real images having mean sign ada_target,
@@ -138,12 +141,14 @@ class TrainParams(Section):
 
     @field_validator("diffaugment", "ada_policy")
     @classmethod
-    def _known_policies(cls, value: str) -> str:
+    def _known_policies(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "diffaugment" and value.strip() == "auto":
+            return "auto"
         return ",".join(parse_diffaugment(value))  # canonical: no spaces
 
     @model_validator(mode="after")
     def _one_augmentation(self) -> TrainParams:
-        if self.ada and self.diffaugment:
+        if self.ada and self.diffaugment not in ("", "auto"):
             raise ValueError(
                 "train.ada and train.diffaugment are two ways to augment D's inputs: set one "
                 "(train.ada_policy picks ADA's transforms)"

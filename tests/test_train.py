@@ -501,6 +501,63 @@ def test_class_balance_is_in_the_run_key_and_resumes_exactly(tmp_path, data_dir,
     pd.testing.assert_frame_equal(a, b, rtol=1e-4)
 
 
+def test_auto_turns_the_long_tail_recipe_on_only_for_imbalanced_data():
+    from ganpipe.gan.training.imbalance import AUTO_DIFFAUGMENT, resolve_auto
+
+    auto = tiny(class_balance="auto", diffaugment="auto")
+    balanced = np.repeat(np.arange(10), 100)
+    params, why = resolve_auto(auto, balanced, 10)
+    assert (params.train.class_balance, params.train.diffaugment, why) == (False, "", "")
+    params, why = resolve_auto(auto, _long_tail_labels(), 10)
+    assert (params.train.class_balance, params.train.diffaugment) == (True, AUTO_DIFFAUGMENT)
+    assert "largest class 1000 images, smallest 20: 50x" in why and "DiffAugment" in why
+    # just under the threshold (4x) stays off; a class without images counts as imbalanced
+    params, _ = resolve_auto(auto, np.repeat(np.arange(3), [399, 100, 100]), 3)
+    assert params.train.class_balance is False
+    params, _ = resolve_auto(auto, np.repeat(np.arange(3), [5, 5, 0]), 3)
+    assert params.train.class_balance is True
+    # ADA and DiffAugment are alternatives: auto leaves DiffAugment off beside ADA
+    params, why = resolve_auto(tiny(ada=True, diffaugment="auto"), _long_tail_labels(), 10)
+    assert params.train.diffaugment == "" and "DiffAugment" not in why
+    # explicit values are kept as given
+    params, why = resolve_auto(tiny(), _long_tail_labels(), 10)
+    assert (params.train.class_balance, params.train.diffaugment, why) == (False, "", "")
+    with pytest.raises(ConfigError, match="train.ada_policy"):
+        load_params(None, ["train.ada_policy=auto"])
+
+
+def test_plan_run_resolves_auto_and_names_the_explicit_recipes_checkpoints(
+    tmp_path, data_dir, capsys
+):
+    from ganpipe.data.prepared import load_prepared
+    from ganpipe.gan.training.imbalance import AUTO_DIFFAUGMENT
+    from ganpipe.gan.training.plan import plan_run
+
+    auto = tiny(class_balance="auto", diffaugment="auto")
+    # balanced digits: auto is off, and the run key is the one the explicit off always had
+    run = plan_run(auto, data_dir, tmp_path / "ck")
+    assert run.ckpt.dir == plan_run(tiny(), data_dir, tmp_path / "ck").ckpt.dir
+    assert "imbalanced" not in capsys.readouterr().out
+    # classes 5-9 cut to 2 images each: on, said so, keyed as the explicit recipe
+    data = load_prepared(data_dir)
+    keep = np.flatnonzero(data.train.labels < 5)
+    for k in range(5, 10):
+        keep = np.concatenate([keep, np.flatnonzero(data.train.labels == k)[:2]])
+    tail = tmp_path / "tail"
+    train_split = Split(data.train.images[keep], data.train.labels[keep])
+    names = [str(i) for i in range(10)]
+    summary = make_summary(train_split, data.test, names, "digits")
+    save_prepared(tail, Prepared(train_split, data.test, summary))
+    run = plan_run(auto, tail, tmp_path / "ck")
+    assert (run.params.train.class_balance, run.params.train.diffaugment) == (
+        True,
+        AUTO_DIFFAUGMENT,
+    )
+    assert "imbalanced training data" in capsys.readouterr().out
+    explicit = tiny(class_balance=True, diffaugment=AUTO_DIFFAUGMENT)
+    assert run.ckpt.dir == plan_run(explicit, tail, tmp_path / "ck").ckpt.dir
+
+
 @pytest.mark.parametrize("arch", ["mlp", "mlp_convd", "resnet"])
 def test_every_arch_trains_as_a_gan(tmp_path, data_dir, arch):
     """The seed articles' dense GAN and the residual one train through the same step as the

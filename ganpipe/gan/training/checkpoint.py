@@ -70,6 +70,9 @@ ADDED_LATER = {
         "ada_kimg",
     ),
 }
+# The defaults ADDED_LATER compares with where today's default is `auto` (resolved before the key
+# is named): diffaugment's was "", and auto that resolves to off keeps the keys it had.
+KEY_DEFAULTS = {"train": {"diffaugment": ""}}
 # Only used with train.ada on: left out of the key otherwise.
 ADA_PARAMS = ("ada_policy", "ada_target", "ada_interval", "ada_kimg")
 # history.csv's and a checkpoint's history columns: the step's metrics (losses.METRICS) between
@@ -92,7 +95,7 @@ def run_key(
         "train": params.train.model_dump(exclude=set(NOT_IN_KEY)),
     }
     for section, keys in ADDED_LATER.items():
-        defaults = type(getattr(params, section))().model_dump()
+        defaults = type(getattr(params, section))().model_dump() | KEY_DEFAULTS.get(section, {})
         for key in keys:
             if sections[section][key] == defaults[key]:
                 del sections[section][key]

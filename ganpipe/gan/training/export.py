@@ -89,6 +89,9 @@ def export(
         "distribute": run.dist.mode,
         "replicas": run.dist.replicas,
         "loss": tp.loss,
+        # as trained: train.class_balance/diffaugment's auto resolved for the data
+        "class_balance": tp.class_balance,
+        "diffaugment": tp.diffaugment,
         "exported_generator": "ema" if state.ema_generator is not None else "live",
         # The state's p (synced after the last step): the p a continued run would start from.
         **({"ada_p": state.ada_p} if state.ada_state is not None else {}),

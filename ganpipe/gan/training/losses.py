@@ -71,10 +71,13 @@ class StepOptions:
     @classmethod
     def from_params(cls, params: Any) -> StepOptions:
         tp = params.train
+        # The trainer resolves `auto` from the data first (imbalance.resolve_auto); a step built
+        # without data (benchmarks, tests) gets what auto is on balanced data: off.
+        policy = "" if tp.diffaugment == "auto" else tp.diffaugment
         return cls(
             loss=tp.loss,
             gp_weight=tp.gp_weight,
-            diffaugment=diffaugment.parse_policy(tp.diffaugment),
+            diffaugment=diffaugment.parse_policy(policy),
             ema_decay=tp.ema_decay,
             ada=ada_augment.AdaOptions.from_params(params),
         )

@@ -14,6 +14,7 @@ from ganpipe.data.prepared import Prepared, load_prepared
 from ganpipe.gan.models import check_shape
 from ganpipe.gan.training import distribute
 from ganpipe.gan.training.checkpoint import Checkpoints, run_key
+from ganpipe.gan.training.imbalance import resolve_auto
 
 BACKENDS = ("tensorflow", "jax")
 
@@ -60,8 +61,14 @@ def check_backend(params: Params) -> str:
 
 def plan_run(params: Params, data_dir: str | Path, checkpoint_root: str | Path) -> Run:
     """The run of `params` on the prepared data in `data_dir`, its checkpoints under
-    `checkpoint_root`; ConfigError for anything that cannot train."""
-    data, mp, bs = load_prepared(data_dir), params.model, params.train.batch_size
+    `checkpoint_root`; ConfigError for anything that cannot train. The run's params have
+    train.class_balance/diffaugment's `auto` resolved for this data (imbalance.resolve_auto),
+    which it prints when it turns them on."""
+    data = load_prepared(data_dir)
+    params, why = resolve_auto(params, data.train.labels, data.num_classes)
+    if why:
+        print(why)
+    mp, bs = params.model, params.train.batch_size
     if bs > len(data.train):
         raise params.error(
             "train.batch_size",

@@ -20,7 +20,10 @@ _BALANCED_STREAM = 1
 
 
 def epoch_order(seed: int, epoch: int, labels: np.ndarray, class_balance: bool) -> np.ndarray:
-    """The indices into the training set that epoch `epoch` visits, len(labels) of them."""
+    """The indices into the training set that epoch `epoch` visits, len(labels) of them.
+    `class_balance` as resolved for the data (imbalance.resolve_auto), never `auto`."""
+    if not isinstance(class_balance, bool):
+        raise ValueError(f"class_balance must be True or False here, not {class_balance!r}")
     if not class_balance:
         return np.random.default_rng([seed, epoch]).permutation(len(labels))
     return balanced_order(seed, epoch, labels)

@@ -110,6 +110,7 @@ def train(
     t_start = time.perf_counter()
     tracker = tracker or NULL_TRACKER
     run = plan_run(params, data_dir, checkpoint_root)
+    params = run.params  # train.class_balance/diffaugment's auto resolved for this data
     tf_backend = run.backend == "tensorflow"
     distribution = (distribute.tf_strategy if tf_backend else distribute.jax_mesh)(run.dist)
     state = build_for_training(
