@@ -198,6 +198,14 @@ class AugmentParams(Section):
     fidelity_k: int = Field(5, ge=1)
     # Refuse to export when metrics/utility.json's verdict is "hurts" (needs utility.enabled).
     require_benefit: bool = False
+    # Per-image training targets in train.npz, which ganpipe.data.loaders applies: `soft_labels`
+    # (a real image's is its one-hot label; a synthetic image's mixes in, with weight teacher_mix,
+    # the evaluator's softmax at teacher_temperature: a classifier trained on the real data as
+    # teacher, He et al. 2023 used temperature 2 and weight 0.5) and `weights` (synthetic_weight
+    # for a synthetic image, 1 for a real one). The defaults leave the labels hard and weights 1.
+    teacher_mix: float = Field(0.0, ge=0.0, le=1.0)
+    teacher_temperature: float = Field(2.0, gt=0.0)
+    synthetic_weight: float = Field(1.0, ge=0.0)
 
     @model_validator(mode="after")
     def _mode_needs(self) -> AugmentParams:

@@ -401,3 +401,76 @@ def test_require_benefit_gates_the_export(data_dir, tmp_path):
     assert not paths.augmented.exists()
     assert write_verdict(tmp_path / "metrics", +0.05) == "helps"
     assert run_augment(params, paths, NULL_TRACKER)["num_synthetic"] == 8
+
+
+# ---- the export's per-image targets and the loaders that apply them ----------------------------------
+
+
+def test_teacher_soft_labels_weights_and_the_loaders(data_dir, tmp_path):
+    import keras
+
+    from ganpipe.data.loaders import TorchDataset, keras_dataset, load_augmented
+
+    off = make_drawn(tmp_path / "synthetic", per_class=10, off_label={0: 3})
+    with np.load(tmp_path / "synthetic" / "samples.npz") as f:
+        codes_off = set(f["images"][off, 0, 0, 0].tolist())
+    params = P(synthetic_ratio=1.0, teacher_mix=0.5, synthetic_weight=0.25)
+    summary = augment(params, data_dir, tmp_path / "synthetic", tmp_path / "out", label_reader())
+    data = load_augmented(tmp_path / "out")
+    real, syn = ~data.is_synthetic, data.is_synthetic
+    np.testing.assert_array_equal(data.soft_labels[real], np.eye(3)[data.labels[real]])
+    assert set(data.weights[real]) == {1.0} and set(data.weights[syn]) == {0.25}
+    np.testing.assert_allclose(data.soft_labels.sum(axis=1), 1.0, atol=1e-6)
+    on_label = data.soft_labels[np.arange(len(data)), data.labels]
+    drawn_off = syn & np.isin(data.images[:, 0, 0, 0], list(codes_off))
+    assert drawn_off.sum() > 0
+    # half the target stays on the label; the teacher (which reads the drawn class) moves the
+    # rest: nearly all of it for a sample drawn as its label, almost none for one drawn as another
+    assert on_label[drawn_off].max() < 0.6 and on_label[syn & ~drawn_off].min() > 0.85
+    teacher = summary["targets"]["teacher"]
+    assert teacher["agreement"] == pytest.approx(1 - drawn_off.sum() / syn.sum())
+    assert summary["targets"]["synthetic_weight"] == 0.25
+
+    # Keras: (x, soft labels, weights) is what fit/evaluate take as (x, y, sample_weight)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    ds = keras_dataset(tmp_path / "out", batch_size=len(data), shuffle=False)
+    x, y, w = next(iter(ds))
+    np.testing.assert_allclose(x.numpy(), data.inputs())
+    direct = model.evaluate(data.inputs(), data.soft_labels, sample_weight=data.weights, verbose=0)
+    assert model.evaluate(ds, verbose=0) == pytest.approx(direct, rel=1e-5)  # float32 sums
+    model.fit(keras_dataset(tmp_path / "out", batch_size=8), epochs=1, verbose=0)
+
+    # PyTorch: channels first in [0, 1], as DataLoader collates them
+    torch_ds = TorchDataset(tmp_path / "out")
+    image, target, weight = torch_ds[3]
+    assert len(torch_ds) == len(data) and image.shape == (1, *SHAPE[:2])
+    np.testing.assert_allclose(image[0], data.inputs(3)[..., 0])
+    np.testing.assert_array_equal(target, data.soft_labels[3])
+    assert weight == data.weights[3] and image.dtype == np.float32
+
+
+def test_default_targets_are_hard_and_old_exports_still_load(data_dir, tmp_path):
+    from ganpipe.data.loaders import load_augmented
+    from ganpipe.stages.augment import teacher_targets
+
+    make_synthetic(tmp_path / "synthetic", per_class=10)
+    summary = augment(P(), data_dir, tmp_path / "synthetic", tmp_path / "out")
+    data = load_augmented(tmp_path / "out" / "train.npz")
+    np.testing.assert_array_equal(data.soft_labels, np.eye(3)[data.labels])
+    assert set(data.weights) == {1.0} and summary["targets"]["teacher"] is None
+    with pytest.raises(ValueError, match="teacher is the evaluator"):
+        augment(P(teacher_mix=0.5), data_dir, tmp_path / "synthetic", tmp_path / "out2")
+    # an export from before soft labels: one-hot targets, weight 1
+    images, labels, is_syn = load_train(tmp_path / "out")
+    save_npz(tmp_path / "old.npz", images=images, labels=labels, is_synthetic=is_syn)
+    old = load_augmented(tmp_path / "old.npz", num_classes=3)
+    np.testing.assert_array_equal(old.soft_labels, data.soft_labels)
+    save_npz(tmp_path / "bad.npz", images=images, labels=labels, weights=np.ones(2, np.float32))
+    with pytest.raises(DataError, match="must match"):
+        load_augmented(tmp_path / "bad.npz")
+    # the tempered teacher: T=1 is the teacher itself, a large T flattens it towards uniform
+    probs = np.array([[0.7, 0.2, 0.1]])
+    np.testing.assert_allclose(teacher_targets(probs, 1.0), probs, rtol=1e-6)
+    assert np.ptp(teacher_targets(probs, 100.0)) < 0.02

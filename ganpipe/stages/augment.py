@@ -40,7 +40,7 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
     if params.augment.require_benefit:
         check_benefit(paths.metrics)
     evaluator = None
-    if active_filters(params.augment):
+    if active_filters(params.augment) or params.augment.teacher_mix > 0:
         from ganpipe.evaluation.domain_classifier import get_evaluator
 
         evaluator = get_evaluator(paths.prepared, params.evaluate, paths.evaluator)
@@ -94,7 +94,8 @@ def augment(
     """Merge the real train split with the synthetic samples `params.mode` asks for, per class,
     after the filters; write the result to `out_dir` atomically and return its summary.
 
-    `evaluator` (`ganpipe.evaluation.domain_classifier.get_evaluator`) is required when a filter is on (ValueError).
+    `evaluator` (`ganpipe.evaluation.domain_classifier.get_evaluator`) is required when a filter or
+    the teacher (teacher_mix > 0) is on (ValueError).
     Raises DataError if the synthetic samples are missing (when some are wanted), of another shape
     or class set, or too few (after the filters) for some class.
     """
@@ -102,6 +103,8 @@ def augment(
         raise ValueError(
             f"augment's {', '.join(active_filters(params))} filter needs the evaluator"
         )
+    if params.teacher_mix > 0 and evaluator is None:
+        raise ValueError("augment.teacher_mix > 0: the teacher is the evaluator, which is missing")
     data_dir, synthetic_dir, out = Path(data_dir), Path(synthetic_dir), Path(out_dir)
     real = load_prepared(data_dir)
     class_names = real.class_names
@@ -128,9 +131,12 @@ def augment(
     images = np.concatenate([real.train.images, syn.images[chosen]])
     labels = np.concatenate([real.train.labels, syn.labels[chosen]]).astype(np.int64)
     is_synthetic = np.concatenate([np.zeros(n_real, bool), np.ones(n_syn, bool)])
+    soft_labels, teacher = targets(params, labels, is_synthetic, images, k, evaluator)
+    weights = np.where(is_synthetic, params.synthetic_weight, 1.0).astype(np.float32)
     if n_syn:  # nothing added: keep the real order, so ratio 0 is an exact copy
         order = rng.permutation(n_real + n_syn)
         images, labels, is_synthetic = images[order], labels[order], is_synthetic[order]
+        soft_labels, weights = soft_labels[order], weights[order]
 
     summary = make_summary(Split(images, labels), real.test, class_names, source="augmented")
     summary.update(
@@ -141,6 +147,7 @@ def augment(
             "synthetic_counts": wanted.tolist(),
             "mode": params.mode,
             "filters": filtered,
+            "targets": {"synthetic_weight": params.synthetic_weight, "teacher": teacher},
             "num_real": n_real,
             "num_synthetic": n_syn,
             "counts_by_class": {
@@ -158,7 +165,54 @@ def augment(
         }
     )
     with atomic_dir(out) as tmp:
-        save_npz(tmp / "train.npz", images=images, labels=labels, is_synthetic=is_synthetic)
+        save_npz(
+            tmp / "train.npz",
+            images=images,
+            labels=labels,
+            is_synthetic=is_synthetic,
+            soft_labels=soft_labels,
+            weights=weights,
+        )
         shutil.copyfile(data_dir / "test.npz", tmp / "test.npz")
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def teacher_targets(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The teacher's softmax at `temperature` from its softmax at 1: softmax(logits / T) is
+    p ** (1 / T), renormalised (log p is the logits up to a per-row constant)."""
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def targets(
+    params: AugmentParams,
+    labels: np.ndarray,
+    is_synthetic: np.ndarray,
+    images: np.ndarray,
+    num_classes: int,
+    evaluator: Evaluator | None,
+) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """(soft labels N x K, the teacher's summary or None): one-hot labels, with teacher_mix of
+    the teacher's tempered softmax mixed into the synthetic images' rows."""
+    from ganpipe.data.loaders import one_hot
+
+    soft = one_hot(labels, num_classes)
+    syn = np.flatnonzero(is_synthetic)
+    if params.teacher_mix == 0 or len(syn) == 0 or evaluator is None:
+        return soft, None
+    probs = evaluator.features(images[syn])[1]
+    mix = params.teacher_mix
+    soft[syn] = (1 - mix) * soft[syn] + mix * teacher_targets(probs, params.teacher_temperature)
+    agree = float(np.mean(probs.argmax(axis=1) == labels[syn]))
+    on_label = float(np.mean(soft[syn, labels[syn]]))
+    return soft, {
+        "mix": mix,
+        "temperature": params.teacher_temperature,
+        # how often the teacher's arg-max is the sample's label, and the mean target weight left
+        # on the label: low values flag samples the teacher reads as another class
+        "agreement": agree,
+        "mean_target_on_label": on_label,
+    }
