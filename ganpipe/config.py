@@ -118,7 +118,7 @@ class TrainParams(Section):
     ema_decay: float | None = Field(0.999, gt=0, lt=1)
     # DiffAugment policy for D's inputs (real and fake): "" (off), a comma-separated subset of
     # color, translation, cutout, or auto: all three on imbalanced training data (the largest class
-    # at least IMBALANCE_RATIO times the smallest; ganpipe/gan/training/imbalance.py), else off.
+    # at least 4x the smallest: ganpipe.data.sampling.LONG_TAIL_RATIO), else off.
     diffaugment: str = "auto"
     # Data parallel over the local devices (ganpipe/gan/training/distribute.py): auto (data_parallel
     # when there is more than one device), none, or data_parallel. batch_size is the global batch,
@@ -174,8 +174,11 @@ class GenerateParams(Section):
 
 class AugmentParams(Section):
     # How many synthetic images each class gets: ratio (synthetic_ratio x its real count),
-    # balance (up to target_per_class, default the largest class's real count), counts (by name).
-    mode: Literal["ratio", "balance", "counts"] = "ratio"
+    # balance (up to target_per_class, default the largest class's real count), counts (by name),
+    # or auto: the utility study's choice on validation data (metrics/utility.json) of how much of
+    # the pool (balance on long-tailed data, else ratio) and with what loss weight; none at all
+    # unless its verdict is `helps`. Needs utility.enabled.
+    mode: Literal["ratio", "balance", "counts", "auto"] = "ratio"
     # Synthetic images added per real image (0.5: half as many synthetic as real).
     synthetic_ratio: float = Field(1.0, ge=0)
     target_per_class: int | None = Field(None, ge=1)
@@ -288,6 +291,11 @@ class UtilityParams(Section):
     workers: int | Literal["auto"] = "auto"
     # ... or a Dask scheduler (tcp://host:8786) whose workers see this workspace's files
     dask_address: str | None = None
+    # The treatments chosen among on validation, each with every loss: the share of each class's
+    # synthetic samples added (1: all that augment's settings export) and every synthetic image's
+    # loss weight. augment.mode auto exports the chosen share and weight when the verdict is helps.
+    synthetic_shares: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = (1.0,)
+    synthetic_weights: tuple[Annotated[float, Field(gt=0.0)], ...] = (1.0,)
     # Classic augmentation (every arm): random shifts (fraction of the size), rotations (degrees).
     classic_shift: float = Field(0.1, ge=0.0, lt=0.5)
     classic_rotation: float = Field(10.0, ge=0.0, le=180.0)
@@ -304,6 +312,10 @@ class UtilityParams(Section):
             raise ValueError("utility.scenarios: list each scenario once, at least one")
         if not self.losses or len(set(self.losses)) != len(self.losses):
             raise ValueError("utility.losses: list each loss once, at least one")
+        for key in ("synthetic_shares", "synthetic_weights"):
+            values = getattr(self, key)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"utility.{key}: list each value once, at least one")
         if isinstance(self.steps, int) and self.steps < 1:
             raise ValueError("utility.steps: at least 1, or auto")
         if isinstance(self.workers, int) and self.workers < 1:
@@ -337,6 +349,11 @@ class Params(Section):
     def _benefit_needs_utility(self) -> Params:
         if self.augment.require_benefit and not self.utility.enabled:
             raise ValueError("augment.require_benefit needs utility.enabled: true")
+        if self.augment.mode == "auto" and not self.utility.enabled:
+            raise ValueError(
+                "augment.mode auto exports what the utility study chooses on validation: it "
+                "needs utility.enabled: true (or pick ratio, balance or counts yourself)"
+            )
         return self
 
     _origin: str = PrivateAttr(default="<defaults>")

@@ -474,3 +474,59 @@ def test_default_targets_are_hard_and_old_exports_still_load(data_dir, tmp_path)
     probs = np.array([[0.7, 0.2, 0.1]])
     np.testing.assert_allclose(teacher_targets(probs, 1.0), probs, rtol=1e-6)
     assert np.ptp(teacher_targets(probs, 100.0)) < 0.02
+
+
+# ---- augment.mode auto: the utility study's choice --------------------------------------------------
+
+
+def write_choice(metrics_dir: Path, verdict: str, share: float, weight: float) -> None:
+    """A utility.json as the stage writes it, with the headline keys augment's auto reads."""
+    h = {"delta_balanced_accuracy": 0.02, "delta_balanced_accuracy_low": 0.01,
+         "delta_balanced_accuracy_high": 0.03, "chosen_share": share,
+         "chosen_synthetic_weight": weight}  # fmt: skip
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    write_json(metrics_dir / "utility.json", {"enabled": True, "verdict": verdict,
+               "verdict_metric": "balanced_accuracy", "headline": h})  # fmt: skip
+
+
+def test_auto_pools_by_the_tail_and_exports_the_choice_only_when_it_helps(data_dir, tmp_path):
+    from ganpipe.stages.augment import auto_choice
+
+    names = ["a", "b", "c"]
+    balanced, tail = np.array([10, 9, 8]), np.array([40, 40, 5])
+    auto = P(mode="auto", synthetic_ratio=0.5)
+    # the pool: ratio on balanced data, balance (fill to the largest) on a long tail (>= 4x)
+    assert wanted_counts(auto, balanced, names).tolist() == [5, 5, 4]  # 4.5 rounds up
+    assert wanted_counts(auto, tail, names).tolist() == [0, 0, 35]
+    assert wanted_counts(auto, tail, names, share=0.5).tolist() == [0, 0, 18]
+    assert wanted_counts(auto, tail, names, share=0.0).tolist() == [0, 0, 0]
+
+    make_synthetic(tmp_path / "synthetic", per_class=10)
+    metrics = tmp_path / "metrics"
+    write_choice(metrics, "helps", share=0.5, weight=0.25)
+    chosen = auto_choice(metrics)
+    assert "chose 0.5 of the synthetic pool at loss weight 0.25" in chosen["why"]
+    summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "out", choice=chosen)
+    images, labels, is_syn = load_train(tmp_path / "out")
+    # REAL_COUNTS 8, 4, 3 (2.7x: not a long tail): the pool is ratio 0.5 (4, 2, 2), half of it
+    assert np.bincount(labels[is_syn], minlength=3).tolist() == [2, 1, 1]
+    with np.load(tmp_path / "out" / "train.npz") as f:
+        assert set(f["weights"][f["is_synthetic"]]) == {0.25}
+    assert summary["auto"]["verdict"] == "helps"
+
+    for verdict in ("no measurable effect", "hurts"):
+        write_choice(metrics, verdict, share=1.0, weight=1.0)
+        chosen = auto_choice(metrics)
+        assert f"verdict is '{verdict}'" in chosen["why"] and "real data alone" in chosen["why"]
+        summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o2", choice=chosen)
+        assert summary["num_synthetic"] == 0
+    # the utility stage asks for the pool (no choice yet): all of it
+    assert augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o3")["num_synthetic"] == 8
+    # no choice recorded: a clear error; auto without the study: refused when the params load
+    write_json(metrics / "utility.json", {"enabled": False})
+    with pytest.raises(DataError, match="records no choice"):
+        auto_choice(metrics)
+    from ganpipe.config import load_params
+
+    with pytest.raises(ConfigError, match="augment.mode auto .* needs utility.enabled"):
+        load_params(None, ["augment.mode=auto"])

@@ -402,6 +402,97 @@ def test_study_runs_every_arm_paired_and_chooses_on_validation(small, tmp_path, 
     assert S.planned_trainings(params, with_worth=True) == 3 * (6 + 2 + 3)
 
 
+def test_treatments_span_shares_and_weights_and_the_choice_is_recorded(
+    small, tmp_path, monkeypatch
+):
+    """Each loss x share x weight is a treatment; the one best on validation is the choice."""
+    fake = FakeFit()
+    monkeypatch.setattr(S, "fit_job", fake)
+    params = UtilityParams(seeds=3, steps=5, workers=1, losses=["weighted"], oversample_control=False,
+                           second_architecture=False, synthetic_shares=[0.5, 1.0],
+                           synthetic_weights=[0.25, 1.0])  # fmt: skip
+    r = S.run_study(small, marked_synthetic(small.train, 100), params, tmp_path)
+    specs = {j.arm: (j.share, j.synthetic_weight) for j in fake.jobs if j.extra == "synthetic"}
+    assert specs == {
+        "synthetic_weighted-share0.5-weight0.25": (0.5, 0.25),
+        "synthetic_weighted-share0.5-weight1": (0.5, 1.0),
+        "synthetic_weighted-share1-weight0.25": (1.0, 0.25),
+        "synthetic_weighted": (1.0, 1.0),
+    }
+    # FakeFit scores every synthetic arm alike: the first listed wins the tie on validation
+    assert r["treatment"] == "synthetic_weighted-share0.5-weight0.25"
+    assert r["choice"] == {"loss": "weighted", "share": 0.5, "synthetic_weight": 0.25}
+    flat = stage.headline(r, "balanced_accuracy")
+    assert (flat["chosen_share"], flat["chosen_synthetic_weight"]) == (0.5, 0.25)
+    assert S.planned_trainings(params, with_worth=False) == 3 * (1 + 4)
+
+
+def test_a_share_draws_that_part_of_each_class_and_the_weight_scales_its_loss(small, tmp_path):
+    labels = np.repeat([0, 1, 2], [10, 4, 1])
+    idx = F.share_indices(labels, 0.5, np.random.default_rng(0))
+    assert np.bincount(labels[idx], minlength=3).tolist() == [5, 2, 1]  # 0.5 rounds up
+    assert len(np.unique(idx)) == len(idx)
+    syn = Split(small.train.images[:40], small.train.labels[:40])
+    path = arrays(tmp_path, small, syn)
+    job = F.Job("s", 0, 0, extra="synthetic", share=0.5, synthetic_weight=0.25)
+    data = F.training_set(job, F.load_arrays(path), settings())
+    assert len(data["extra"]) == sum(math.floor(n / 2 + 0.5) for n in np.bincount(syn.labels) if n)
+    assert set(data["extra_weight"]) == {0.25}
+    plan = F.batches(data["real"], data["extra"], {0: 2.0}, 32, 3, 0, data["extra_weight"])
+    _, y, w = plan[0]
+    n_extra = len(y) - 32
+    np.testing.assert_allclose(w[:32], np.where(y[:32] == 0, 2.0, 1.0))
+    np.testing.assert_allclose(w[32:], np.where(y[32:] == 0, 2.0, 1.0) * 0.25)
+    assert n_extra >= 1
+
+
+class NoiseFit:
+    """No arm has any effect: every score is 0.80 + independent noise (sd 0.01) per arm, seed and
+    split, from a generator seeded by the study's index, so validation tells nothing about test."""
+
+    def __init__(self, study: int) -> None:
+        self.study = study
+
+    def __call__(self, job, path, settings):
+        def score(split: int) -> float:
+            key = [self.study, job.seed_index, split, *job.arm.encode()]
+            return 0.80 + 0.01 * float(np.random.default_rng(key).standard_normal())
+
+        return {
+            "arm": job.arm, "seed": job.seed, "seed_index": job.seed_index,
+            "architecture": job.architecture, "steps": job.steps, "best_epoch": None,
+            "num_extra": 0, "seconds": 0.0,
+            "val": dict.fromkeys(U.METRICS, score(0)), "test": dict.fromkeys(U.METRICS, score(1)),
+        }  # fmt: skip
+
+
+def test_choosing_among_many_treatments_on_validation_keeps_the_verdict_honest(
+    small, tmp_path, monkeypatch
+):
+    """A planted neutral set: 8 treatments, none with an effect. Over 120 simulated studies the
+    headline (chosen on validation) averages about 0 and says `helps` about as often as the 2.5%
+    a 95% interval allows; had the choice looked at the test split it would be biased upwards."""
+    params = UtilityParams(seeds=10, steps=5, workers=1, losses=["weighted", "balanced_softmax"],
+                           oversample_control=False, second_architecture=False,
+                           synthetic_shares=[0.5, 1.0], synthetic_weights=[0.5, 1.0])  # fmt: skip
+    syn = marked_synthetic(small.train, 50)
+    headline, helps, peeked = [], 0, []
+    for study in range(120):
+        monkeypatch.setattr(S, "fit_job", NoiseFit(study))
+        r = S.run_study(small, syn, params, tmp_path)
+        d = r["comparisons"]["headline"]["metrics"]["balanced_accuracy"]
+        headline.append(d["mean"])
+        helps += d["verdict"] == "helps"
+        test = {a: v["balanced_accuracy"]["mean"] for a, v in r["arms"].items()}
+        base = test[r["baseline"]]
+        peeked.append(max(test[a] for a in r["treatment_candidates"]) - base)
+    # one study's headline has sd 0.01 * sqrt(2 / 10) = 0.0045; the mean of 120: 0.0004
+    assert abs(np.mean(headline)) < 4 * 0.0045 / math.sqrt(120)
+    assert helps <= 0.06 * 120  # 2.5% expected; 6% is 2.8 binomial sds above
+    # the best of 8 on test: E[max of 8 standard normals] = 1.42 sds above, 0.0064
+    assert np.mean(peeked) > 0.004
+
+
 # ---- planted sets, real trainings ------------------------------------------------------------------
 
 
@@ -450,6 +541,19 @@ def test_a_planted_harmful_set_hurts_and_the_gate_blocks_it(tail, tmp_path):
                "headline": stage.headline(r, "balanced_accuracy")})  # fmt: skip
     with pytest.raises(DataError, match="verdict is 'hurts'"):
         check_benefit(tmp_path)
+    # augment.mode auto reads the same verdict: it exports the real data alone
+    from ganpipe.config import AugmentParams
+    from ganpipe.data.prepared import save_prepared
+    from ganpipe.io import save_npz
+    from ganpipe.stages.augment import augment, auto_choice
+
+    save_prepared(tmp_path / "prepared", real)
+    save_npz(tmp_path / "synthetic" / "samples.npz", images=wrong.images, labels=wrong.labels)
+    write_json(tmp_path / "synthetic" / "summary.json", {"class_names": real.class_names})
+    auto = AugmentParams(mode="auto", memorization_guard=False)
+    summary = augment(auto, tmp_path / "prepared", tmp_path / "synthetic", tmp_path / "out",
+                      choice=auto_choice(tmp_path))  # fmt: skip
+    assert summary["num_synthetic"] == 0 and summary["auto"]["verdict"] == "hurts"
 
 
 def test_a_planted_helpful_set_helps_and_is_priced_near_its_true_count(tail, tmp_path):

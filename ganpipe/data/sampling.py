@@ -16,6 +16,24 @@ def is_imbalanced(counts: np.ndarray) -> bool:
     return bool(present.max() > IMBALANCE_RATIO * present.min())
 
 
+# A long tail: the largest class at least this many times the smallest (an empty class counts as
+# 0). Training then turns the long-tail recipe on (train.class_balance/diffaugment: auto) and
+# augment.mode auto fills the small classes; the measurements behind the value are in
+# ganpipe/gan/training/imbalance.py.
+LONG_TAIL_RATIO = 4.0
+
+
+def class_ratio(counts: np.ndarray) -> float:
+    """The largest per-class count over the smallest (inf when a class has none)."""
+    counts = np.asarray(counts)
+    lo = int(counts.min())
+    return int(counts.max()) / lo if lo else float("inf")
+
+
+def is_long_tailed(counts: np.ndarray) -> bool:
+    return class_ratio(counts) >= LONG_TAIL_RATIO
+
+
 def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
     """int64 quotas proportional to `weights` that add up to exactly `total`: floor(share x total),
     the remainder going one each to the largest fractional parts (ties to the lower index)."""

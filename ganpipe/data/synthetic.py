@@ -20,7 +20,7 @@ from PIL import Image
 
 from ganpipe.config import AugmentParams, GenerateParams
 from ganpipe.data.prepared import Split, load_split
-from ganpipe.data.sampling import largest_remainder
+from ganpipe.data.sampling import is_long_tailed, largest_remainder
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.io import file_sha256, read_json
 
@@ -79,15 +79,29 @@ def synthetic_counts(ratio: float, real_counts: np.ndarray) -> np.ndarray:
     return np.floor(ratio * np.asarray(real_counts, dtype=np.float64) + 0.5).astype(np.int64)
 
 
+def pool_mode(real_counts: np.ndarray) -> str:
+    """The mode augment.mode auto draws its pool with: balance on long-tailed data, else ratio."""
+    return "balance" if is_long_tailed(real_counts) else "ratio"
+
+
 def wanted_counts(
-    params: AugmentParams, real_counts: np.ndarray, class_names: list[str]
+    params: AugmentParams,
+    real_counts: np.ndarray,
+    class_names: list[str],
+    share: float | None = None,
 ) -> np.ndarray:
     """Synthetic samples augment.mode asks for, per class:
     ratio    round(synthetic_ratio x the class's real count);
     balance  up to target_per_class (default: the largest class's real count), never below 0;
-    counts   augment.counts by class name (classes it does not name get none).
+    counts   augment.counts by class name (classes it does not name get none);
+    auto     the pool (`pool_mode`'s counts), or with `share` (the utility study's choice; 0 when
+             its verdict is not `helps`) round(share x the pool's count).
     ConfigError for a class name the data does not have."""
     real = np.asarray(real_counts, dtype=np.int64)
+    if params.mode == "auto":
+        pool_params = params.model_copy(update={"mode": pool_mode(real)})
+        pool = wanted_counts(pool_params, real, class_names)
+        return pool if share is None else np.floor(share * pool + 0.5).astype(np.int64)
     if params.mode == "ratio":
         return synthetic_counts(params.synthetic_ratio, real)
     if params.mode == "balance":

@@ -57,6 +57,10 @@ class Job:
     # fit on the real part alone for up to max_epochs with early stopping on validation loss and
     # report the best epoch (the budget's calibration), instead of `steps` fixed steps
     calibrate: bool = False
+    # synthetic arms: the share of each class's synthetic samples added (a seeded draw per seed)
+    # and each synthetic image's loss weight (on top of its class weight)
+    share: float = 1.0
+    synthetic_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,18 @@ def concat(splits: list[Split]) -> Split:
     return Split(
         np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits])
     )
+
+
+def share_indices(labels: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of round(share x n_c) images of each class c, drawn without replacement (all
+    of them at share 1): the amount of the synthetic pool a treatment adds."""
+    if share >= 1.0:
+        return np.arange(len(labels))
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        picked.append(rng.choice(idx, int(np.floor(share * len(idx) + 0.5)), replace=False))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
 def held_out_indices(labels: np.ndarray, counts: tuple[int, ...]) -> np.ndarray:
@@ -182,7 +198,9 @@ def training_set(job: Job, arrays: dict[str, np.ndarray], settings: Settings) ->
         idx = held_out_indices(arrays["held_out_labels"], job.held_out_counts)
         parts.append(Split(arrays["held_out_images"][idx], arrays["held_out_labels"][idx]))
     if job.extra == "synthetic":
-        parts.append(Split(arrays["synthetic_images"], arrays["synthetic_labels"]))
+        syn_labels = arrays["synthetic_labels"]
+        idx = share_indices(syn_labels, job.share, np.random.default_rng([job.seed, 4]))
+        parts.append(Split(arrays["synthetic_images"][idx], syn_labels[idx]))
     elif job.extra == "oversample":
         # the real images (held-out ones included, on the curve) repeated to the synthetic counts
         pool = concat([real, *parts])
@@ -190,7 +208,17 @@ def training_set(job: Job, arrays: dict[str, np.ndarray], settings: Settings) ->
         idx = oversample_indices(pool.labels, counts, np.random.default_rng([job.seed, 3]))
         parts.append(Split(pool.images[idx], pool.labels[idx]))
     extra = concat(parts) if parts else Split(real.images[:0], real.labels[:0])
-    return {"real": real, "val": val, "extra": extra, "num_classes": k}
+    # the loss weight of each extra image: synthetic_weight for the synthetic ones (last in extra)
+    extra_weight = np.ones(len(extra), dtype=np.float32)
+    if job.extra == "synthetic":
+        extra_weight[len(extra) - len(parts[-1]) :] = job.synthetic_weight
+    return {
+        "real": real,
+        "val": val,
+        "extra": extra,
+        "extra_weight": extra_weight,
+        "num_classes": k,
+    }
 
 
 def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
@@ -238,7 +266,9 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
         steps = job.steps
         schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, steps)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
-        plan = batches(real, extra, weights, settings.batch_size, steps, job.seed)
+        plan = batches(
+            real, extra, weights, settings.batch_size, steps, job.seed, data["extra_weight"]
+        )
         model.fit(plan, epochs=1, verbose=0)
     scores = {
         "val": classification_metrics(val.labels, predict(model, val.images), k),
@@ -294,10 +324,12 @@ def batches(
     batch_size: int,
     steps: int,
     seed: int,
+    extra_weight: np.ndarray | None = None,
 ) -> Any:
     """A Keras PyDataset of `steps` batches from `batch_plan`: the step's real images, then its
-    extra ones; images in [-1, 1]; sample weights from the class weights (1 without). The class is
-    made here so that importing this module does not import Keras."""
+    extra ones; images in [-1, 1]; sample weights from the class weights (1 without), times
+    `extra_weight` (per extra image; 1 without) for the extra ones. The class is made here so that
+    importing this module does not import Keras."""
     import keras
 
     plan = batch_plan(len(real), len(extra), batch_size, steps, seed)
@@ -305,6 +337,8 @@ def batches(
     class_weight = np.ones(max(k, len(weights or {})), dtype=np.float32)
     for c, v in (weights or {}).items():
         class_weight[c] = v
+    real_ones = np.ones(plan[0].shape[1], dtype=np.float32)
+    per_extra = np.ones(len(extra), np.float32) if extra_weight is None else extra_weight
 
     class Batches(keras.utils.PyDataset):
         def __len__(self) -> int:
@@ -314,7 +348,8 @@ def batches(
             r, e = plan[0][i], plan[1][i]
             images = np.concatenate([real.images[r], extra.images[e]])
             labels = np.concatenate([real.labels[r], extra.labels[e]])
-            return to_float(images), labels, class_weight[labels]
+            scale = np.concatenate([real_ones, per_extra[e]])
+            return to_float(images), labels, class_weight[labels] * scale
 
     return Batches()
 

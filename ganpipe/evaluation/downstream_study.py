@@ -10,9 +10,12 @@ augmentation (random shifts and rotations: what every practitioner already does)
   oversampled_<loss>  + the real images repeated to the synthetic counts   (a baseline: control)
   synthetic_<loss>    + the synthetic samples                              (a treatment)
 
-for each loss in `utility.losses` (class-weighted cross-entropy, balanced softmax). The strongest
-baseline and the strongest treatment are chosen on the VALIDATION split (real images only); the
-test split is predicted after training and used for nothing but the scores.
+for each loss in `utility.losses` (class-weighted cross-entropy, balanced softmax); the treatments
+also for each share of the synthetic pool (`utility.synthetic_shares`) and loss weight of a
+synthetic image (`utility.synthetic_weights`), named synthetic_<loss>-share<s>-weight<w>. The
+strongest baseline and the strongest treatment are chosen on the VALIDATION split (real images
+only); the test split is predicted after training and used for nothing but the scores, so choosing
+among more treatments does not make the verdict optimistic (tests/test_utility.py simulates it).
 
 Phase 2, with the chosen pair: the second architecture (a small ResNet, or the user's model) trains
 both on every seed (a second opinion); and where the scenario has real images its caps removed
@@ -57,19 +60,40 @@ log = logging.getLogger(__name__)
 ARRAYS_FILE = "arrays.npz"
 
 
+def treatment_name(loss: str, share: float, weight: float) -> str:
+    """synthetic_<loss>, with -share<s>-weight<w> unless both are 1 (characters MLflow keys allow)."""
+
+    def plain(x: float) -> str:  # never 1e-05: '-' separates the options
+        return np.format_float_positional(x, trim="-")
+
+    tail = "" if share == weight == 1.0 else f"-share{plain(share)}-weight{plain(weight)}"
+    return f"synthetic_{loss}{tail}"
+
+
 def arm_names(params: UtilityParams) -> tuple[list[str], list[str]]:
     """(baseline candidates, treatment candidates) of phase 1."""
     baselines = [f"real_{loss}" for loss in params.losses]
     if params.oversample_control:
         baselines += [f"oversampled_{loss}" for loss in params.losses]
-    return baselines, [f"synthetic_{loss}" for loss in params.losses]
+    treatments = [
+        treatment_name(loss, share, weight)
+        for loss in params.losses
+        for share in params.synthetic_shares
+        for weight in params.synthetic_weights
+    ]
+    return baselines, treatments
 
 
-def spec_of(arm: str) -> tuple[str, str]:
-    """(loss, extra) of a phase-1 arm name."""
-    kind, loss = arm.split("_", 1)
+def spec_of(arm: str) -> dict[str, Any]:
+    """The Job fields (loss, extra, share, synthetic_weight) of a phase-1 arm name."""
+    name, _, options = arm.partition("-")
+    kind, loss = name.split("_", 1)
     extra = {"real": "none", "oversampled": "oversample", "synthetic": "synthetic"}[kind]
-    return loss, extra
+    spec: dict[str, Any] = {"loss": loss, "extra": extra, "share": 1.0, "synthetic_weight": 1.0}
+    for option in filter(None, options.split("-")):
+        key = "share" if option.startswith("share") else "synthetic_weight"
+        spec[key] = float(option.removeprefix("share").removeprefix("weight"))
+    return spec
 
 
 def second_architecture(params: UtilityParams) -> str | None:
@@ -160,10 +184,13 @@ def run_study(
     baselines, treatments = arm_names(params)
     seeds = [(i, seed_value(params, i)) for i in range(params.seeds)]
 
-    def jobs_of(arm: str, loss: str, extra: str, arch: str = "cnn", held=()) -> list[Job]:
-        return [Job(arm, i, s, loss, extra, tuple(held), arch, steps) for i, s in seeds]
+    def jobs_of(arm: str, spec: dict[str, Any], arch: str = "cnn", held=()) -> list[Job]:
+        return [
+            Job(arm, i, s, held_out_counts=tuple(held), architecture=arch, steps=steps, **spec)
+            for i, s in seeds
+        ]
 
-    phase1 = [j for arm in baselines + treatments for j in jobs_of(arm, *spec_of(arm))]
+    phase1 = [j for arm in baselines + treatments for j in jobs_of(arm, spec_of(arm))]
     results = by_arm(run(phase1))
     validation = {arm: summary(rs, "val") for arm, rs in results.items()}
     test = {arm: summary(rs, "test") for arm, rs in results.items()}
@@ -176,7 +203,7 @@ def run_study(
     phase2: list[Job] = []
     if arch2:
         for arm in (baseline, treatment):
-            phase2 += jobs_of(f"{arch2}:{arm}", *spec_of(arm), arch=arch2)
+            phase2 += jobs_of(f"{arch2}:{arm}", spec_of(arm), arch=arch2)
     curve_arms: list[tuple[float, str]] = []
     held_by_multiple: dict[float, tuple[int, ...]] = {}
     real_counts = np.bincount(real.train.labels, minlength=k)
@@ -188,7 +215,7 @@ def run_study(
             held = held_by_multiple[m] = held_out_counts(real_counts, available, rare, m)
             arm = f"worth_{m:g}x:{baseline}"
             curve_arms.append((m, arm))
-            phase2 += jobs_of(arm, *spec_of(baseline), held=held)
+            phase2 += jobs_of(arm, spec_of(baseline), held=held)
     if phase2:
         more = by_arm(run(phase2))
         results.update(more)
@@ -223,6 +250,8 @@ def run_study(
         "treatment_candidates": treatments,
         "baseline": baseline,
         "treatment": treatment,
+        # what augment.mode auto exports when the verdict is helps
+        "choice": {k: spec_of(treatment)[k] for k in ("loss", "share", "synthetic_weight")},
         "selection": {"on": "validation", "metric": metric},
         "comparisons": comparisons,
         "headline_comparison": "headline",

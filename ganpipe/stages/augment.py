@@ -6,7 +6,8 @@
 copied unchanged. With nothing synthetic to add (ratio 0) train.npz keeps the real order: a copy.
 
 How many per class: `augment.mode` (`ganpipe.data.synthetic.wanted_counts`: ratio, balance,
-counts). Before the per-class draw the filters (`ganpipe.evaluation.filters`: off-label, memorization guard,
+counts, or auto: the share of the pool and the synthetic loss weight the utility study chose on
+validation, none unless its verdict is `helps`). Before the per-class draw the filters (`ganpipe.evaluation.filters`: off-label, memorization guard,
 fidelity) drop samples; summary.json records what each kept and dropped per class. Nothing is
 written unless every class gets what it asked for. With `augment.require_benefit` the stage first
 reads the utility stage's verdict (metrics/utility.json) and refuses to export when it is "hurts".
@@ -44,7 +45,12 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
         from ganpipe.evaluation.domain_classifier import get_evaluator
 
         evaluator = get_evaluator(paths.prepared, params.evaluate, paths.evaluator)
-    summary = augment(params.augment, paths.prepared, paths.synthetic, paths.augmented, evaluator)
+    choice = auto_choice(paths.metrics) if params.augment.mode == "auto" else None
+    if choice:
+        print(choice["why"])
+    summary = augment(
+        params.augment, paths.prepared, paths.synthetic, paths.augmented, evaluator, choice
+    )
     filters = (summary["filters"] or {}).get("filters", {})
     metrics = {"augment_num_synthetic": float(summary["num_synthetic"])}
     for name, f in filters.items():
@@ -84,12 +90,45 @@ def check_benefit(metrics_dir: str | os.PathLike[str]) -> None:
         )
 
 
+def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """augment.mode auto: {"share", "synthetic_weight", "verdict", "why"} from the utility study's
+    choice on validation (metrics/utility.json); share 0 (the real data alone) unless the verdict
+    is `helps`. DataError when the study has not recorded a choice."""
+    from ganpipe.evaluation.downstream import read_verdict
+
+    path = Path(metrics_dir) / "utility.json"
+    verdict = read_verdict(metrics_dir)
+    if verdict is None or "chosen_share" not in verdict["headline"]:
+        raise DataError(
+            f"augment.mode auto: {path} records no choice (the utility stage ran disabled, or "
+            "before it chose amounts); run `ganpipe utility` with utility.enabled: true"
+        )
+    h, m = verdict["headline"], verdict["verdict_metric"]
+    share, weight = float(h["chosen_share"]), float(h["chosen_synthetic_weight"])
+    effect = (
+        f"{m} {h[f'delta_{m}']:+.4f}, 95% interval {h[f'delta_{m}_low']:+.4f} .. "
+        f"{h[f'delta_{m}_high']:+.4f}"
+    )
+    if verdict["verdict"] != "helps":
+        why = (
+            f"augment.mode auto: the utility verdict is '{verdict['verdict']}' ({effect}): "
+            "exporting the real data alone"
+        )
+        return {"share": 0.0, "synthetic_weight": weight, "verdict": verdict["verdict"], "why": why}
+    why = (
+        f"augment.mode auto: the utility study chose {share:g} of the synthetic pool at loss "
+        f"weight {weight:g} on validation; verdict 'helps' ({effect})"
+    )
+    return {"share": share, "synthetic_weight": weight, "verdict": "helps", "why": why}
+
+
 def augment(
     params: AugmentParams,
     data_dir: str | os.PathLike[str],
     synthetic_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     evaluator: Evaluator | None = None,
+    choice: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Merge the real train split with the synthetic samples `params.mode` asks for, per class,
     after the filters; write the result to `out_dir` atomically and return its summary.
@@ -97,7 +136,9 @@ def augment(
     `evaluator` (`ganpipe.evaluation.domain_classifier.get_evaluator`) is required when a filter or
     the teacher (teacher_mix > 0) is on (ValueError).
     Raises DataError if the synthetic samples are missing (when some are wanted), of another shape
-    or class set, or too few (after the filters) for some class.
+    or class set, or too few (after the filters) for some class. With mode auto, `choice`
+    (`auto_choice`) sets the share of the pool and the synthetic weight; without it (the utility
+    stage asking for the pool it studies) the whole pool is exported.
     """
     if active_filters(params) and evaluator is None:
         raise ValueError(
@@ -110,7 +151,9 @@ def augment(
     class_names = real.class_names
     k = len(class_names)
     real_counts = np.bincount(real.train.labels, minlength=k)
-    wanted = wanted_counts(params, real_counts, class_names)
+    share = None if choice is None else choice["share"]
+    wanted = wanted_counts(params, real_counts, class_names, share)
+    synthetic_weight = choice["synthetic_weight"] if choice else params.synthetic_weight
 
     synthetic_source: dict[str, Any] | None = None
     chosen = np.zeros(0, dtype=np.int64)
@@ -132,7 +175,7 @@ def augment(
     labels = np.concatenate([real.train.labels, syn.labels[chosen]]).astype(np.int64)
     is_synthetic = np.concatenate([np.zeros(n_real, bool), np.ones(n_syn, bool)])
     soft_labels, teacher = targets(params, labels, is_synthetic, images, k, evaluator)
-    weights = np.where(is_synthetic, params.synthetic_weight, 1.0).astype(np.float32)
+    weights = np.where(is_synthetic, synthetic_weight, 1.0).astype(np.float32)
     if n_syn:  # nothing added: keep the real order, so ratio 0 is an exact copy
         order = rng.permutation(n_real + n_syn)
         images, labels, is_synthetic = images[order], labels[order], is_synthetic[order]
@@ -147,7 +190,8 @@ def augment(
             "synthetic_counts": wanted.tolist(),
             "mode": params.mode,
             "filters": filtered,
-            "targets": {"synthetic_weight": params.synthetic_weight, "teacher": teacher},
+            "targets": {"synthetic_weight": synthetic_weight, "teacher": teacher},
+            "auto": choice,
             "num_real": n_real,
             "num_synthetic": n_syn,
             "counts_by_class": {

@@ -268,6 +268,10 @@ def headline(study: dict[str, Any], verdict_metric: str) -> dict[str, float]:
     if study.get("worth"):
         for key in ("worth", "low", "high"):
             flat[f"worth_in_real_images{'' if key == 'worth' else '_' + key}"] = study["worth"][key]
+    choice = study.get("choice")
+    if choice:  # what augment.mode auto exports when the verdict is helps
+        flat["chosen_share"] = choice["share"]
+        flat["chosen_synthetic_weight"] = choice["synthetic_weight"]
     flat["num_real"] = study["num_real"]
     flat["num_synthetic"] = study["num_synthetic"]
     flat["steps"] = study["steps"]

@@ -6,9 +6,9 @@ docs/results.md, the long-tail section): with the plain recipe the GAN draws the
 on-label 22-44% of the time; class-balanced real batches raise that to >= 77%, and DiffAugment on
 top (D sees the 20 images under colour, shift and cutout variants instead of memorising them) to
 >= 96%. Natural datasets are far from that: MNIST's largest class has 1.24x its smallest, the
-embedded digits about 1.3x. IMBALANCE_RATIO sits between: a set whose largest class has 4x the
-images of its smallest is long-tailed enough that the rare classes would otherwise get a quarter
-of the common ones' updates.
+embedded digits about 1.3x. LONG_TAIL_RATIO (ganpipe.data.sampling) sits between: a set whose
+largest class has 4x the images of its smallest is long-tailed enough that the rare classes would
+otherwise get a quarter of the common ones' updates.
 """
 
 from __future__ import annotations
@@ -16,17 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 from ganpipe.config import DIFFAUGMENT_POLICIES, Params
+from ganpipe.data.sampling import LONG_TAIL_RATIO, class_ratio
 
-IMBALANCE_RATIO = 4.0
 AUTO_DIFFAUGMENT = ",".join(DIFFAUGMENT_POLICIES)
-
-
-def class_ratio(labels: np.ndarray, num_classes: int) -> tuple[float, int, int]:
-    """(largest / smallest class count, largest, smallest) over `num_classes` classes; a class
-    without images counts as 0 (ratio inf)."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
-    hi, lo = int(counts.max()), int(counts.min())
-    return (hi / lo if lo else float("inf")), hi, lo
 
 
 def resolve_auto(params: Params, labels: np.ndarray, num_classes: int) -> tuple[Params, str]:
@@ -37,8 +29,9 @@ def resolve_auto(params: Params, labels: np.ndarray, num_classes: int) -> tuple[
     auto_balance, auto_da = tp.class_balance == "auto", tp.diffaugment == "auto"
     if not (auto_balance or auto_da):
         return params, ""
-    ratio, hi, lo = class_ratio(labels, num_classes)
-    imbalanced = ratio >= IMBALANCE_RATIO
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    ratio, hi, lo = class_ratio(counts), int(counts.max()), int(counts.min())
+    imbalanced = ratio >= LONG_TAIL_RATIO
     changes: dict[str, object] = {}
     if auto_balance:
         changes["class_balance"] = imbalanced
@@ -55,6 +48,6 @@ def resolve_auto(params: Params, labels: np.ndarray, num_classes: int) -> tuple[
     keys = "/".join(f"train.{k}" for k in chosen)
     return resolved, (
         f"imbalanced training data (largest class {hi} images, smallest {lo}: {ratio:.3g}x, "
-        f'auto\'s threshold {IMBALANCE_RATIO:g}x): {what} ({keys}: auto; set false or "" to '
+        f'auto\'s threshold {LONG_TAIL_RATIO:g}x): {what} ({keys}: auto; set false or "" to '
         "turn off)"
     )
