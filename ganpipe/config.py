@@ -91,6 +91,21 @@ class ModelParams(Section):
     # conditional: class-conditional BatchNorm in the generator (a gain and bias per class, as in
     # SNGAN/BigGAN) instead of the label embedding concatenated to z. resnet always has it.
     class_bn: bool = False
+    # conditional without class_bn: Gaussian noise of this std added to the generator's class
+    # embedding while training (NoisyTwins' noise, without its twin loss): the embeddings of
+    # different classes overlap, so a rare class's samples borrow variety from the common ones
+    # instead of collapsing onto its few images. 0: off; NoisyTwins uses about 0.75 (relative to
+    # embeddings initialised uniformly in +-0.05, so ours is an absolute std: see docs/architectures.md).
+    embed_noise: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _embed_noise_needs_embedding(self) -> ModelParams:
+        if self.embed_noise and (self.arch != "conditional" or self.class_bn):
+            raise ValueError(
+                "model.embed_noise needs model.arch conditional with class_bn false (the "
+                "generator whose class enters as an embedding)"
+            )
+        return self
 
 
 class TrainParams(Section):

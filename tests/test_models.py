@@ -77,6 +77,19 @@ def test_labels_condition_both_models():
     assert len(set(np.round(logits, 6).tolist())) == 3
 
 
+def test_embed_noise_is_on_in_training_only_and_needs_an_embedding():
+    shape = (8, 8, 1)
+    noisy = build_generator(shape, 3, TINY.model_copy(update={"embed_noise": 0.5}))
+    z, labels = _inputs(3, 4)
+    run = lambda training: keras.ops.convert_to_numpy(noisy([z, labels], training=training))  # noqa: E731
+    # sampling: the clean embedding (equal up to float reordering between calls)
+    np.testing.assert_allclose(run(False), run(False), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(run(True), run(True))  # training: a fresh draw per call
+    for bad in ({"class_bn": True}, {"arch": "resnet"}):
+        with pytest.raises(ValueError, match="embed_noise needs"):
+            ModelParams(embed_noise=0.5, **bad)
+
+
 def test_default_models_load_without_custom_objects(tmp_path):
     shape = (28, 28, 1)
     g = build_generator(shape, 10, TINY)

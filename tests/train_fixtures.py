@@ -21,10 +21,10 @@ def tiny(**train) -> Params:
     )
 
 
-def tiny_with(spectral_norm: bool = False, **train) -> Params:
-    """`tiny(**train)`, with model.spectral_norm."""
+def tiny_with(spectral_norm: bool = False, embed_noise: float = 0.0, **train) -> Params:
+    """`tiny(**train)`, with model.spectral_norm and model.embed_noise."""
     p = tiny(**train)
-    model = p.model.model_dump() | {"spectral_norm": spectral_norm}
+    model = p.model.model_dump() | {"spectral_norm": spectral_norm, "embed_noise": embed_noise}
     return Params.model_validate({"model": model, "train": p.train.model_dump()})
 
 

@@ -15,7 +15,8 @@ It has no BatchNorm (wgan_gp's per-sample gradient penalty relies on that: see t
 
 The generator sees the label as an embedding concatenated to z, or with `model.class_bn: true`
 through class-conditional BatchNorm (a gain and bias per class in every BatchNorm, SNGAN/BigGAN
-style; z alone enters the dense layer).
+style; z alone enters the dense layer). `model.embed_noise` adds Gaussian noise to that embedding
+while training (NoisyTwins), so the classes' embeddings overlap and rare classes borrow variety.
 
 `model.spectral_norm: true` spectrally normalises every discriminator layer with weights: the
 convolutions, the label path (embedding and dense) and both parts of the projection head (its
@@ -84,6 +85,8 @@ def build_generator(
             return layers.BatchNormalization(name=name)(x)
 
         e = layers.Embedding(num_classes, params.embed_dim, name="g_embed")(label)
+        if params.embed_noise:  # active in training only: sampling sees the clean embedding
+            e = layers.GaussianNoise(params.embed_noise, name="g_embed_noise")(e)
         x = layers.Concatenate(name="g_concat")([z, e])
     x = layers.Dense(h0 * w0 * f, use_bias=False, name="g_dense")(x)
     x = layers.ReLU(name="g_dense_relu")(norm(x, "g_dense_bn"))
