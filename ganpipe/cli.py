@@ -185,9 +185,23 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
             )
     else:
         lines = [
-            "Does it help?  not measured: the utility stage is off "
-            "(--set utility.enabled=true trains downstream classifiers: minutes)"
+            "Does it help?  not measured: the utility stage is off (--set utility.enabled=true "
+            "trains downstream classifiers: minutes; with --set augment.mode=auto the study also "
+            "chooses how many synthetic images to export)"
         ]
+    augment = results.get("augment") or {}
+    if augment:
+        chosen = augment.get("auto")
+        how = (
+            f"the utility study chose {chosen['share']:g} of the pool at loss weight "
+            f"{chosen['synthetic_weight']:g} (augment.mode auto)"
+            if chosen
+            else f"augment.mode {augment.get('mode')}, not validated"
+        )
+        lines.append(
+            f"Exported       {augment.get('num_real')} real + {augment.get('num_synthetic')} "
+            f"synthetic images: {how}"
+        )
     fd_key = "fid" if "fid" in metrics else "classifier_fd"
     fd, floor = metrics.get(fd_key), metrics.get(f"{fd_key}_floor")
     if fd is not None and floor:

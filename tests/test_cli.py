@@ -49,6 +49,11 @@ def test_run_writes_every_output_and_prints_metrics(tracked_run):
     assert f"On-label       {metrics['conditional_accuracy']:.1%} of the samples" in out
     assert f"Near-copies    {metrics['near_copy_fraction']:.2%}" in out
     assert "augment dropped " in out and " from the export" in out
+    exported = json.loads((root / "data/augmented/summary.json").read_text())
+    assert (
+        f"Exported       {exported['num_real']} real + {exported['num_synthetic']} synthetic "
+        "images: augment.mode ratio, not validated"
+    ) in out
     assert 0.0 <= metrics["conditional_accuracy"] <= 1.0
     assert np.isfinite(metrics["classifier_fd"])
     with np.load(root / "data/synthetic/samples.npz") as f:
@@ -162,3 +167,16 @@ def test_off_label_rejection_end_to_end(tracked_run, tmp_path):
     # real test images are no copies of training images: the guard drops few (its promise: ~2%)
     guard = filters["filters"]["memorization"]
     assert guard["dropped"] <= 0.05 * accepted
+
+
+def test_summary_says_what_was_exported_and_how_it_was_chosen():
+    from ganpipe.cli import summary_lines
+
+    auto = {"mode": "auto", "num_real": 5, "num_synthetic": 7}
+    auto["auto"] = {"share": 0.2, "synthetic_weight": 0.5}
+    lines = summary_lines({"augment": auto})
+    assert "augment.mode=auto the study also chooses" in lines[0]  # utility off: how to ask
+    assert lines[1] == (
+        "Exported       5 real + 7 synthetic images: the utility study chose 0.2 of the pool at "
+        "loss weight 0.5 (augment.mode auto)"
+    )
