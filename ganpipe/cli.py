@@ -178,9 +178,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
                 f"{flat[f'second_delta_{metric}_high']:+.2%})"
             )
         if "worth_in_real_images" in flat:
+            worth = flat["worth_in_real_images"]
+            # the curve starts at 1x (the real images alone): a treatment below it reads as 1x,
+            # which is a bound ("no more than the real images"), not a measured worth
+            bound = " or less: below the real-only baseline" if worth <= 1.0 else ""
             lines.append(
-                f"               worth {flat['worth_in_real_images']:.2f}x the rare classes' real "
-                f"images (95% interval {flat['worth_in_real_images_low']:.2f} .. "
+                f"               worth {worth:.2f}x{bound} the rare classes' real images (95% "
+                f"interval {flat['worth_in_real_images_low']:.2f} .. "
                 f"{flat['worth_in_real_images_high']:.2f}x)"
             )
     else:

@@ -180,3 +180,13 @@ def test_summary_says_what_was_exported_and_how_it_was_chosen():
         "Exported       5 real + 7 synthetic images: the utility study chose 0.2 of the pool at "
         "loss weight 0.5 (augment.mode auto)"
     )
+
+
+def test_a_worth_at_the_bottom_of_the_curve_reads_as_a_bound():
+    from ganpipe.cli import summary_lines
+
+    flat = {"delta_balanced_accuracy": -0.025, "worth_in_real_images": 1.0}
+    flat |= {"worth_in_real_images_low": 1.0, "worth_in_real_images_high": 1.0}
+    utility = {"enabled": True, "verdict": "hurts", "verdict_metric": "balanced_accuracy"}
+    lines = summary_lines({"utility": utility | {"headline": flat}})
+    assert "worth 1.00x or less: below the real-only baseline" in lines[1]
