@@ -271,7 +271,7 @@ class UtilityParams(Section):
     """The downstream test (ganpipe.evaluation.downstream_study): does adding the synthetic
     samples help a classifier that is not the evaluator, over the strongest real-only baseline
     (chosen on validation among the losses, with and without oversampling)? Off by default: a
-    study is dozens of classifier trainings (about 30 min for the long-tail preset on 2 cores)."""
+    study is dozens of classifier trainings (131, about 110 min, for the long-tail preset on 2 cores)."""
 
     enabled: bool = False
     # Scenarios: the data as given; a stratified label_fraction of it; a long tail (class_caps).
