@@ -57,3 +57,11 @@ def test_flat_names_every_param():
     flat = Params().flat()
     assert flat["train.epochs"] == Params().train.epochs
     assert "tracking.experiment" in flat and "data.source" in flat
+
+
+def test_every_preset_is_valid():
+    """The presets are documented commands (README, docs/results.md): each one must load."""
+    presets = sorted((Path(__file__).parents[1] / "presets").glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        load_params(preset, [])
