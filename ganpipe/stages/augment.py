@@ -7,8 +7,8 @@ copied unchanged. With nothing synthetic to add (ratio 0) train.npz keeps the re
 
 How many per class: `augment.mode` (`ganpipe.data.synthetic.wanted_counts`: ratio, balance,
 counts, or auto: the share of the pool and the synthetic loss weight the utility study chose on
-validation, none unless its verdict is `helps`). Before the per-class draw the filters (`ganpipe.evaluation.filters`: off-label, memorization guard,
-fidelity) drop samples; summary.json records what each kept and dropped per class. Nothing is
+validation, none unless its verdict is `helps`). Before the per-class draw the filters
+(`ganpipe.evaluation.filters`: off-label, memorization guard, fidelity) drop samples; summary.json records what each kept and dropped per class. Nothing is
 written unless every class gets what it asked for. With `augment.require_benefit` the stage first
 reads the utility stage's verdict (metrics/utility.json) and refuses to export when it is "hurts".
 """
@@ -109,17 +109,18 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
         f"{m} {h[f'delta_{m}']:+.4f}, 95% interval {h[f'delta_{m}_low']:+.4f} .. "
         f"{h[f'delta_{m}_high']:+.4f}"
     )
-    if verdict["verdict"] != "helps":
+    if verdict["verdict"] == "helps":
+        why = (
+            f"augment.mode auto: the utility study chose {share:g} of the synthetic pool at loss "
+            f"weight {weight:g} on validation; verdict 'helps' ({effect})"
+        )
+    else:
+        share = 0.0
         why = (
             f"augment.mode auto: the utility verdict is '{verdict['verdict']}' ({effect}): "
             "exporting the real data alone"
         )
-        return {"share": 0.0, "synthetic_weight": weight, "verdict": verdict["verdict"], "why": why}
-    why = (
-        f"augment.mode auto: the utility study chose {share:g} of the synthetic pool at loss "
-        f"weight {weight:g} on validation; verdict 'helps' ({effect})"
-    )
-    return {"share": share, "synthetic_weight": weight, "verdict": "helps", "why": why}
+    return {"share": share, "synthetic_weight": weight, "verdict": verdict["verdict"], "why": why}
 
 
 def augment(
