@@ -97,14 +97,20 @@ class ModelParams(Section):
     # instead of collapsing onto its few images. 0: off; NoisyTwins uses about 0.75 (relative to
     # embeddings initialised uniformly in +-0.05, so ours is an absolute std: see docs/architectures.md).
     embed_noise: float = Field(0.0, ge=0.0)
+    # conditional without class_bn: the generator's first layer (z -> its smallest feature map)
+    # is shared by all classes, and the class embedding joins that map tiled over its pixels
+    # (UTLO/BAGAN's shared low-resolution stage): the coarse layout is learned from every
+    # class's images, so a rare class draws its variety from it rather than from its few images.
+    shared_lowres: bool = False
 
     @model_validator(mode="after")
-    def _embed_noise_needs_embedding(self) -> ModelParams:
-        if self.embed_noise and (self.arch != "conditional" or self.class_bn):
-            raise ValueError(
-                "model.embed_noise needs model.arch conditional with class_bn false (the "
-                "generator whose class enters as an embedding)"
-            )
+    def _embedding_options_need_embedding(self) -> ModelParams:
+        for key in ("embed_noise", "shared_lowres"):
+            if getattr(self, key) and (self.arch != "conditional" or self.class_bn):
+                raise ValueError(
+                    f"model.{key} needs model.arch conditional with class_bn false (the "
+                    "generator whose class enters as an embedding)"
+                )
         return self
 
 

@@ -282,6 +282,7 @@ def test_new_params_in_the_run_key(monkeypatch):
         key(loss="hinge"), key(loss="wgan_gp"), key(loss="wgan_gp", gp_weight=5.0),
         key(ema_decay=None), key(ema_decay=0.99), key(diffaugment="color"), key(diffaugment="color,cutout"),
         key(spectral_norm=True), key(class_bn=True), key(arch="resnet"), key(embed_noise=0.1),
+        key(shared_lowres=True),
     ]  # fmt: skip
     assert len({base, *variants}) == 1 + len(variants)
     assert key(gp_weight=5.0) == base  # only wgan_gp uses it
@@ -299,7 +300,7 @@ def test_new_params_in_the_run_key(monkeypatch):
     added = {"loss", "gp_weight", "ema_decay", "diffaugment", "ada", "ada_policy", "ada_target"}
     assert not added & hashed[0]["train"].keys()
     assert "spectral_norm" not in hashed[0]["model"] and "latent_dim" in hashed[0]["model"]
-    assert "embed_noise" not in hashed[0]["model"]
+    assert "embed_noise" not in hashed[0]["model"] and "shared_lowres" not in hashed[0]["model"]
 
 
 # --- spectral norm ---

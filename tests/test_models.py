@@ -90,6 +90,32 @@ def test_embed_noise_is_on_in_training_only_and_needs_an_embedding():
             ModelParams(embed_noise=0.5, **bad)
 
 
+def test_shared_lowres_keeps_the_label_out_of_the_first_layer(tmp_path):
+    """model.shared_lowres: the dense layer sees z alone (shared by every class), the label still
+    conditions the image (through the upsamplings), and the model saves and loads."""
+    shape = (28, 28, 1)
+    params = TINY.model_copy(update={"shared_lowres": True, "embed_noise": 0.1})
+    g = build_generator(shape, 3, params)
+    assert g.get_layer("g_dense").kernel.shape[0] == TINY.latent_dim
+    plain = build_generator(shape, 3, TINY)
+    assert plain.get_layer("g_dense").kernel.shape[0] == TINY.latent_dim + TINY.embed_dim
+    z, _ = _inputs(3, 3)
+    z = np.repeat(z[:1], 3, axis=0)  # same noise, three labels
+    labels = np.arange(3, dtype=np.int32)
+    images = keras.ops.convert_to_numpy(g([z, labels], training=False))
+    assert images.shape == (3, *shape)
+    assert not np.allclose(images[0], images[1]) and not np.allclose(images[1], images[2])
+    g.save(tmp_path / "g.keras")
+    again = keras.models.load_model(tmp_path / "g.keras")
+    # the same weights and inputs: equal up to float reordering between the two models' calls
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(again([z, labels], training=False)), images, atol=1e-5
+    )
+    for bad in ({"class_bn": True}, {"arch": "resnet"}):
+        with pytest.raises(ValueError, match="shared_lowres needs"):
+            ModelParams(shared_lowres=True, **bad)
+
+
 def test_default_models_load_without_custom_objects(tmp_path):
     shape = (28, 28, 1)
     g = build_generator(shape, 10, TINY)

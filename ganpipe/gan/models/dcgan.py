@@ -17,6 +17,8 @@ The generator sees the label as an embedding concatenated to z, or with `model.c
 through class-conditional BatchNorm (a gain and bias per class in every BatchNorm, SNGAN/BigGAN
 style; z alone enters the dense layer). `model.embed_noise` adds Gaussian noise to that embedding
 while training (NoisyTwins), so the classes' embeddings overlap and rare classes borrow variety.
+`model.shared_lowres` makes the first layer (z -> the h0 x w0 map) class-agnostic: the embedding is
+tiled over that map and concatenated to it, so only the upsamplings are conditional (UTLO/BAGAN).
 
 `model.spectral_norm: true` spectrally normalises every discriminator layer with weights: the
 convolutions, the label path (embedding and dense) and both parts of the projection head (its
@@ -87,10 +89,14 @@ def build_generator(
         e = layers.Embedding(num_classes, params.embed_dim, name="g_embed")(label)
         if params.embed_noise:  # active in training only: sampling sees the clean embedding
             e = layers.GaussianNoise(params.embed_noise, name="g_embed_noise")(e)
-        x = layers.Concatenate(name="g_concat")([z, e])
+        x = z if params.shared_lowres else layers.Concatenate(name="g_concat")([z, e])
     x = layers.Dense(h0 * w0 * f, use_bias=False, name="g_dense")(x)
     x = layers.ReLU(name="g_dense_relu")(norm(x, "g_dense_bn"))
     x = layers.Reshape((h0, w0, f), name="g_reshape")(x)
+    if params.shared_lowres:  # the class joins after the shared first layer, at every pixel
+        e = layers.Reshape((1, 1, params.embed_dim), name="g_embed_pixel")(e)
+        e = layers.UpSampling2D((h0, w0), name="g_embed_tile")(e)
+        x = layers.Concatenate(name="g_concat")([x, e])
     for i in range(1, k):
         x = layers.Conv2DTranspose(
             max(f >> i, 8), 4, strides=2, padding="same", use_bias=False, name=f"g_up{i}"

@@ -57,7 +57,7 @@ FORMAT_VERSION = 3  # 3: history rows gained ada_p
 NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every", "backend", "distribute"})
 # Params whose defaults are left out of the key (see the module docstring).
 ADDED_LATER = {
-    "model": ("spectral_norm", "embed_noise"),
+    "model": ("spectral_norm", "embed_noise", "shared_lowres"),
     "train": (
         "loss",
         "gp_weight",
