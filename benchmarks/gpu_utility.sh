@@ -13,13 +13,15 @@
 # (utility.json, eval.json, per_class.csv, plots), and the log ends with the headline figures.
 # Usage, from the repository root on the device machine (wheels in .whl: see docs/gpu.md):
 #   bash benchmarks/gpu_utility.sh /path/to/mnist.npz "$OUT" [budget_s per job]
-# EXTRA="--set train.epochs=1 --set utility.seeds=3 ..." is added to every job (a quick dry run).
+# EXTRA="--set train.epochs=1 --set utility.seeds=3 ..." is added to every job (a quick dry run);
+# JOBS="longtail labels600" runs only those.
 set -uo pipefail
 MNIST=$(realpath "${1:?path to mnist.npz}")
 OUT=$(realpath "${2:?output folder}")
 BUDGET=${3:-520}
 VARIETY=${VARIETY:---set model.embed_noise=0.25}
 EXTRA=${EXTRA:-}
+JOBS=${JOBS:-longtail labels600 variety lowres}
 REPO=$PWD
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -39,6 +41,7 @@ python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'ker
 job() {  # job NAME WORKERS PRESET [--set ...]: one pipeline in /tmp/gpu-NAME, log in OUT
   local name=$1 workers=$2 preset=$3
   shift 3
+  [[ " $JOBS " == *" $name "* ]] || return 0
   # shellcheck disable=SC2086  # EXTRA is a list of --set options
   mkdir -p "/tmp/gpu-$name" && cd "/tmp/gpu-$name" || return 1
   local start=$SECONDS
@@ -66,14 +69,14 @@ if u.exists():
 PY
 }
 
-job longtail 6 mnist-longtail.yaml &
-job labels600 4 mnist-600-labels.yaml &
+job longtail 8 mnist-longtail.yaml &
+job labels600 6 mnist-600-labels.yaml &
 # shellcheck disable=SC2086  # VARIETY is a list of --set options
 job variety 5 mnist-longtail.yaml $VARIETY --set utility.second_architecture=false \
   --set 'utility.worth_multiples=[]' &
 job lowres 1 mnist-longtail.yaml --set model.shared_lowres=true --set train.epochs=60 \
   --set utility.enabled=false --set augment.mode=balance &
 wait
-tar czf "$OUT/metrics.tgz" -C /tmp gpu-longtail/metrics gpu-labels600/metrics gpu-variety/metrics \
-  gpu-lowres/metrics 2>/dev/null
+# shellcheck disable=SC2046  # one metrics/ folder per job that ran
+tar czf "$OUT/metrics.tgz" -C /tmp $(for j in $JOBS; do echo "gpu-$j/metrics"; done) 2>/dev/null
 tail -n 25 "$OUT"/*.log

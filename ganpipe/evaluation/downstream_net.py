@@ -108,18 +108,23 @@ def build_network(
 def classic_augmentation(shift: float, rotation_degrees: float, seed: int) -> keras.Sequential:
     """Random shifts (fraction of the size) and rotations (degrees), filling with -1 (black in
     [-1, 1]). Keras's random preprocessing layers transform only when called with training=True,
-    so fit() sees augmented images and evaluate()/predict() the images as they are."""
-    return keras.Sequential(
-        [
-            layers.RandomTranslation(
-                shift, shift, fill_mode="constant", fill_value=-1.0, seed=seed
-            ),
-            layers.RandomRotation(
-                rotation_degrees / 360.0, fill_mode="constant", fill_value=-1.0, seed=seed + 1
-            ),
-        ],
-        name=AUGMENT_NAME,
-    )
+    so fit() sees augmented images and evaluate()/predict() the images as they are.
+
+    Keras marks both layers `supports_jit = False` (TensorFlow's image transform has no XLA kernel),
+    and one such layer turns the whole model's jit off: on TensorFlow fit still runs as a graph, but
+    on JAX every step then runs op by op, which made a GPU training ~60 s instead of seconds. Their
+    JAX code (an affine transform and a SeedGenerator that Keras threads through the jitted step)
+    traces fine, so on JAX they are marked jittable."""
+    augment = [
+        layers.RandomTranslation(shift, shift, fill_mode="constant", fill_value=-1.0, seed=seed),
+        layers.RandomRotation(
+            rotation_degrees / 360.0, fill_mode="constant", fill_value=-1.0, seed=seed + 1
+        ),
+    ]
+    if keras.backend.backend() == "jax":
+        for layer in augment:
+            layer.supports_jit = True
+    return keras.Sequential(augment, name=AUGMENT_NAME)
 
 
 def load_user_model(path: str | os.PathLike[str]) -> keras.Model:
