@@ -317,6 +317,10 @@ class UtilityParams(Section):
     # loss weight. augment.mode auto exports the chosen share and weight when the verdict is helps.
     synthetic_shares: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = (1.0,)
     synthetic_weights: tuple[Annotated[float, Field(gt=0.0)], ...] = (1.0,)
+    # ... and the part of a synthetic image's target taken from a teacher (0: its own label;
+    # He et al. 2023: 0.5): the seed's chosen real-only arm, its softmax at
+    # augment.teacher_temperature. augment.mode auto exports the chosen part as augment.teacher_mix.
+    teacher_mixes: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = (0.0,)
     # Classic augmentation (every arm): random shifts (fraction of the size), rotations (degrees).
     classic_shift: float = Field(0.1, ge=0.0, lt=0.5)
     classic_rotation: float = Field(10.0, ge=0.0, le=180.0)
@@ -333,7 +337,7 @@ class UtilityParams(Section):
             raise ValueError("utility.scenarios: list each scenario once, at least one")
         if not self.losses or len(set(self.losses)) != len(self.losses):
             raise ValueError("utility.losses: list each loss once, at least one")
-        for key in ("synthetic_shares", "synthetic_weights"):
+        for key in ("synthetic_shares", "synthetic_weights", "teacher_mixes"):
             values = getattr(self, key)
             if not values or len(set(values)) != len(values):
                 raise ValueError(f"utility.{key}: list each value once, at least one")

@@ -453,7 +453,7 @@ def test_teacher_soft_labels_weights_and_the_loaders(data_dir, tmp_path):
 
 def test_default_targets_are_hard_and_old_exports_still_load(data_dir, tmp_path):
     from ganpipe.data.loaders import load_augmented
-    from ganpipe.stages.augment import teacher_targets
+    from ganpipe.evaluation.downstream_fit import teacher_targets
 
     make_synthetic(tmp_path / "synthetic", per_class=10)
     summary = augment(P(), data_dir, tmp_path / "synthetic", tmp_path / "out")
@@ -479,11 +479,16 @@ def test_default_targets_are_hard_and_old_exports_still_load(data_dir, tmp_path)
 # ---- augment.mode auto: the utility study's choice --------------------------------------------------
 
 
-def write_choice(metrics_dir: Path, verdict: str, share: float, weight: float) -> None:
-    """A utility.json as the stage writes it, with the headline keys augment's auto reads."""
+def write_choice(
+    metrics_dir: Path, verdict: str, share: float, weight: float, mix: float | None = None
+) -> None:
+    """A utility.json as the stage writes it, with the headline keys augment's auto reads (no
+    chosen_teacher_mix with mix None: a study from before soft targets)."""
     h = {"delta_balanced_accuracy": 0.02, "delta_balanced_accuracy_low": 0.01,
          "delta_balanced_accuracy_high": 0.03, "chosen_share": share,
          "chosen_synthetic_weight": weight}  # fmt: skip
+    if mix is not None:
+        h["chosen_teacher_mix"] = mix
     metrics_dir.mkdir(parents=True, exist_ok=True)
     write_json(metrics_dir / "utility.json", {"enabled": True, "verdict": verdict,
                "verdict_metric": "balanced_accuracy", "headline": h})  # fmt: skip
@@ -512,7 +517,16 @@ def test_auto_pools_by_the_tail_and_exports_the_choice_only_when_it_helps(data_d
     assert np.bincount(labels[is_syn], minlength=3).tolist() == [2, 1, 1]
     with np.load(tmp_path / "out" / "train.npz") as f:
         assert set(f["weights"][f["is_synthetic"]]) == {0.25}
-    assert summary["auto"]["verdict"] == "helps"
+    assert summary["auto"]["verdict"] == "helps" and summary["targets"]["teacher"] is None
+    # a chosen teacher mix: the export's synthetic targets mix in the teacher (the evaluator)
+    write_choice(metrics, "helps", share=1.0, weight=1.0, mix=0.5)
+    chosen = auto_choice(metrics)
+    assert chosen["teacher_mix"] == 0.5 and "0.5 of each target from the teacher" in chosen["why"]
+    with pytest.raises(ValueError, match="teacher is the evaluator"):
+        augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o1", choice=chosen)
+    summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o1", label_reader(),
+                      choice=chosen)  # fmt: skip
+    assert summary["targets"]["teacher"]["mix"] == 0.5
 
     for verdict in ("no measurable effect", "hurts"):
         write_choice(metrics, verdict, share=1.0, weight=1.0)

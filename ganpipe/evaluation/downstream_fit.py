@@ -15,6 +15,12 @@ Losses (`Job.loss`):
   balanced_softmax  the logit-adjusted loss (Menon et al. 2021; balanced softmax, Ren et al. 2020):
                     cross-entropy of logits + log(class prior) in training, the raw logits at test
                     time. The long-tail literature finds it much stronger than class weighting.
+
+Soft targets (`Job.teacher_mix` m > 0): a synthetic image's target is (1 - m) x its one-hot label +
+m x a teacher's softmax at `Settings.teacher_temperature`. The teacher is another arm of the same
+seed trained on real images only (`Job.teacher`): every real-only arm saves its softmax on the
+synthetic pool (`teacher_file`) when `Settings.save_teacher` is on, so a teacher never saw the
+seed's validation images. Class weights still follow the hard labels.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ class Job:
     # and each synthetic image's loss weight (on top of its class weight)
     share: float = 1.0
     synthetic_weight: float = 1.0
+    # synthetic arms: the part of each synthetic target taken from the teacher arm's softmax
+    teacher_mix: float = 0.0
+    teacher: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,32 @@ class Settings:
     patience: int
     model_path: str | None
     threads: int = 0  # TensorFlow intra-op threads in this worker; 0: its default
+    # real-only arms save their softmax on the synthetic pool (teachers for soft targets)
+    save_teacher: bool = False
+    teacher_temperature: float = 2.0
+
+
+def teacher_file(arrays_path: str, arm: str, seed_index: int) -> Path:
+    """Where arm `arm` of seed `seed_index` saves its softmax on the synthetic pool."""
+    return Path(arrays_path).parent / "teachers" / f"{arm}-{seed_index}.npy"
+
+
+def teacher_targets(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The teacher's softmax at `temperature` from its softmax at 1: softmax(logits / T) is
+    p ** (1 / T), renormalised (log p is the logits up to a per-row constant)."""
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def soft_targets(
+    labels: np.ndarray, probs: np.ndarray, mix: float, temperature: float, num_classes: int
+) -> np.ndarray:
+    """(1 - mix) x one-hot(labels) + mix x the teacher's softmax at `temperature`: float32 rows
+    summing to 1 (the export's soft labels are made the same way, stages/augment.targets)."""
+    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
+    return (1 - mix) * one_hot + mix * teacher_targets(probs, temperature)
 
 
 # ---- the arm's training set and batches (pure numpy) -----------------------------------------------
@@ -185,8 +220,11 @@ def _setup_threads(threads: int) -> None:
     os.environ["GANPIPE_UTILITY_THREADS_SET"] = "1"
 
 
-def training_set(job: Job, arrays: dict[str, np.ndarray], settings: Settings) -> dict[str, Any]:
-    """The arm's real training part, validation split and extra images (all numpy)."""
+def training_set(
+    job: Job, arrays: dict[str, np.ndarray], settings: Settings, arrays_path: str = ""
+) -> dict[str, Any]:
+    """The arm's real training part, validation split and extra images (all numpy), and the extra
+    images' soft targets (None: their labels)."""
     labels = arrays["train_labels"]
     train_idx, val_idx = split_of_seed(labels, settings.validation_fraction, settings.split_seed,
                                        job.seed_index)  # fmt: skip
@@ -197,10 +235,15 @@ def training_set(job: Job, arrays: dict[str, np.ndarray], settings: Settings) ->
     if any(job.held_out_counts):
         idx = held_out_indices(arrays["held_out_labels"], job.held_out_counts)
         parts.append(Split(arrays["held_out_images"][idx], arrays["held_out_labels"][idx]))
+    soft = None
     if job.extra == "synthetic":
         syn_labels = arrays["synthetic_labels"]
         idx = share_indices(syn_labels, job.share, np.random.default_rng([job.seed, 4]))
         parts.append(Split(arrays["synthetic_images"][idx], syn_labels[idx]))
+        if job.teacher_mix > 0:
+            probs = np.load(teacher_file(arrays_path, job.teacher, job.seed_index))[idx]
+            soft = soft_targets(syn_labels[idx], probs, job.teacher_mix,
+                                settings.teacher_temperature, k)  # fmt: skip
     elif job.extra == "oversample":
         # the real images (held-out ones included, on the curve) repeated to the synthetic counts
         pool = concat([real, *parts])
@@ -210,13 +253,19 @@ def training_set(job: Job, arrays: dict[str, np.ndarray], settings: Settings) ->
     extra = concat(parts) if parts else Split(real.images[:0], real.labels[:0])
     # the loss weight of each extra image: synthetic_weight for the synthetic ones (last in extra)
     extra_weight = np.ones(len(extra), dtype=np.float32)
+    extra_targets = None
     if job.extra == "synthetic":
-        extra_weight[len(extra) - len(parts[-1]) :] = job.synthetic_weight
+        first = len(extra) - len(parts[-1])
+        extra_weight[first:] = job.synthetic_weight
+        if soft is not None:  # held-out real images (before the synthetic ones) keep one-hot
+            extra_targets = np.eye(k, dtype=np.float32)[extra.labels]
+            extra_targets[first:] = soft
     return {
         "real": real,
         "val": val,
         "extra": extra,
         "extra_weight": extra_weight,
+        "extra_targets": extra_targets,
         "num_classes": k,
     }
 
@@ -235,7 +284,8 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     arrays = load_arrays(arrays_path)
-    data = training_set(job, arrays, settings)
+    data = training_set(job, arrays, settings, arrays_path)
+    soft = data["extra_targets"] is not None
     real, val, extra, k = data["real"], data["val"], data["extra"], data["num_classes"]
     shape = tuple(int(s) for s in arrays["train_images"].shape[1:])
     augmentation = (settings.classic_shift, settings.classic_rotation)
@@ -243,10 +293,15 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
     probabilities = job.architecture == "user" and outputs_probabilities(model)
     all_labels = np.concatenate([real.labels, extra.labels])
     if job.loss == "balanced_softmax":
-        loss = balanced_softmax_loss(log_prior(all_labels, k), probabilities)
+        loss = balanced_softmax_loss(log_prior(all_labels, k), probabilities, soft)
         weights = None
     else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+        cross_entropy = (
+            keras.losses.CategoricalCrossentropy
+            if soft
+            else keras.losses.SparseCategoricalCrossentropy
+        )
+        loss = cross_entropy(from_logits=not probabilities)
         weights = class_weights_mean_over_images(all_labels, k, "auto")
     best_epoch = None
     if job.calibrate:
@@ -266,10 +321,14 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
         steps = job.steps
         schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, steps)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
-        plan = batches(
-            real, extra, weights, settings.batch_size, steps, job.seed, data["extra_weight"]
-        )
+        plan = batches(real, extra, weights, settings.batch_size, steps, job.seed,
+                       data["extra_weight"], data["extra_targets"])  # fmt: skip
         model.fit(plan, epochs=1, verbose=0)
+    if settings.save_teacher and is_teacher(job):
+        path = teacher_file(arrays_path, job.arm, job.seed_index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probs = softmax(predict(model, arrays["synthetic_images"], logits=True), probabilities)
+        np.save(path, probs.astype(np.float32))
     scores = {
         "val": classification_metrics(val.labels, predict(model, val.images), k),
         "test": classification_metrics(arrays["test_labels"], predict(model, arrays["test_images"]), k),
@@ -287,32 +346,58 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
     }
 
 
-def predict(model: Any, images: np.ndarray, batch: int = 512) -> np.ndarray:
-    """Arg-max class of each image, in batches through the model's call (model.predict traces a new
-    function for every fresh model, and TensorFlow warns about retracing after a few)."""
-    return np.concatenate(
-        [
-            np.asarray(model(to_float(images[i : i + batch]), training=False)).argmax(axis=1)
-            for i in range(0, len(images), batch)
-        ]
+def is_teacher(job: Job) -> bool:
+    """Whether a job's model can teach: a real-only arm (with or without oversampling) of the first
+    architecture, trained for the study's budget."""
+    return (
+        job.extra in ("none", "oversample")
+        and job.architecture == "cnn"
+        and not job.calibrate
+        and not any(job.held_out_counts)
     )
 
 
-def balanced_softmax_loss(prior: np.ndarray, probabilities: bool = False) -> Any:
+def softmax(outputs: np.ndarray, probabilities: bool = False) -> np.ndarray:
+    """Class probabilities from a model's outputs (logits, or already probabilities)."""
+    if probabilities:
+        return outputs
+    z = outputs - outputs.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict(model: Any, images: np.ndarray, batch: int = 512, logits: bool = False) -> np.ndarray:
+    """Arg-max class of each image (or, with `logits`, the model's outputs), in batches through the
+    model's call (model.predict traces a new function for every fresh model, and TensorFlow warns
+    about retracing after a few)."""
+    outputs = [
+        np.asarray(model(to_float(images[i : i + batch]), training=False))
+        for i in range(0, len(images), batch)
+    ]
+    out = np.concatenate(outputs).astype(np.float64)
+    return out if logits else out.argmax(axis=1)
+
+
+def balanced_softmax_loss(
+    prior: np.ndarray, probabilities: bool = False, soft: bool = False
+) -> Any:
     """Cross-entropy of logits + log(prior) (logit adjustment): a common class's logit is raised in
     training, so the model must push its rare-class logits higher to win, and at test time (raw
     logits) the rare classes are no longer out-voted. For a model ending in a softmax, its
-    log-probabilities serve as logits."""
+    log-probabilities serve as logits. `soft`: targets are rows of class probabilities."""
     import keras
     from keras import ops
 
     adjust = ops.convert_to_tensor(prior)
+    cross_entropy = (
+        keras.losses.categorical_crossentropy
+        if soft
+        else keras.losses.sparse_categorical_crossentropy
+    )
 
     def loss(y_true: Any, output: Any) -> Any:
         logits = ops.log(ops.maximum(output, 1e-7)) if probabilities else output
-        return keras.losses.sparse_categorical_crossentropy(
-            y_true, logits + adjust, from_logits=True
-        )
+        return cross_entropy(y_true, logits + adjust, from_logits=True)
 
     return loss
 
@@ -325,11 +410,13 @@ def batches(
     steps: int,
     seed: int,
     extra_weight: np.ndarray | None = None,
+    extra_targets: np.ndarray | None = None,
 ) -> Any:
     """A Keras PyDataset of `steps` batches from `batch_plan`: the step's real images, then its
     extra ones; images in [-1, 1]; sample weights from the class weights (1 without), times
-    `extra_weight` (per extra image; 1 without) for the extra ones. The class is made here so that
-    importing this module does not import Keras."""
+    `extra_weight` (per extra image; 1 without) for the extra ones. With `extra_targets` (rows of
+    class probabilities per extra image) the targets are such rows, one-hot for the real images.
+    The class is made here so that importing this module does not import Keras."""
     import keras
 
     plan = batch_plan(len(real), len(extra), batch_size, steps, seed)
@@ -338,6 +425,8 @@ def batches(
     for c, v in (weights or {}).items():
         class_weight[c] = v
     real_ones = np.ones(plan[0].shape[1], dtype=np.float32)
+    width = extra_targets.shape[1] if extra_targets is not None else k
+    one_hot = np.eye(width, dtype=np.float32)
     per_extra = np.ones(len(extra), np.float32) if extra_weight is None else extra_weight
 
     class Batches(keras.utils.PyDataset):
@@ -349,7 +438,11 @@ def batches(
             images = np.concatenate([real.images[r], extra.images[e]])
             labels = np.concatenate([real.labels[r], extra.labels[e]])
             scale = np.concatenate([real_ones, per_extra[e]])
-            return to_float(images), labels, class_weight[labels] * scale
+            weight = class_weight[labels] * scale
+            if extra_targets is None:
+                return to_float(images), labels, weight
+            targets = np.concatenate([one_hot[real.labels[r]], extra_targets[e]])
+            return to_float(images), targets, weight
 
     return Batches()
 

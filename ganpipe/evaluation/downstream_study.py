@@ -12,7 +12,10 @@ augmentation (random shifts and rotations: what every practitioner already does)
 
 for each loss in `utility.losses` (class-weighted cross-entropy, balanced softmax); the treatments
 also for each share of the synthetic pool (`utility.synthetic_shares`) and loss weight of a
-synthetic image (`utility.synthetic_weights`), named synthetic_<loss>-share<s>-weight<w>. The
+synthetic image (`utility.synthetic_weights`), named synthetic_<loss>-share<s>-weight<w>, and for
+each part of a synthetic target taken from a teacher (`utility.teacher_mixes`, -teacher<m>). The
+teacher of a seed is the strongest baseline (chosen on validation) of that seed: the treatments
+with soft targets train after the others, from the softmax the baselines saved. The
 strongest baseline and the strongest treatment are chosen on the VALIDATION split (real images
 only); the test split is predicted after training and used for nothing but the scores, so choosing
 among more treatments does not make the verdict optimistic (tests/test_utility.py simulates it).
@@ -31,6 +34,7 @@ architectures' intervals lie above 0, `hurts` if either lies below.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +56,7 @@ from ganpipe.evaluation.downstream import (
     split_of_seed,
     worth_in_real_images,
 )
-from ganpipe.evaluation.downstream_fit import Job, Settings, arrays_file, fit_job
+from ganpipe.evaluation.downstream_fit import Job, Settings, arrays_file, fit_job, teacher_file
 from ganpipe.evaluation.workers import cores, run_jobs
 
 log = logging.getLogger(__name__)
@@ -60,13 +64,16 @@ log = logging.getLogger(__name__)
 ARRAYS_FILE = "arrays.npz"
 
 
-def treatment_name(loss: str, share: float, weight: float) -> str:
-    """synthetic_<loss>, with -share<s>-weight<w> unless both are 1 (characters MLflow keys allow)."""
+def treatment_name(loss: str, share: float, weight: float, teacher_mix: float = 0.0) -> str:
+    """synthetic_<loss>, with -share<s>-weight<w> unless both are 1 and -teacher<m> unless m is 0
+    (characters MLflow keys allow)."""
 
     def plain(x: float) -> str:  # never 1e-05: '-' separates the options
         return np.format_float_positional(x, trim="-")
 
     tail = "" if share == weight == 1.0 else f"-share{plain(share)}-weight{plain(weight)}"
+    if teacher_mix:
+        tail += f"-teacher{plain(teacher_mix)}"
     return f"synthetic_{loss}{tail}"
 
 
@@ -76,7 +83,8 @@ def arm_names(params: UtilityParams) -> tuple[list[str], list[str]]:
     if params.oversample_control:
         baselines += [f"oversampled_{loss}" for loss in params.losses]
     treatments = [
-        treatment_name(loss, share, weight)
+        treatment_name(loss, share, weight, mix)
+        for mix in params.teacher_mixes
         for loss in params.losses
         for share in params.synthetic_shares
         for weight in params.synthetic_weights
@@ -84,15 +92,19 @@ def arm_names(params: UtilityParams) -> tuple[list[str], list[str]]:
     return baselines, treatments
 
 
+OPTIONS = {"share": "share", "weight": "synthetic_weight", "teacher": "teacher_mix"}
+
+
 def spec_of(arm: str) -> dict[str, Any]:
-    """The Job fields (loss, extra, share, synthetic_weight) of a phase-1 arm name."""
+    """The Job fields (loss, extra, share, synthetic_weight, teacher_mix) of a phase-1 arm name."""
     name, _, options = arm.partition("-")
     kind, loss = name.split("_", 1)
     extra = {"real": "none", "oversampled": "oversample", "synthetic": "synthetic"}[kind]
-    spec: dict[str, Any] = {"loss": loss, "extra": extra, "share": 1.0, "synthetic_weight": 1.0}
+    spec: dict[str, Any] = {"loss": loss, "extra": extra, "share": 1.0, "synthetic_weight": 1.0,
+                            "teacher_mix": 0.0}  # fmt: skip
     for option in filter(None, options.split("-")):
-        key = "share" if option.startswith("share") else "synthetic_weight"
-        spec[key] = float(option.removeprefix("share").removeprefix("weight"))
+        prefix = next(p for p in OPTIONS if option.startswith(p))
+        spec[OPTIONS[prefix]] = float(option.removeprefix(prefix))
     return spec
 
 
@@ -111,7 +123,7 @@ def planned_trainings(params: UtilityParams, with_worth: bool) -> int:
     return n + (params.steps == "auto")
 
 
-def settings_of(params: UtilityParams, workers: int) -> Settings:
+def settings_of(params: UtilityParams, workers: int, teacher_temperature: float = 2.0) -> Settings:
     return Settings(
         batch_size=params.batch_size,
         learning_rate=params.learning_rate,
@@ -124,6 +136,8 @@ def settings_of(params: UtilityParams, workers: int) -> Settings:
         model_path=params.model_path,
         # the cores shared out between the worker processes (1 worker: TensorFlow's default)
         threads=max(1, cores() // workers) if workers > 1 else 0,
+        save_teacher=any(params.teacher_mixes),
+        teacher_temperature=teacher_temperature,
     )
 
 
@@ -139,6 +153,7 @@ def run_study(
     held_out: Split | None = None,
     on_trained: Callable[[Job, dict[str, Any]], None] | None = None,
     name: str = "",
+    teacher_temperature: float = 2.0,
 ) -> dict[str, Any]:
     """The study on `real` (its train split for training and validation, its test split for the
     scores), `synthetic` (added to training only) and `held_out` (real training images of the
@@ -154,8 +169,9 @@ def run_study(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = arrays_file(workdir / ARRAYS_FILE, real.train, real.test, synthetic, held_out, k)
+    shutil.rmtree(teacher_file(path, "", 0).parent, ignore_errors=True)  # an earlier run's
     workers = workers_of(params)
-    settings = settings_of(params, workers)
+    settings = settings_of(params, workers, teacher_temperature)
     done: list[dict[str, Any]] = []
 
     def record(job: Job, result: dict[str, Any]) -> None:
@@ -184,18 +200,35 @@ def run_study(
     baselines, treatments = arm_names(params)
     seeds = [(i, seed_value(params, i)) for i in range(params.seeds)]
 
+    teacher = ""  # the seed's chosen baseline, once chosen
+
     def jobs_of(arm: str, spec: dict[str, Any], arch: str = "cnn", held=()) -> list[Job]:
         return [
-            Job(arm, i, s, held_out_counts=tuple(held), architecture=arch, steps=steps, **spec)
+            Job(
+                arm,
+                i,
+                s,
+                held_out_counts=tuple(held),
+                architecture=arch,
+                steps=steps,
+                teacher=teacher if spec["teacher_mix"] else "",
+                **spec,
+            )  # fmt: skip
             for i, s in seeds
         ]
 
-    phase1 = [j for arm in baselines + treatments for j in jobs_of(arm, spec_of(arm))]
-    results = by_arm(run(phase1))
+    # phase 1: the baselines and the treatments with hard labels; then, taught by the chosen
+    # baseline, the treatments with soft targets
+    soft = [arm for arm in treatments if spec_of(arm)["teacher_mix"]]
+    hard = [arm for arm in baselines + treatments if arm not in soft]
+    results = by_arm(run([j for arm in hard for j in jobs_of(arm, spec_of(arm))]))
+    metric = params.verdict_metric
+    validation = {arm: summary(rs, "val") for arm, rs in results.items()}
+    baseline = teacher = choose(validation, baselines, metric)
+    if soft:
+        results.update(by_arm(run([j for arm in soft for j in jobs_of(arm, spec_of(arm))])))
     validation = {arm: summary(rs, "val") for arm, rs in results.items()}
     test = {arm: summary(rs, "test") for arm, rs in results.items()}
-    metric = params.verdict_metric
-    baseline = choose(validation, baselines, metric)
     treatment = choose(validation, treatments, metric)
 
     # phase 2: the chosen pair on the second architecture; the chosen baseline on the curve
@@ -251,7 +284,11 @@ def run_study(
         "baseline": baseline,
         "treatment": treatment,
         # what augment.mode auto exports when the verdict is helps
-        "choice": {k: spec_of(treatment)[k] for k in ("loss", "share", "synthetic_weight")},
+        "choice": {
+            k: spec_of(treatment)[k] for k in ("loss", "share", "synthetic_weight", "teacher_mix")
+        },
+        # soft targets' teacher: the chosen baseline of each seed, its softmax at this temperature
+        "teacher": {"arm": baseline, "temperature": teacher_temperature} if soft else None,
         "selection": {"on": "validation", "metric": metric},
         "comparisons": comparisons,
         "headline_comparison": "headline",

@@ -40,14 +40,14 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
     """The stage: prepared + synthetic (+ the evaluator, for the filters) -> augmented."""
     if params.augment.require_benefit:
         check_benefit(paths.metrics)
-    evaluator = None
-    if active_filters(params.augment) or params.augment.teacher_mix > 0:
-        from ganpipe.evaluation.domain_classifier import get_evaluator
-
-        evaluator = get_evaluator(paths.prepared, params.evaluate, paths.evaluator)
     choice = auto_choice(paths.metrics) if params.augment.mode == "auto" else None
     if choice:
         print(choice["why"])
+    evaluator = None
+    if active_filters(params.augment) or teacher_mix_of(params.augment, choice) > 0:
+        from ganpipe.evaluation.domain_classifier import get_evaluator
+
+        evaluator = get_evaluator(paths.prepared, params.evaluate, paths.evaluator)
     summary = augment(
         params.augment, paths.prepared, paths.synthetic, paths.augmented, evaluator, choice
     )
@@ -90,10 +90,16 @@ def check_benefit(metrics_dir: str | os.PathLike[str]) -> None:
         )
 
 
+def teacher_mix_of(params: AugmentParams, choice: dict[str, Any] | None) -> float:
+    """The part of a synthetic target taken from the teacher: the utility study's choice under
+    augment.mode auto, else augment.teacher_mix."""
+    return float(choice["teacher_mix"]) if choice else params.teacher_mix
+
+
 def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """augment.mode auto: {"share", "synthetic_weight", "verdict", "why"} from the utility study's
-    choice on validation (metrics/utility.json); share 0 (the real data alone) unless the verdict
-    is `helps`. DataError when the study has not recorded a choice."""
+    """augment.mode auto: {"share", "synthetic_weight", "teacher_mix", "verdict", "why"} from the
+    utility study's choice on validation (metrics/utility.json); share 0 (the real data alone)
+    unless the verdict is `helps`. DataError when the study has not recorded a choice."""
     from ganpipe.evaluation.downstream import read_verdict
 
     path = Path(metrics_dir) / "utility.json"
@@ -105,6 +111,7 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
         )
     h, m = verdict["headline"], verdict["verdict_metric"]
     share, weight = float(h["chosen_share"]), float(h["chosen_synthetic_weight"])
+    mix = float(h.get("chosen_teacher_mix", 0.0))  # absent: a study from before soft targets
     effect = (
         f"{m} {h[f'delta_{m}']:+.4f}, 95% interval {h[f'delta_{m}_low']:+.4f} .. "
         f"{h[f'delta_{m}_high']:+.4f}"
@@ -112,7 +119,9 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
     if verdict["verdict"] == "helps":
         why = (
             f"augment.mode auto: the utility study chose {share:g} of the synthetic pool at loss "
-            f"weight {weight:g} on validation; verdict 'helps' ({effect})"
+            f"weight {weight:g}"
+            + (f" with {mix:g} of each target from the teacher" if mix else "")
+            + f" on validation; verdict 'helps' ({effect})"
         )
     else:
         share = 0.0
@@ -120,7 +129,13 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"augment.mode auto: the utility verdict is '{verdict['verdict']}' ({effect}): "
             "exporting the real data alone"
         )
-    return {"share": share, "synthetic_weight": weight, "verdict": verdict["verdict"], "why": why}
+    return {
+        "share": share,
+        "synthetic_weight": weight,
+        "teacher_mix": mix,
+        "verdict": verdict["verdict"],
+        "why": why,
+    }
 
 
 def augment(
@@ -145,7 +160,8 @@ def augment(
         raise ValueError(
             f"augment's {', '.join(active_filters(params))} filter needs the evaluator"
         )
-    if params.teacher_mix > 0 and evaluator is None:
+    mix = teacher_mix_of(params, choice)
+    if mix > 0 and evaluator is None:
         raise ValueError("augment.teacher_mix > 0: the teacher is the evaluator, which is missing")
     data_dir, synthetic_dir, out = Path(data_dir), Path(synthetic_dir), Path(out_dir)
     real = load_prepared(data_dir)
@@ -175,7 +191,7 @@ def augment(
     images = np.concatenate([real.train.images, syn.images[chosen]])
     labels = np.concatenate([real.train.labels, syn.labels[chosen]]).astype(np.int64)
     is_synthetic = np.concatenate([np.zeros(n_real, bool), np.ones(n_syn, bool)])
-    soft_labels, teacher = targets(params, labels, is_synthetic, images, k, evaluator)
+    soft_labels, teacher = targets(params, labels, is_synthetic, images, k, evaluator, mix)
     weights = np.where(is_synthetic, synthetic_weight, 1.0).astype(np.float32)
     if n_syn:  # nothing added: keep the real order, so ratio 0 is an exact copy
         order = rng.permutation(n_real + n_syn)
@@ -223,15 +239,6 @@ def augment(
     return summary
 
 
-def teacher_targets(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """The teacher's softmax at `temperature` from its softmax at 1: softmax(logits / T) is
-    p ** (1 / T), renormalised (log p is the logits up to a per-row constant)."""
-    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None)) / temperature
-    logp -= logp.max(axis=1, keepdims=True)
-    p = np.exp(logp)
-    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def targets(
     params: AugmentParams,
     labels: np.ndarray,
@@ -239,17 +246,18 @@ def targets(
     images: np.ndarray,
     num_classes: int,
     evaluator: Evaluator | None,
+    mix: float,
 ) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """(soft labels N x K, the teacher's summary or None): one-hot labels, with teacher_mix of
-    the teacher's tempered softmax mixed into the synthetic images' rows."""
+    """(soft labels N x K, the teacher's summary or None): one-hot labels, with `mix` of the
+    teacher's tempered softmax mixed into the synthetic images' rows."""
     from ganpipe.data.loaders import one_hot
+    from ganpipe.evaluation.downstream_fit import teacher_targets
 
     soft = one_hot(labels, num_classes)
     syn = np.flatnonzero(is_synthetic)
-    if params.teacher_mix == 0 or len(syn) == 0 or evaluator is None:
+    if mix == 0 or len(syn) == 0 or evaluator is None:
         return soft, None
     probs = evaluator.features(images[syn])[1]
-    mix = params.teacher_mix
     soft[syn] = (1 - mix) * soft[syn] + mix * teacher_targets(probs, params.teacher_temperature)
     agree = float(np.mean(probs.argmax(axis=1) == labels[syn]))
     on_label = float(np.mean(soft[syn, labels[syn]]))

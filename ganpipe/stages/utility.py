@@ -110,7 +110,8 @@ def utility(params: Params, paths: Paths, progress: bool = True) -> dict[str, An
                 name, len(real.train), len(synthetic), len(held_out or ()), len(real.test),
             )  # fmt: skip
             workdir = Path(paths.utility) / name
-            study = run_study(real, synthetic, up, workdir, held_out, tick, name)
+            study = run_study(real, synthetic, up, workdir, held_out, tick, name,
+                              params.augment.teacher_temperature)  # fmt: skip
             scenarios[name] = study
             log.info("utility %s: verdict %s on %s", name, study["verdict"], up.verdict_metric)
     first = up.scenarios[0]
@@ -272,6 +273,7 @@ def headline(study: dict[str, Any], verdict_metric: str) -> dict[str, float]:
     if choice:  # what augment.mode auto exports when the verdict is helps
         flat["chosen_share"] = choice["share"]
         flat["chosen_synthetic_weight"] = choice["synthetic_weight"]
+        flat["chosen_teacher_mix"] = choice["teacher_mix"]
     flat["num_real"] = study["num_real"]
     flat["num_synthetic"] = study["num_synthetic"]
     flat["steps"] = study["steps"]
