@@ -241,7 +241,8 @@ def training_set(
         idx = share_indices(syn_labels, job.share, np.random.default_rng([job.seed, 4]))
         parts.append(Split(arrays["synthetic_images"][idx], syn_labels[idx]))
         if job.teacher_mix > 0:
-            probs = np.load(teacher_file(arrays_path, job.teacher, job.seed_index))[idx]
+            path = teacher_file(arrays_path, job.teacher, job.seed_index)
+            probs = np.load(path, allow_pickle=False)[idx]
             soft = soft_targets(syn_labels[idx], probs, job.teacher_mix,
                                 settings.teacher_temperature, k)  # fmt: skip
     elif job.extra == "oversample":
