@@ -9,7 +9,10 @@ import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from ganpipe.errors import GanpipeError
 
 __all__ = ["cores", "run_jobs"]
 
@@ -32,7 +35,8 @@ def run_jobs(
 ) -> list[Any]:
     """[fn(job, *args) for job in jobs], in job order, computed by `workers` local processes (in
     this process when 1) or by the Dask scheduler at `address`. `on_done(job, result)` as each
-    finishes (progress). The first job to fail raises here, after the others were cancelled."""
+    finishes (progress). The first job to fail raises here, after the others were cancelled; a
+    worker process that dies (killed, out of memory) is a GanpipeError saying so."""
     if address:
         return _on_dask(fn, jobs, args, address, on_done)
     if workers <= 1 or len(jobs) <= 1:
@@ -55,9 +59,15 @@ def run_jobs(
                     results[i] = future.result()
                     if on_done is not None:
                         on_done(jobs[i], results[i])
-        except BaseException:
+        except BaseException as e:
             for future in pending:
                 future.cancel()
+            if isinstance(e, BrokenProcessPool):
+                raise GanpipeError(
+                    f"a worker process died before its {len(jobs)} jobs finished (killed, or out "
+                    "of memory: fewer workers use less); the stages finished before are kept, run "
+                    "the command again"
+                ) from None
             raise
     return results
 
