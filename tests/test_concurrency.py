@@ -103,7 +103,10 @@ def test_second_run_stops_naming_the_first_and_an_interrupt_resumes(tmp_path, si
     try:
         wait_for_checkpoint(root, first)
         before = digest(root, "data", "checkpoints")
-        second = run(["ganpipe", "run", "--quiet", "--set", LONG], cwd=root, timeout=120)
+        # paused while the second run starts: on a loaded machine its start-up (imports) once took
+        # long enough for the first run to finish training, so there was nothing left to interrupt
+        with paused(first.pid):
+            second = run(["ganpipe", "run", "--quiet", "--set", LONG], cwd=root, timeout=120)
         assert second.returncode == 2, second.stderr
         assert "Traceback" not in second.stderr
         assert f"another run is using the workspace {root.resolve()}" in second.stderr
@@ -167,7 +170,8 @@ def test_dvc_repro_and_a_run_in_one_repository_exclude_each_other(tmp_path):
     try:
         wait_for_checkpoint(repo, first)
         before = digest(repo, "data")
-        repro = repro_here(repo)
+        with paused(first.pid):  # so that it cannot finish while repro starts (a loaded machine)
+            repro = repro_here(repo)
         assert repro.returncode != 0
         assert "Unable to acquire lock" in repro.stderr + repro.stdout
         assert digest(repo, "data") == before  # prepare's outputs were not deleted
