@@ -19,7 +19,10 @@ import pytest
 
 from tests.helpers import GANPIPE, TINY, quiet_env, run, tiny_project
 
-LONG = "train.epochs=80"  # tiny: 12 steps an epoch, checkpoints every 5 steps: tens of seconds
+# Never finishes in a test: every run of it is interrupted or killed (12 steps an epoch,
+# checkpoints every 5 steps). 80 epochs (tens of seconds) once finished on a loaded machine before
+# the test got to interrupt it.
+LONG = "train.epochs=2000"
 # A run that must finish: at its first checkpoint (step 5) it is paused (`paused`) while the test
 # acts beside it, so it need not be long to be caught mid-way; 240 steps leave seconds to spare.
 PAUSABLE = "train.epochs=20"
