@@ -20,8 +20,7 @@ import pytest
 from tests.helpers import GANPIPE, TINY, quiet_env, run, tiny_project
 
 # Never finishes in a test: every run of it is interrupted or killed (12 steps an epoch,
-# checkpoints every 5 steps). 80 epochs (tens of seconds) once finished on a loaded machine before
-# the test got to interrupt it.
+# checkpoints every 5 steps), so it can be as long as need be whatever the machine's speed.
 LONG = "train.epochs=2000"
 # A run that must finish: at its first checkpoint (step 5) it is paused (`paused`) while the test
 # acts beside it, so it need not be long to be caught mid-way; 240 steps leave seconds to spare.
@@ -29,10 +28,14 @@ PAUSABLE = "train.epochs=20"
 
 
 def start(cmd: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
+    """`cmd` running in the background, with Ctrl-C's signal at its default, as in a terminal: a
+    suite started in the background by a non-interactive shell (`pytest &`) inherits SIGINT
+    ignored, and Python then never turns it into KeyboardInterrupt."""
     exe = GANPIPE if cmd[0] == "ganpipe" else cmd[0]
     return subprocess.Popen(
         [exe, *cmd[1:]], cwd=cwd, env=quiet_env(**env), text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 
@@ -106,8 +109,7 @@ def test_second_run_stops_naming_the_first_and_an_interrupt_resumes(tmp_path, si
     try:
         wait_for_checkpoint(root, first)
         before = digest(root, "data", "checkpoints")
-        # paused while the second run starts: on a loaded machine its start-up (imports) once took
-        # long enough for the first run to finish training, so there was nothing left to interrupt
+        # paused while the second run starts: however slow its start-up, the first is mid-way
         with paused(first.pid):
             second = run(["ganpipe", "run", "--quiet", "--set", LONG], cwd=root, timeout=120)
         assert second.returncode == 2, second.stderr
@@ -173,7 +175,7 @@ def test_dvc_repro_and_a_run_in_one_repository_exclude_each_other(tmp_path):
     try:
         wait_for_checkpoint(repo, first)
         before = digest(repo, "data")
-        with paused(first.pid):  # so that it cannot finish while repro starts (a loaded machine)
+        with paused(first.pid):  # however slowly repro starts, the run is mid-way
             repro = repro_here(repo)
         assert repro.returncode != 0
         assert "Unable to acquire lock" in repro.stderr + repro.stdout
