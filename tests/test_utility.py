@@ -642,9 +642,8 @@ def test_a_planted_helpful_set_helps_and_is_priced_near_its_true_count(tail, tmp
     rest = np.setdiff1d(np.arange(len(removed)), take)
     planted = Split(removed.images[take], removed.labels[take])
     held = Split(removed.images[rest], removed.labels[rest])
-    # 5 seeds: the effect is about +0.2 per seed, but one seed of 3 once came out at +0.02 (a
-    # suite run on a loaded machine: float order changes these 60-step trainings a lot), which
-    # left 0 inside a 3-seed interval
+    # 5 seeds: the effect is about +0.2 per seed (+0.215, +0.254, +0.205 alone), but in one suite
+    # run on a loaded machine the third came out at +0.02, which left 0 inside a 3-seed interval
     params = UtilityParams(**(PLANTED | {"seeds": 5}), worth_multiples=[2.0, 4.0, 6.0])
     r = S.run_study(real, planted, params, tmp_path, held)
     d = r["comparisons"]["headline"]["metrics"]["balanced_accuracy"]
