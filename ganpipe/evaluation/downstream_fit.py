@@ -34,12 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from ganpipe.data.loaders import one_hot
 from ganpipe.data.prepared import Split, to_float
 from ganpipe.evaluation.downstream import (
     class_weights_mean_over_images,
     classification_metrics,
     split_of_seed,
 )
+from ganpipe.evaluation.metrics.features import softmax
 
 LOSSES = ("weighted", "balanced_softmax")
 # What an arm appends to the real training part.
@@ -109,9 +111,8 @@ def soft_targets(
     labels: np.ndarray, probs: np.ndarray, mix: float, temperature: float, num_classes: int
 ) -> np.ndarray:
     """(1 - mix) x one-hot(labels) + mix x the teacher's softmax at `temperature`: float32 rows
-    summing to 1 (the export's soft labels are made the same way, stages/augment.targets)."""
-    one_hot = np.eye(num_classes, dtype=np.float32)[labels]
-    return (1 - mix) * one_hot + mix * teacher_targets(probs, temperature)
+    summing to 1 (the study's and the export's soft targets, stages/augment.targets)."""
+    return (1 - mix) * one_hot(labels, num_classes) + mix * teacher_targets(probs, temperature)
 
 
 # ---- the arm's training set and batches (pure numpy) -----------------------------------------------
@@ -259,7 +260,7 @@ def training_set(
         first = len(extra) - len(parts[-1])
         extra_weight[first:] = job.synthetic_weight
         if soft is not None:  # held-out real images (before the synthetic ones) keep one-hot
-            extra_targets = np.eye(k, dtype=np.float32)[extra.labels]
+            extra_targets = one_hot(extra.labels, k)
             extra_targets[first:] = soft
     return {
         "real": real,
@@ -328,8 +329,8 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
     if settings.save_teacher and is_teacher(job):
         path = teacher_file(arrays_path, job.arm, job.seed_index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        probs = softmax(predict(model, arrays["synthetic_images"], logits=True), probabilities)
-        np.save(path, probs.astype(np.float32))
+        probs = predict(model, arrays["synthetic_images"], logits=True)
+        np.save(path, (probs if probabilities else softmax(probs)).astype(np.float32))
     scores = {
         "val": classification_metrics(val.labels, predict(model, val.images), k),
         "test": classification_metrics(arrays["test_labels"], predict(model, arrays["test_images"]), k),
@@ -356,15 +357,6 @@ def is_teacher(job: Job) -> bool:
         and not job.calibrate
         and not any(job.held_out_counts)
     )
-
-
-def softmax(outputs: np.ndarray, probabilities: bool = False) -> np.ndarray:
-    """Class probabilities from a model's outputs (logits, or already probabilities)."""
-    if probabilities:
-        return outputs
-    z = outputs - outputs.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def predict(model: Any, images: np.ndarray, batch: int = 512, logits: bool = False) -> np.ndarray:
@@ -426,8 +418,6 @@ def batches(
     for c, v in (weights or {}).items():
         class_weight[c] = v
     real_ones = np.ones(plan[0].shape[1], dtype=np.float32)
-    width = extra_targets.shape[1] if extra_targets is not None else k
-    one_hot = np.eye(width, dtype=np.float32)
     per_extra = np.ones(len(extra), np.float32) if extra_weight is None else extra_weight
 
     class Batches(keras.utils.PyDataset):
@@ -442,7 +432,8 @@ def batches(
             weight = class_weight[labels] * scale
             if extra_targets is None:
                 return to_float(images), labels, weight
-            targets = np.concatenate([one_hot[real.labels[r]], extra_targets[e]])
+            width = extra_targets.shape[1]
+            targets = np.concatenate([one_hot(real.labels[r], width), extra_targets[e]])
             return to_float(images), targets, weight
 
     return Batches()

@@ -200,9 +200,9 @@ def run_study(
     baselines, treatments = arm_names(params)
     seeds = [(i, seed_value(params, i)) for i in range(params.seeds)]
 
-    teacher = ""  # the seed's chosen baseline, once chosen
-
     def jobs_of(arm: str, spec: dict[str, Any], arch: str = "cnn", held=()) -> list[Job]:
+        # soft targets are taught by the chosen baseline: their jobs are made after it is chosen
+        teacher = baseline if spec["teacher_mix"] else ""
         return [
             Job(
                 arm,
@@ -211,7 +211,7 @@ def run_study(
                 held_out_counts=tuple(held),
                 architecture=arch,
                 steps=steps,
-                teacher=teacher if spec["teacher_mix"] else "",
+                teacher=teacher,
                 **spec,
             )  # fmt: skip
             for i, s in seeds
@@ -224,7 +224,7 @@ def run_study(
     results = by_arm(run([j for arm in hard for j in jobs_of(arm, spec_of(arm))]))
     metric = params.verdict_metric
     validation = {arm: summary(rs, "val") for arm, rs in results.items()}
-    baseline = teacher = choose(validation, baselines, metric)
+    baseline = choose(validation, baselines, metric)
     if soft:
         results.update(by_arm(run([j for arm in soft for j in jobs_of(arm, spec_of(arm))])))
     validation = {arm: summary(rs, "val") for arm, rs in results.items()}

@@ -251,14 +251,14 @@ def targets(
     """(soft labels N x K, the teacher's summary or None): one-hot labels, with `mix` of the
     teacher's tempered softmax mixed into the synthetic images' rows."""
     from ganpipe.data.loaders import one_hot
-    from ganpipe.evaluation.downstream_fit import teacher_targets
+    from ganpipe.evaluation.downstream_fit import soft_targets
 
     soft = one_hot(labels, num_classes)
     syn = np.flatnonzero(is_synthetic)
     if mix == 0 or len(syn) == 0 or evaluator is None:
         return soft, None
     probs = evaluator.features(images[syn])[1]
-    soft[syn] = (1 - mix) * soft[syn] + mix * teacher_targets(probs, params.teacher_temperature)
+    soft[syn] = soft_targets(labels[syn], probs, mix, params.teacher_temperature, num_classes)
     agree = float(np.mean(probs.argmax(axis=1) == labels[syn]))
     on_label = float(np.mean(soft[syn, labels[syn]]))
     return soft, {
