@@ -196,12 +196,16 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     augment = results.get("augment") or {}
     if augment:
         chosen = augment.get("auto")
-        how = (
-            f"the utility study chose {chosen['share']:g} of the pool at loss weight "
-            f"{chosen['synthetic_weight']:g} (augment.mode auto)"
-            if chosen
-            else f"augment.mode {augment.get('mode')}, not validated"
-        )
+        how = f"augment.mode {augment.get('mode')}, not validated"
+        if chosen:
+            mix, start = chosen.get("teacher_mix", 0.0), chosen.get("synthetic_start", 0.0)
+            how = (
+                f"the utility study chose {chosen['share']:g} of the pool at loss weight "
+                f"{chosen['synthetic_weight']:g}"
+                + (f", {mix:g} of each synthetic target from the teacher" if mix else "")
+                + (f", joining after {start:g} of the training" if start else "")
+                + " (augment.mode auto)"
+            )
         lines.append(
             f"Exported       {augment.get('num_real')} real + {augment.get('num_synthetic')} "
             f"synthetic images: {how}"

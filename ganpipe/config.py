@@ -230,6 +230,9 @@ class AugmentParams(Section):
     teacher_mix: float = Field(0.0, ge=0.0, le=1.0)
     teacher_temperature: float = Field(2.0, gt=0.0)
     synthetic_weight: float = Field(1.0, ge=0.0)
+    # The part of a user's training before the synthetic images join (deferral; recorded in
+    # train.npz as `synthetic_start`: train that part of the epochs on the loaders' synthetic=False).
+    synthetic_start: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _mode_needs(self) -> AugmentParams:
@@ -321,6 +324,10 @@ class UtilityParams(Section):
     # He et al. 2023: 0.5): the seed's chosen real-only arm, its softmax at
     # augment.teacher_temperature. augment.mode auto exports the chosen part as augment.teacher_mix.
     teacher_mixes: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = (0.0,)
+    # ... and the part of the training steps before the synthetic images join the batches (0:
+    # from the first step; 0.5: M2m's deferral, the second half). augment.mode auto records the
+    # chosen part as augment.synthetic_start (the loaders' synthetic=False is the first part).
+    synthetic_starts: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], ...] = (0.0,)
     # Classic augmentation (every arm): random shifts (fraction of the size), rotations (degrees).
     classic_shift: float = Field(0.1, ge=0.0, lt=0.5)
     classic_rotation: float = Field(10.0, ge=0.0, le=180.0)
@@ -337,7 +344,7 @@ class UtilityParams(Section):
             raise ValueError("utility.scenarios: list each scenario once, at least one")
         if not self.losses or len(set(self.losses)) != len(self.losses):
             raise ValueError("utility.losses: list each loss once, at least one")
-        for key in ("synthetic_shares", "synthetic_weights", "teacher_mixes"):
+        for key in ("synthetic_shares", "synthetic_weights", "teacher_mixes", "synthetic_starts"):
             values = getattr(self, key)
             if not values or len(set(values)) != len(values):
                 raise ValueError(f"utility.{key}: list each value once, at least one")

@@ -441,6 +441,8 @@ def test_teacher_soft_labels_weights_and_the_loaders(data_dir, tmp_path):
     direct = model.evaluate(data.inputs(), data.soft_labels, sample_weight=data.weights, verbose=0)
     assert model.evaluate(ds, verbose=0) == pytest.approx(direct, rel=1e-5)  # float32 sums
     model.fit(keras_dataset(tmp_path / "out", batch_size=8), epochs=1, verbose=0)
+    real_x = next(iter(keras_dataset(tmp_path / "out", batch_size=len(data), synthetic=False)))[0]
+    assert len(real_x) == (~data.is_synthetic).sum() < len(data)
 
     # PyTorch: channels first in [0, 1], as DataLoader collates them
     torch_ds = TorchDataset(tmp_path / "out")
@@ -467,9 +469,13 @@ def test_default_targets_are_hard_and_old_exports_still_load(data_dir, tmp_path)
     save_npz(tmp_path / "old.npz", images=images, labels=labels, is_synthetic=is_syn)
     old = load_augmented(tmp_path / "old.npz", num_classes=3)
     np.testing.assert_array_equal(old.soft_labels, data.soft_labels)
+    assert old.synthetic_start == 0.0
     save_npz(tmp_path / "bad.npz", images=images, labels=labels, weights=np.ones(2, np.float32))
     with pytest.raises(DataError, match="must match"):
         load_augmented(tmp_path / "bad.npz")
+    save_npz(tmp_path / "late.npz", images=images, labels=labels, synthetic_start=np.float32(1.5))
+    with pytest.raises(DataError, match=r"synthetic_start 1.5 must be in \[0, 1\)"):
+        load_augmented(tmp_path / "late.npz")
     # the tempered teacher: T=1 is the teacher itself, a large T flattens it towards uniform
     probs = np.array([[0.7, 0.2, 0.1]])
     np.testing.assert_allclose(teacher_targets(probs, 1.0), probs, rtol=1e-6)
@@ -480,15 +486,23 @@ def test_default_targets_are_hard_and_old_exports_still_load(data_dir, tmp_path)
 
 
 def write_choice(
-    metrics_dir: Path, verdict: str, share: float, weight: float, mix: float | None = None
+    metrics_dir: Path,
+    verdict: str,
+    share: float,
+    weight: float,
+    mix: float | None = None,
+    start: float | None = None,
 ) -> None:
     """A utility.json as the stage writes it, with the headline keys augment's auto reads (no
-    chosen_teacher_mix with mix None: a study from before soft targets)."""
+    chosen_teacher_mix with mix None, no chosen_synthetic_start with start None: a study from
+    before soft targets or deferral)."""
     h = {"delta_balanced_accuracy": 0.02, "delta_balanced_accuracy_low": 0.01,
          "delta_balanced_accuracy_high": 0.03, "chosen_share": share,
          "chosen_synthetic_weight": weight}  # fmt: skip
     if mix is not None:
         h["chosen_teacher_mix"] = mix
+    if start is not None:
+        h["chosen_synthetic_start"] = start
     metrics_dir.mkdir(parents=True, exist_ok=True)
     write_json(metrics_dir / "utility.json", {"enabled": True, "verdict": verdict,
                "verdict_metric": "balanced_accuracy", "headline": h})  # fmt: skip
@@ -527,13 +541,26 @@ def test_auto_pools_by_the_tail_and_exports_the_choice_only_when_it_helps(data_d
     summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o1", label_reader(),
                       choice=chosen)  # fmt: skip
     assert summary["targets"]["teacher"]["mix"] == 0.5
+    assert summary["targets"]["synthetic_start"] == 0.0  # a study from before deferral
+    # a chosen deferral: recorded in the export, and the loaders give the real part alone
+    from ganpipe.data.loaders import TorchDataset, load_augmented
+
+    write_choice(metrics, "helps", share=1.0, weight=1.0, start=0.5)
+    chosen = auto_choice(metrics)
+    assert chosen["synthetic_start"] == 0.5 and "joining after 0.5 of the training" in chosen["why"]
+    summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o4", choice=chosen)
+    data = load_augmented(tmp_path / "o4")
+    assert summary["targets"]["synthetic_start"] == data.synthetic_start == 0.5
+    real_part = TorchDataset(tmp_path / "o4", synthetic=False)
+    assert len(real_part) == (~data.is_synthetic).sum() == len(data) - summary["num_synthetic"] > 0
+    assert not real_part.data.is_synthetic.any() and len(TorchDataset(tmp_path / "o4")) == len(data)
 
     for verdict in ("no measurable effect", "hurts"):
-        write_choice(metrics, verdict, share=1.0, weight=1.0)
+        write_choice(metrics, verdict, share=1.0, weight=1.0, start=0.5)
         chosen = auto_choice(metrics)
         assert f"verdict is '{verdict}'" in chosen["why"] and "real data alone" in chosen["why"]
         summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o2", choice=chosen)
-        assert summary["num_synthetic"] == 0
+        assert summary["num_synthetic"] == 0 and summary["targets"]["synthetic_start"] == 0.0
     # the utility stage asks for the pool (no choice yet): all of it
     assert augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o3")["num_synthetic"] == 8
     # no choice recorded: a clear error; auto without the study: refused when the params load

@@ -424,7 +424,7 @@ def test_treatments_span_shares_and_weights_and_the_choice_is_recorded(
     # FakeFit scores every synthetic arm alike: the first listed wins the tie on validation
     assert r["treatment"] == "synthetic_weighted-share0.5-weight0.25"
     assert r["choice"] == {"loss": "weighted", "share": 0.5, "synthetic_weight": 0.25,
-                           "teacher_mix": 0.0}  # fmt: skip
+                           "teacher_mix": 0.0, "synthetic_start": 0.0}  # fmt: skip
     flat = stage.headline(r, "balanced_accuracy")
     assert (flat["chosen_share"], flat["chosen_synthetic_weight"]) == (0.5, 0.25)
     assert S.planned_trainings(params, with_worth=False) == 3 * (1 + 4)
@@ -452,7 +452,7 @@ def test_soft_target_treatments_are_taught_by_the_chosen_baseline(small, tmp_pat
     assert r["teacher"] == {"arm": r["baseline"], "temperature": 2.0}
     assert S.spec_of("synthetic_weighted-share0.2-weight1-teacher0.5") == {
         "loss": "weighted", "extra": "synthetic", "share": 0.2, "synthetic_weight": 1.0,
-        "teacher_mix": 0.5}  # fmt: skip
+        "teacher_mix": 0.5, "synthetic_start": 0.0}  # fmt: skip
     assert (
         S.treatment_name("weighted", 0.2, 1.0, 0.5)
         == "synthetic_weighted-share0.2-weight1-teacher0.5"
@@ -483,6 +483,57 @@ def test_soft_targets_mix_the_teachers_softmax_into_the_synthetic_rows(small, tm
         F.Job("s", 0, 0, extra="synthetic"), F.load_arrays(path), settings(), path
     )
     assert hard["extra_targets"] is None
+
+
+def test_deferred_treatments_are_named_chosen_and_recorded(small, tmp_path, monkeypatch):
+    """utility.synthetic_starts: each start is a treatment (-from<s>) whose jobs carry it; the
+    choice and the flat headline record the chosen start for augment.mode auto."""
+    fake = FakeFit()
+    monkeypatch.setattr(S, "fit_job", fake)
+    params = UtilityParams(seeds=3, steps=5, workers=1, losses=["weighted"], oversample_control=False,
+                           second_architecture=False, synthetic_starts=[0.5, 0.0])  # fmt: skip
+    r = S.run_study(small, marked_synthetic(small.train, 100), params, tmp_path)
+    starts = {j.arm: j.synthetic_start for j in fake.jobs if j.extra == "synthetic"}
+    assert starts == {"synthetic_weighted-from0.5": 0.5, "synthetic_weighted": 0.0}
+    # FakeFit scores both alike: the first listed wins the tie on validation
+    assert r["treatment"] == "synthetic_weighted-from0.5"
+    assert r["choice"]["synthetic_start"] == 0.5
+    assert stage.headline(r, "balanced_accuracy")["chosen_synthetic_start"] == 0.5
+    assert S.spec_of("synthetic_balanced_softmax-share0.2-weight1-teacher0.5-from0.25") == {
+        "loss": "balanced_softmax", "extra": "synthetic", "share": 0.2, "synthetic_weight": 1.0,
+        "teacher_mix": 0.5, "synthetic_start": 0.25}  # fmt: skip
+    assert S.planned_trainings(params, with_worth=False) == 3 * (1 + 2)
+    with pytest.raises(ValueError, match="less than 1"):
+        UtilityParams(synthetic_starts=[1.0])
+    with pytest.raises(ValueError, match="each value once"):
+        UtilityParams(synthetic_starts=[0.5, 0.5])
+
+
+def test_deferral_keeps_the_real_batches_and_adds_the_synthetic_ones_late(small, tmp_path):
+    """A deferred arm's batches: step s < start x steps holds the same real images as without
+    deferral and no synthetic one; from there on, the same batch as without deferral."""
+    syn = marked_synthetic(small.train, 60)
+    path = arrays(tmp_path, small, syn)
+    now, late = (F.Job("s", 0, 0, extra="synthetic", steps=8, synthetic_start=x) for x in (0, 0.5))
+    assert (F.first_extra_step(now, 8), F.first_extra_step(late, 8)) == (0, 4)
+    assert F.first_extra_step(F.Job("o", 0, 0, extra="oversample", synthetic_start=0.5), 8) == 0
+    data = F.training_set(late, F.load_arrays(path), settings())
+    plain = F.batches(data["real"], data["extra"], None, 32, 8, 0)
+    deferred = F.batches(data["real"], data["extra"], None, 32, 8, 0, extra_from=4)
+    for step in range(8):
+        x, y, _ = deferred[step]
+        x0, y0, _ = plain[step]
+        marked = (x[:, 0, 0, 0] > 0.99).sum()  # the synthetic images' top-left pixel
+        if step < 4:
+            np.testing.assert_array_equal(x, x0[:32])
+            np.testing.assert_array_equal(y, y0[:32])
+            assert len(x) == 32 and marked == 0
+        else:
+            np.testing.assert_array_equal(x, x0)
+            assert len(x) > 32 and marked == len(x) - 32
+    # a deferred training runs end to end (the batch grows mid-fit)
+    result = F.fit_job(late, path, settings())
+    assert result["steps"] == 8 and result["num_extra"] == 60
 
 
 def test_a_share_draws_that_part_of_each_class_and_the_weight_scales_its_loss(small, tmp_path):

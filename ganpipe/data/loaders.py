@@ -2,8 +2,10 @@
 
 `data/augmented/train.npz` holds, beside `images`, `labels` and `is_synthetic`, per-image
 `soft_labels` (N x K, rows sum to 1) and `weights` (N): the targets and loss weights augment's
-teacher_mix / teacher_temperature / synthetic_weight chose (docs/augment.md). An export written
-before those existed reads as one-hot targets and weight 1.
+teacher_mix / teacher_temperature / synthetic_weight chose (docs/augment.md), and
+`synthetic_start`: the part of the training before the synthetic images join (0: from the start;
+train that part of the epochs on `synthetic=False`, the real images alone). An export written
+before those existed reads as one-hot targets, weight 1 and start 0.
 
 - `load_augmented(path)`: the arrays, checked.
 - `keras_dataset(path, ...)`: a `tf.data.Dataset` of (images, soft labels, weights) batches, which
@@ -37,9 +39,17 @@ class Augmented:
     soft_labels: np.ndarray
     weights: np.ndarray
     is_synthetic: np.ndarray
+    # the part of the training before the synthetic images join (deferral; 0: from the start)
+    synthetic_start: float = 0.0
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def real_only(self) -> Augmented:
+        """The real images alone (the first `synthetic_start` of a deferred training)."""
+        keep = ~self.is_synthetic
+        return Augmented(self.images[keep], self.labels[keep], self.soft_labels[keep],
+                         self.weights[keep], self.is_synthetic[keep], self.synthetic_start)  # fmt: skip
 
     def inputs(self, index: Any = slice(None)) -> np.ndarray:
         """float32 images in [0, 1] (N x H x W x C), the scale the utility stage trains on."""
@@ -79,17 +89,30 @@ def load_augmented(path: str | os.PathLike[str], num_classes: int | None = None)
         )
     if n and not np.allclose(soft.sum(axis=1), 1.0, atol=1e-4):
         raise DataError(f"{path}: soft_labels rows must sum to 1")
-    return Augmented(images, labels, soft, weights, is_syn)
+    start = float(arrays["synthetic_start"]) if "synthetic_start" in arrays else 0.0
+    if not 0.0 <= start < 1.0:
+        raise DataError(f"{path}: synthetic_start {start} must be in [0, 1)")
+    return Augmented(images, labels, soft, weights, is_syn, start)
+
+
+def _selected(path: str | os.PathLike[str], synthetic: bool) -> Augmented:
+    data = load_augmented(path)
+    return data if synthetic else data.real_only()
 
 
 def keras_dataset(
-    path: str | os.PathLike[str], batch_size: int = 128, shuffle: bool = True, seed: int = 0
+    path: str | os.PathLike[str],
+    batch_size: int = 128,
+    shuffle: bool = True,
+    seed: int = 0,
+    synthetic: bool = True,
 ) -> Any:
     """A tf.data.Dataset of (images float32 in [0, 1], soft labels, weights) batches; reshuffled
-    every epoch with `seed` when `shuffle`. Needs TensorFlow (the cpu or cuda extra)."""
+    every epoch with `seed` when `shuffle`; the real images alone with `synthetic=False`. Needs
+    TensorFlow (the cpu or cuda extra)."""
     import tensorflow as tf
 
-    data = load_augmented(path)
+    data = _selected(path, synthetic)
     ds = tf.data.Dataset.from_tensor_slices((data.images, data.soft_labels, data.weights))
     if shuffle:
         ds = ds.shuffle(len(data), seed=seed, reshuffle_each_iteration=True)
@@ -103,10 +126,11 @@ def keras_dataset(
 
 class TorchDataset:
     """A map-style dataset for torch.utils.data.DataLoader: item i is (image C x H x W float32 in
-    [0, 1], soft label float32 K, weight float32), as NumPy arrays DataLoader turns into tensors."""
+    [0, 1], soft label float32 K, weight float32), as NumPy arrays DataLoader turns into tensors;
+    the real images alone with `synthetic=False`."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.data = load_augmented(path)
+    def __init__(self, path: str | os.PathLike[str], synthetic: bool = True) -> None:
+        self.data = _selected(path, synthetic)
 
     def __len__(self) -> int:
         return len(self.data)

@@ -21,6 +21,10 @@ m x a teacher's softmax at `Settings.teacher_temperature`. The teacher is anothe
 seed trained on real images only (`Job.teacher`): every real-only arm saves its softmax on the
 synthetic pool (`teacher_file`) when `Settings.save_teacher` is on, so a teacher never saw the
 seed's validation images. Class weights still follow the hard labels.
+
+Deferral (`Job.synthetic_start` s > 0): the synthetic images join the batches only after the first
+s x steps steps (M2m's deferred schedule; the classifier first learns the real images' features,
+then the synthetic ones fill the rare classes). The real batches are the same as without it.
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ class Job:
     # synthetic arms: the part of each synthetic target taken from the teacher arm's softmax
     teacher_mix: float = 0.0
     teacher: str = ""
+    # synthetic arms: the part of the steps trained on the real batches alone before the
+    # synthetic images join (0: from the first step)
+    synthetic_start: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -324,7 +331,8 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
         schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, steps)
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
         plan = batches(real, extra, weights, settings.batch_size, steps, job.seed,
-                       data["extra_weight"], data["extra_targets"])  # fmt: skip
+                       data["extra_weight"], data["extra_targets"],
+                       extra_from=first_extra_step(job, steps))  # fmt: skip
         model.fit(plan, epochs=1, verbose=0)
     if settings.save_teacher and is_teacher(job):
         path = teacher_file(arrays_path, job.arm, job.seed_index)
@@ -346,6 +354,14 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
         "num_extra": len(extra),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def first_extra_step(job: Job, steps: int) -> int:
+    """The first step whose batch holds extra images: round(synthetic_start x steps) for a
+    deferred synthetic arm, else 0."""
+    if job.extra != "synthetic" or job.synthetic_start <= 0:
+        return 0
+    return min(steps, int(np.floor(job.synthetic_start * steps + 0.5)))
 
 
 def is_teacher(job: Job) -> bool:
@@ -404,12 +420,14 @@ def batches(
     seed: int,
     extra_weight: np.ndarray | None = None,
     extra_targets: np.ndarray | None = None,
+    extra_from: int = 0,
 ) -> Any:
     """A Keras PyDataset of `steps` batches from `batch_plan`: the step's real images, then its
-    extra ones; images in [-1, 1]; sample weights from the class weights (1 without), times
-    `extra_weight` (per extra image; 1 without) for the extra ones. With `extra_targets` (rows of
-    class probabilities per extra image) the targets are such rows, one-hot for the real images.
-    The class is made here so that importing this module does not import Keras."""
+    extra ones (none before step `extra_from`: deferral); images in [-1, 1]; sample weights from
+    the class weights (1 without), times `extra_weight` (per extra image; 1 without) for the extra
+    ones. With `extra_targets` (rows of class probabilities per extra image) the targets are such
+    rows, one-hot for the real images. The class is made here so that importing this module does
+    not import Keras."""
     import keras
 
     plan = batch_plan(len(real), len(extra), batch_size, steps, seed)
@@ -425,7 +443,7 @@ def batches(
             return steps
 
         def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            r, e = plan[0][i], plan[1][i]
+            r, e = plan[0][i], plan[1][i] if i >= extra_from else plan[1][i][:0]
             images = np.concatenate([real.images[r], extra.images[e]])
             labels = np.concatenate([real.labels[r], extra.labels[e]])
             scale = np.concatenate([real_ones, per_extra[e]])

@@ -13,7 +13,9 @@ augmentation (random shifts and rotations: what every practitioner already does)
 for each loss in `utility.losses` (class-weighted cross-entropy, balanced softmax); the treatments
 also for each share of the synthetic pool (`utility.synthetic_shares`) and loss weight of a
 synthetic image (`utility.synthetic_weights`), named synthetic_<loss>-share<s>-weight<w>, and for
-each part of a synthetic target taken from a teacher (`utility.teacher_mixes`, -teacher<m>). The
+each part of a synthetic target taken from a teacher (`utility.teacher_mixes`, -teacher<m>) and
+each part of the steps trained before the synthetic images join (`utility.synthetic_starts`,
+-from<s>: deferral). The
 teacher of a seed is the strongest baseline (chosen on validation) of that seed: the treatments
 with soft targets train after the others, from the softmax the baselines saved. The
 strongest baseline and the strongest treatment are chosen on the VALIDATION split (real images
@@ -64,9 +66,11 @@ log = logging.getLogger(__name__)
 ARRAYS_FILE = "arrays.npz"
 
 
-def treatment_name(loss: str, share: float, weight: float, teacher_mix: float = 0.0) -> str:
-    """synthetic_<loss>, with -share<s>-weight<w> unless both are 1 and -teacher<m> unless m is 0
-    (characters MLflow keys allow)."""
+def treatment_name(
+    loss: str, share: float, weight: float, teacher_mix: float = 0.0, start: float = 0.0
+) -> str:
+    """synthetic_<loss>, with -share<s>-weight<w> unless both are 1, -teacher<m> unless m is 0 and
+    -from<s> unless the synthetic images join from the first step (characters MLflow keys allow)."""
 
     def plain(x: float) -> str:  # never 1e-05: '-' separates the options
         return np.format_float_positional(x, trim="-")
@@ -74,6 +78,8 @@ def treatment_name(loss: str, share: float, weight: float, teacher_mix: float = 
     tail = "" if share == weight == 1.0 else f"-share{plain(share)}-weight{plain(weight)}"
     if teacher_mix:
         tail += f"-teacher{plain(teacher_mix)}"
+    if start:
+        tail += f"-from{plain(start)}"
     return f"synthetic_{loss}{tail}"
 
 
@@ -83,7 +89,8 @@ def arm_names(params: UtilityParams) -> tuple[list[str], list[str]]:
     if params.oversample_control:
         baselines += [f"oversampled_{loss}" for loss in params.losses]
     treatments = [
-        treatment_name(loss, share, weight, mix)
+        treatment_name(loss, share, weight, mix, start)
+        for start in params.synthetic_starts
         for mix in params.teacher_mixes
         for loss in params.losses
         for share in params.synthetic_shares
@@ -92,16 +99,20 @@ def arm_names(params: UtilityParams) -> tuple[list[str], list[str]]:
     return baselines, treatments
 
 
-OPTIONS = {"share": "share", "weight": "synthetic_weight", "teacher": "teacher_mix"}
+OPTIONS = {"share": "share", "weight": "synthetic_weight", "teacher": "teacher_mix",
+           "from": "synthetic_start"}  # fmt: skip
+# what augment.mode auto exports of the chosen treatment
+CHOICE = ("loss", "share", "synthetic_weight", "teacher_mix", "synthetic_start")
 
 
 def spec_of(arm: str) -> dict[str, Any]:
-    """The Job fields (loss, extra, share, synthetic_weight, teacher_mix) of a phase-1 arm name."""
+    """The Job fields (loss, extra, share, synthetic_weight, teacher_mix, synthetic_start) of a
+    phase-1 arm name."""
     name, _, options = arm.partition("-")
     kind, loss = name.split("_", 1)
     extra = {"real": "none", "oversampled": "oversample", "synthetic": "synthetic"}[kind]
     spec: dict[str, Any] = {"loss": loss, "extra": extra, "share": 1.0, "synthetic_weight": 1.0,
-                            "teacher_mix": 0.0}  # fmt: skip
+                            "teacher_mix": 0.0, "synthetic_start": 0.0}  # fmt: skip
     for option in filter(None, options.split("-")):
         prefix = next(p for p in OPTIONS if option.startswith(p))
         spec[OPTIONS[prefix]] = float(option.removeprefix(prefix))
@@ -284,9 +295,7 @@ def run_study(
         "baseline": baseline,
         "treatment": treatment,
         # what augment.mode auto exports when the verdict is helps
-        "choice": {
-            k: spec_of(treatment)[k] for k in ("loss", "share", "synthetic_weight", "teacher_mix")
-        },
+        "choice": {k: spec_of(treatment)[k] for k in CHOICE},
         # soft targets' teacher: the chosen baseline of each seed, its softmax at this temperature
         "teacher": {"arm": baseline, "temperature": teacher_temperature} if soft else None,
         "selection": {"on": "validation", "metric": metric},

@@ -97,9 +97,10 @@ def teacher_mix_of(params: AugmentParams, choice: dict[str, Any] | None) -> floa
 
 
 def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """augment.mode auto: {"share", "synthetic_weight", "teacher_mix", "verdict", "why"} from the
-    utility study's choice on validation (metrics/utility.json); share 0 (the real data alone)
-    unless the verdict is `helps`. DataError when the study has not recorded a choice."""
+    """augment.mode auto: {"share", "synthetic_weight", "teacher_mix", "synthetic_start", "verdict",
+    "why"} from the utility study's choice on validation (metrics/utility.json); share 0 (the real
+    data alone) unless the verdict is `helps`. DataError when the study has not recorded a
+    choice."""
     from ganpipe.evaluation.downstream import read_verdict
 
     path = Path(metrics_dir) / "utility.json"
@@ -112,6 +113,7 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
     h, m = verdict["headline"], verdict["verdict_metric"]
     share, weight = float(h["chosen_share"]), float(h["chosen_synthetic_weight"])
     mix = float(h.get("chosen_teacher_mix", 0.0))  # absent: a study from before soft targets
+    start = float(h.get("chosen_synthetic_start", 0.0))  # absent: a study from before deferral
     effect = (
         f"{m} {h[f'delta_{m}']:+.4f}, 95% interval {h[f'delta_{m}_low']:+.4f} .. "
         f"{h[f'delta_{m}_high']:+.4f}"
@@ -121,10 +123,11 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"augment.mode auto: the utility study chose {share:g} of the synthetic pool at loss "
             f"weight {weight:g}"
             + (f" with {mix:g} of each target from the teacher" if mix else "")
+            + (f", joining after {start:g} of the training" if start else "")
             + f" on validation; verdict 'helps' ({effect})"
         )
     else:
-        share = 0.0
+        share, start = 0.0, 0.0
         why = (
             f"augment.mode auto: the utility verdict is '{verdict['verdict']}' ({effect}): "
             "exporting the real data alone"
@@ -133,6 +136,7 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "share": share,
         "synthetic_weight": weight,
         "teacher_mix": mix,
+        "synthetic_start": start,
         "verdict": verdict["verdict"],
         "why": why,
     }
@@ -171,6 +175,7 @@ def augment(
     share = None if choice is None else choice["share"]
     wanted = wanted_counts(params, real_counts, class_names, share)
     synthetic_weight = choice["synthetic_weight"] if choice else params.synthetic_weight
+    synthetic_start = choice["synthetic_start"] if choice else params.synthetic_start
 
     synthetic_source: dict[str, Any] | None = None
     chosen = np.zeros(0, dtype=np.int64)
@@ -207,7 +212,11 @@ def augment(
             "synthetic_counts": wanted.tolist(),
             "mode": params.mode,
             "filters": filtered,
-            "targets": {"synthetic_weight": synthetic_weight, "teacher": teacher},
+            "targets": {
+                "synthetic_weight": synthetic_weight,
+                "teacher": teacher,
+                "synthetic_start": synthetic_start,
+            },
             "auto": choice,
             "num_real": n_real,
             "num_synthetic": n_syn,
@@ -233,6 +242,7 @@ def augment(
             is_synthetic=is_synthetic,
             soft_labels=soft_labels,
             weights=weights,
+            synthetic_start=np.float32(synthetic_start),
         )
         shutil.copyfile(data_dir / "test.npz", tmp / "test.npz")
         write_json(tmp / "summary.json", summary)
