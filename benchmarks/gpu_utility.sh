@@ -7,8 +7,8 @@
 #   labels600  presets/mnist-600-labels.yaml (the few-label case)
 #   variety    the long-tail preset with VARIETY's generator options (issue 23's variety for the
 #              rare classes), its study without the ResNet and the worth curve, with soft-target
-#              treatments (utility.teacher_mixes [0, 0.5]) and deferred ones (utility.synthetic_starts
-#              [0, 0.5]) beside the plain ones
+#              treatments (utility.teacher_mixes [0, 0.5]), deferred ones (utility.synthetic_starts
+#              [0, 0.5]) and real-filled ones (utility.real_fills [0, 1]) beside the plain ones
 #   lowres     the long-tail GAN with model.shared_lowres for 3x the epochs, evaluated per class
 #              (no study: on 2 CPU cores at 20 epochs its samples ignored their labels)
 # Each job's log streams to OUT/<job>.log; at the end OUT/metrics.tgz holds every job's metrics/
@@ -76,7 +76,7 @@ job labels600 6 mnist-600-labels.yaml &
 # shellcheck disable=SC2086  # VARIETY is a list of --set options
 job variety 5 mnist-longtail.yaml $VARIETY --set utility.second_architecture=false \
   --set 'utility.worth_multiples=[]' --set 'utility.teacher_mixes=[0,0.5]' \
-  --set 'utility.synthetic_starts=[0,0.5]' &
+  --set 'utility.synthetic_starts=[0,0.5]' --set 'utility.real_fills=[0,1]' &
 job lowres 1 mnist-longtail.yaml --set model.shared_lowres=true --set train.epochs=60 \
   --set utility.enabled=false --set augment.mode=balance &
 wait

@@ -328,6 +328,11 @@ class UtilityParams(Section):
     # from the first step; 0.5: M2m's deferral, the second half). augment.mode auto records the
     # chosen part as augment.synthetic_start (the loaders' synthetic=False is the first part).
     synthetic_starts: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], ...] = (0.0,)
+    # ... and the part of the gap between a treatment's share and the whole pool filled with
+    # copies of the real images, as the oversampled control does (0: none; 1: every class at the
+    # control's counts, a share of them synthetic: DA-Fusion's replacement). Deferred treatments
+    # take no copies. augment.mode auto exports the chosen part as the real images' weights.
+    real_fills: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = (0.0,)
     # Classic augmentation (every arm): random shifts (fraction of the size), rotations (degrees).
     classic_shift: float = Field(0.1, ge=0.0, lt=0.5)
     classic_rotation: float = Field(10.0, ge=0.0, le=180.0)
@@ -344,7 +349,13 @@ class UtilityParams(Section):
             raise ValueError("utility.scenarios: list each scenario once, at least one")
         if not self.losses or len(set(self.losses)) != len(self.losses):
             raise ValueError("utility.losses: list each loss once, at least one")
-        for key in ("synthetic_shares", "synthetic_weights", "teacher_mixes", "synthetic_starts"):
+        for key in (
+            "synthetic_shares",
+            "synthetic_weights",
+            "teacher_mixes",
+            "synthetic_starts",
+            "real_fills",
+        ):
             values = getattr(self, key)
             if not values or len(set(values)) != len(values):
                 raise ValueError(f"utility.{key}: list each value once, at least one")

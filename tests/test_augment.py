@@ -492,6 +492,7 @@ def write_choice(
     weight: float,
     mix: float | None = None,
     start: float | None = None,
+    fill: float | None = None,
 ) -> None:
     """A utility.json as the stage writes it, with the headline keys augment's auto reads (no
     chosen_teacher_mix with mix None, no chosen_synthetic_start with start None: a study from
@@ -503,6 +504,8 @@ def write_choice(
         h["chosen_teacher_mix"] = mix
     if start is not None:
         h["chosen_synthetic_start"] = start
+    if fill is not None:
+        h["chosen_real_fill"] = fill
     metrics_dir.mkdir(parents=True, exist_ok=True)
     write_json(metrics_dir / "utility.json", {"enabled": True, "verdict": verdict,
                "verdict_metric": "balanced_accuracy", "headline": h})  # fmt: skip
@@ -555,12 +558,28 @@ def test_auto_pools_by_the_tail_and_exports_the_choice_only_when_it_helps(data_d
     assert len(real_part) == (~data.is_synthetic).sum() == len(data) - summary["num_synthetic"] > 0
     assert not real_part.data.is_synthetic.any() and len(TorchDataset(tmp_path / "o4")) == len(data)
 
+    # a chosen real fill: each real image weighs 1 + its class's copies / its real count
+    write_choice(metrics, "helps", share=0.5, weight=1.0, fill=1.0)
+    chosen = auto_choice(metrics)
+    assert chosen["real_fill"] == 1.0 and "weighted for 1 of the gap" in chosen["why"]
+    summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o5", choice=chosen)
+    # the pool 4, 2, 2 (above); half of it exported (2, 1, 1); copies 2, 1, 1 on 8, 4, 3 reals
+    expected = [1 + 2 / 8, 1 + 1 / 4, 1 + 1 / 3]
+    np.testing.assert_allclose(list(summary["targets"]["real_weights"].values()), expected)
+    with np.load(tmp_path / "out" / "train.npz") as f:  # no fill: every real image weighs 1
+        assert set(f["weights"][~f["is_synthetic"]]) == {1.0}
+    with np.load(tmp_path / "o5" / "train.npz") as f:
+        real = ~f["is_synthetic"]
+        np.testing.assert_allclose(f["weights"][real], np.array(expected)[f["labels"][real]],
+                                   rtol=1e-6)  # fmt: skip
+
     for verdict in ("no measurable effect", "hurts"):
-        write_choice(metrics, verdict, share=1.0, weight=1.0, start=0.5)
+        write_choice(metrics, verdict, share=1.0, weight=1.0, start=0.5, fill=1.0)
         chosen = auto_choice(metrics)
         assert f"verdict is '{verdict}'" in chosen["why"] and "real data alone" in chosen["why"]
         summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o2", choice=chosen)
         assert summary["num_synthetic"] == 0 and summary["targets"]["synthetic_start"] == 0.0
+        assert set(summary["targets"]["real_weights"].values()) == {1.0}
     # the utility stage asks for the pool (no choice yet): all of it
     assert augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o3")["num_synthetic"] == 8
     # no choice recorded: a clear error; auto without the study: refused when the params load

@@ -424,7 +424,8 @@ def test_treatments_span_shares_and_weights_and_the_choice_is_recorded(
     # FakeFit scores every synthetic arm alike: the first listed wins the tie on validation
     assert r["treatment"] == "synthetic_weighted-share0.5-weight0.25"
     assert r["choice"] == {"loss": "weighted", "share": 0.5, "synthetic_weight": 0.25,
-                           "teacher_mix": 0.0, "synthetic_start": 0.0}  # fmt: skip
+                           "teacher_mix": 0.0, "synthetic_start": 0.0,
+                           "real_fill": 0.0}  # fmt: skip
     flat = stage.headline(r, "balanced_accuracy")
     assert (flat["chosen_share"], flat["chosen_synthetic_weight"]) == (0.5, 0.25)
     assert S.planned_trainings(params, with_worth=False) == 3 * (1 + 4)
@@ -452,7 +453,7 @@ def test_soft_target_treatments_are_taught_by_the_chosen_baseline(small, tmp_pat
     assert r["teacher"] == {"arm": r["baseline"], "temperature": 2.0}
     assert S.spec_of("synthetic_weighted-share0.2-weight1-teacher0.5") == {
         "loss": "weighted", "extra": "synthetic", "share": 0.2, "synthetic_weight": 1.0,
-        "teacher_mix": 0.5, "synthetic_start": 0.0}  # fmt: skip
+        "teacher_mix": 0.5, "synthetic_start": 0.0, "real_fill": 0.0}  # fmt: skip
     assert (
         S.treatment_name("weighted", 0.2, 1.0, 0.5)
         == "synthetic_weighted-share0.2-weight1-teacher0.5"
@@ -501,12 +502,64 @@ def test_deferred_treatments_are_named_chosen_and_recorded(small, tmp_path, monk
     assert stage.headline(r, "balanced_accuracy")["chosen_synthetic_start"] == 0.5
     assert S.spec_of("synthetic_balanced_softmax-share0.2-weight1-teacher0.5-from0.25") == {
         "loss": "balanced_softmax", "extra": "synthetic", "share": 0.2, "synthetic_weight": 1.0,
-        "teacher_mix": 0.5, "synthetic_start": 0.25}  # fmt: skip
+        "teacher_mix": 0.5, "synthetic_start": 0.25, "real_fill": 0.0}  # fmt: skip
     assert S.planned_trainings(params, with_worth=False) == 3 * (1 + 2)
     with pytest.raises(ValueError, match="less than 1"):
         UtilityParams(synthetic_starts=[1.0])
     with pytest.raises(ValueError, match="each value once"):
         UtilityParams(synthetic_starts=[0.5, 0.5])
+
+
+def test_filled_treatments_are_named_chosen_and_never_deferred(small, tmp_path, monkeypatch):
+    """utility.real_fills: a fill is a treatment (-fill<f>) for each share below 1 and no
+    deferral (nothing to fill at share 1; deferred copies would join late, which the export's
+    weights cannot say); the choice and the flat headline record it."""
+    fake = FakeFit()
+    monkeypatch.setattr(S, "fit_job", fake)
+    params = UtilityParams(seeds=3, steps=5, workers=1, losses=["weighted"], oversample_control=False,
+                           second_architecture=False, synthetic_shares=[0.5, 1.0],
+                           synthetic_starts=[0.5, 0.0], real_fills=[1.0, 0.0])  # fmt: skip
+    r = S.run_study(small, marked_synthetic(small.train, 100), params, tmp_path)
+    fills = {j.arm: j.real_fill for j in fake.jobs if j.extra == "synthetic"}
+    assert {a: f for a, f in fills.items() if f} == {
+        "synthetic_weighted-share0.5-weight1-fill1": 1.0
+    }
+    assert len(fills) == 5  # 2 shares x 2 starts unfilled, + the one filled arm
+    # FakeFit scores every synthetic arm alike: the first listed (the filled one) wins the tie
+    assert r["treatment"] == "synthetic_weighted-share0.5-weight1-fill1"
+    assert r["choice"]["real_fill"] == 1.0
+    assert stage.headline(r, "balanced_accuracy")["chosen_real_fill"] == 1.0
+    assert S.spec_of("synthetic_weighted-share0.2-weight1-fill0.5")["real_fill"] == 0.5
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        UtilityParams(real_fills=[1.5])
+
+
+def test_a_full_fill_brings_every_class_to_the_controls_counts(small, tmp_path):
+    """At fill 1 the extra images per class are the oversampled control's counts: the share's
+    synthetic images plus copies of the class's real images (before them); at fill 0.5 half the
+    gap. The copies are real images of their own class."""
+    syn = marked_synthetic(small.train, 200)
+    path = arrays(tmp_path, small, syn)
+    a = F.load_arrays(path)
+    pool = np.bincount(syn.labels, minlength=10)
+
+    def extra(arm: str, **spec) -> tuple[np.ndarray, np.ndarray]:
+        e = F.training_set(F.Job(arm, 0, 0, **spec), a, settings())["extra"]
+        marked = e.images[:, 0, 0, 0] == 255
+        return np.bincount(e.labels, minlength=10), marked
+
+    control, _ = extra("o", extra="oversample")
+    full, marked = extra("s", extra="synthetic", share=0.25, real_fill=1.0)
+    np.testing.assert_array_equal(full, control)
+    np.testing.assert_array_equal(full, pool)
+    n_syn = marked.sum()
+    assert 0.15 * len(syn) < n_syn < 0.35 * len(syn) and marked[-n_syn:].all()  # synthetic last
+    half, marked = extra("s", extra="synthetic", share=0.25, real_fill=0.5)
+    shared = np.bincount(syn.labels[F.share_indices(syn.labels, 0.25, np.random.default_rng([0, 4]))],
+                         minlength=10)  # fmt: skip
+    np.testing.assert_array_equal(half, shared + np.floor(0.5 * (pool - shared) + 0.5))
+    none, _ = extra("s", extra="synthetic", share=0.25)
+    np.testing.assert_array_equal(none, shared)
 
 
 def test_deferral_keeps_the_real_batches_and_adds_the_synthetic_ones_late(small, tmp_path):

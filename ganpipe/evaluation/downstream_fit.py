@@ -25,6 +25,11 @@ seed's validation images. Class weights still follow the hard labels.
 Deferral (`Job.synthetic_start` s > 0): the synthetic images join the batches only after the first
 s x steps steps (M2m's deferred schedule; the classifier first learns the real images' features,
 then the synthetic ones fill the rare classes). The real batches are the same as without it.
+
+Real fill (`Job.real_fill` f > 0): a treatment whose share leaves a gap to the whole pool gets f x
+that gap, per class, as copies of its real images, drawn like the oversampled control's: at f 1
+every class reaches the control's counts and only the share of them that is synthetic differs
+(DA-Fusion replaces a real image with a synthetic one with probability 0.5; share 0.5 here).
 """
 
 from __future__ import annotations
@@ -79,6 +84,9 @@ class Job:
     # synthetic arms: the part of the steps trained on the real batches alone before the
     # synthetic images join (0: from the first step)
     synthetic_start: float = 0.0
+    # synthetic arms: the part of the gap between the share and the whole pool filled with copies
+    # of the real images (the oversampled control's counts at 1)
+    real_fill: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,13 @@ def share_indices(labels: np.ndarray, share: float, rng: np.random.Generator) ->
         idx = np.flatnonzero(labels == c)
         picked.append(rng.choice(idx, int(np.floor(share * len(idx) + 0.5)), replace=False))
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def fill_counts(pool_labels: np.ndarray, taken: np.ndarray, fill: float, k: int) -> np.ndarray:
+    """Per class, round(fill x (the pool's count - the count of `taken`, the share's indices)):
+    how many real copies fill a treatment's gap to the whole pool."""
+    gap = np.bincount(pool_labels, minlength=k) - np.bincount(pool_labels[taken], minlength=k)
+    return np.floor(fill * gap + 0.5).astype(np.int64)
 
 
 def held_out_indices(labels: np.ndarray, counts: tuple[int, ...]) -> np.ndarray:
@@ -247,6 +262,10 @@ def training_set(
     if job.extra == "synthetic":
         syn_labels = arrays["synthetic_labels"]
         idx = share_indices(syn_labels, job.share, np.random.default_rng([job.seed, 4]))
+        if job.real_fill > 0:  # the copies go before the synthetic images (last in extra)
+            counts = fill_counts(syn_labels, idx, job.real_fill, k)
+            copies = oversample_indices(real.labels, counts, np.random.default_rng([job.seed, 3]))
+            parts.append(Split(real.images[copies], real.labels[copies]))
         parts.append(Split(arrays["synthetic_images"][idx], syn_labels[idx]))
         if job.teacher_mix > 0:
             path = teacher_file(arrays_path, job.teacher, job.seed_index)

@@ -7,7 +7,8 @@ copied unchanged. With nothing synthetic to add (ratio 0) train.npz keeps the re
 
 How many per class: `augment.mode` (`ganpipe.data.synthetic.wanted_counts`: ratio, balance,
 counts, or auto: the share of the pool and the synthetic loss weight the utility study chose on
-validation, none unless its verdict is `helps`). Before the per-class draw the filters
+validation, none unless its verdict is `helps`, and with its real fill the real images' weights
+that stand for the copies it added). Before the per-class draw the filters
 (`ganpipe.evaluation.filters`: off-label, memorization guard, fidelity) drop samples; summary.json records what each kept and dropped per class. Nothing is
 written unless every class gets what it asked for. With `augment.require_benefit` the stage first
 reads the utility stage's verdict (metrics/utility.json) and refuses to export when it is "hurts".
@@ -97,8 +98,8 @@ def teacher_mix_of(params: AugmentParams, choice: dict[str, Any] | None) -> floa
 
 
 def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """augment.mode auto: {"share", "synthetic_weight", "teacher_mix", "synthetic_start", "verdict",
-    "why"} from the utility study's choice on validation (metrics/utility.json); share 0 (the real
+    """augment.mode auto: {"share", "synthetic_weight", "teacher_mix", "synthetic_start",
+    "real_fill", "verdict", "why"} from the utility study's choice on validation (metrics/utility.json); share 0 (the real
     data alone) unless the verdict is `helps`. DataError when the study has not recorded a
     choice."""
     from ganpipe.evaluation.downstream import read_verdict
@@ -114,6 +115,7 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
     share, weight = float(h["chosen_share"]), float(h["chosen_synthetic_weight"])
     mix = float(h.get("chosen_teacher_mix", 0.0))  # absent: a study from before soft targets
     start = float(h.get("chosen_synthetic_start", 0.0))  # absent: a study from before deferral
+    fill = float(h.get("chosen_real_fill", 0.0))  # absent: a study from before real fill
     effect = (
         f"{m} {h[f'delta_{m}']:+.4f}, 95% interval {h[f'delta_{m}_low']:+.4f} .. "
         f"{h[f'delta_{m}_high']:+.4f}"
@@ -124,10 +126,11 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"weight {weight:g}"
             + (f" with {mix:g} of each target from the teacher" if mix else "")
             + (f", joining after {start:g} of the training" if start else "")
+            + (f", the real images weighted for {fill:g} of the gap to the pool" if fill else "")
             + f" on validation; verdict 'helps' ({effect})"
         )
     else:
-        share, start = 0.0, 0.0
+        share, start, fill = 0.0, 0.0, 0.0
         why = (
             f"augment.mode auto: the utility verdict is '{verdict['verdict']}' ({effect}): "
             "exporting the real data alone"
@@ -137,6 +140,7 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "synthetic_weight": weight,
         "teacher_mix": mix,
         "synthetic_start": start,
+        "real_fill": fill,
         "verdict": verdict["verdict"],
         "why": why,
     }
@@ -198,6 +202,9 @@ def augment(
     is_synthetic = np.concatenate([np.zeros(n_real, bool), np.ones(n_syn, bool)])
     soft_labels, teacher = targets(params, labels, is_synthetic, images, k, evaluator, mix)
     weights = np.where(is_synthetic, synthetic_weight, 1.0).astype(np.float32)
+    real_fill = float(choice.get("real_fill", 0.0)) if choice else 0.0
+    real_weights = fill_weights(params, real_counts, class_names, wanted, real_fill)
+    weights[~is_synthetic] = real_weights[labels[~is_synthetic]]
     if n_syn:  # nothing added: keep the real order, so ratio 0 is an exact copy
         order = rng.permutation(n_real + n_syn)
         images, labels, is_synthetic = images[order], labels[order], is_synthetic[order]
@@ -216,6 +223,10 @@ def augment(
                 "synthetic_weight": synthetic_weight,
                 "teacher": teacher,
                 "synthetic_start": synthetic_start,
+                "real_fill": real_fill,
+                "real_weights": {
+                    n: float(w) for n, w in zip(class_names, real_weights, strict=True)
+                },
             },
             "auto": choice,
             "num_real": n_real,
@@ -247,6 +258,27 @@ def augment(
         shutil.copyfile(data_dir / "test.npz", tmp / "test.npz")
         write_json(tmp / "summary.json", summary)
     return summary
+
+
+def fill_weights(
+    params: AugmentParams,
+    real_counts: np.ndarray,
+    class_names: list[str],
+    wanted: np.ndarray,
+    fill: float,
+) -> np.ndarray:
+    """Per class, the weight of a real image: 1 + the real copies the study's fill added (fill x
+    the gap between the pool and the exported synthetic count, as in
+    downstream_fit.fill_counts) / the class's real count. A weight stands for the copies, so a
+    loss summed over the export weighs each class as the validated batches did."""
+    weights = np.ones(len(real_counts), dtype=np.float32)
+    if fill <= 0:
+        return weights
+    pool = wanted_counts(params, real_counts, class_names)
+    copies = np.floor(fill * np.maximum(pool - wanted, 0) + 0.5)
+    present = real_counts > 0
+    weights[present] += (copies[present] / real_counts[present]).astype(np.float32)
+    return weights
 
 
 def targets(
