@@ -199,12 +199,13 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
         how = f"augment.mode {augment.get('mode')}, not validated"
         if chosen:
             mix, start = chosen.get("teacher_mix", 0.0), chosen.get("synthetic_start", 0.0)
-            fill = chosen.get("real_fill", 0.0)
+            fill, stop = chosen.get("real_fill", 0.0), chosen.get("synthetic_stop", 1.0)
             how = (
                 f"the utility study chose {chosen['share']:g} of the pool at loss weight "
                 f"{chosen['synthetic_weight']:g}"
                 + (f", {mix:g} of each synthetic target from the teacher" if mix else "")
                 + (f", joining after {start:g} of the training" if start else "")
+                + (f", leaving after {stop:g} of it" if stop < 1 else "")
                 + (f", real images weighted for {fill:g} of the gap to the pool" if fill else "")
                 + " (augment.mode auto)"
             )

@@ -233,9 +233,17 @@ class AugmentParams(Section):
     # The part of a user's training before the synthetic images join (deferral; recorded in
     # train.npz as `synthetic_start`: train that part of the epochs on the loaders' synthetic=False).
     synthetic_start: float = Field(0.0, ge=0.0, lt=1.0)
+    # ... and the part after which they leave (1: never; recorded as `synthetic_stop`: train the
+    # epochs after it on synthetic=False again, fine-tuning on the real images).
+    synthetic_stop: float = Field(1.0, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _mode_needs(self) -> AugmentParams:
+        if self.synthetic_start >= self.synthetic_stop:
+            raise ValueError(
+                f"augment.synthetic_start ({self.synthetic_start:g}) must be below "
+                f"augment.synthetic_stop ({self.synthetic_stop:g})"
+            )
         if self.mode == "counts" and not self.counts:
             raise ValueError("augment.counts (class name: number) required when mode is 'counts'")
         if self.counts and self.mode != "counts":
@@ -328,10 +336,14 @@ class UtilityParams(Section):
     # from the first step; 0.5: M2m's deferral, the second half). augment.mode auto records the
     # chosen part as augment.synthetic_start (the loaders' synthetic=False is the first part).
     synthetic_starts: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], ...] = (0.0,)
+    # ... and the part of the training steps after which they leave again (1: they stay to the end;
+    # 0.75: the last quarter fine-tunes on the real images alone, as after SYNAuG's balanced
+    # pretraining). augment.mode auto records the chosen part as augment.synthetic_stop.
+    synthetic_stops: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = (1.0,)
     # ... and the part of the gap between a treatment's share and the whole pool filled with
     # copies of the real images, as the oversampled control does (0: none; 1: every class at the
-    # control's counts, a share of them synthetic: DA-Fusion's replacement). Deferred treatments
-    # take no copies. augment.mode auto exports the chosen part as the real images' weights.
+    # control's counts, a share of them synthetic: DA-Fusion's replacement); the copies stay for
+    # the whole training. augment.mode auto exports the chosen part as the real images' weights.
     real_fills: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = (0.0,)
     # Classic augmentation (every arm): random shifts (fraction of the size), rotations (degrees).
     classic_shift: float = Field(0.1, ge=0.0, lt=0.5)
@@ -354,6 +366,7 @@ class UtilityParams(Section):
             "synthetic_weights",
             "teacher_mixes",
             "synthetic_starts",
+            "synthetic_stops",
             "real_fills",
         ):
             values = getattr(self, key)

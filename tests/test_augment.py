@@ -469,13 +469,19 @@ def test_default_targets_are_hard_and_old_exports_still_load(data_dir, tmp_path)
     save_npz(tmp_path / "old.npz", images=images, labels=labels, is_synthetic=is_syn)
     old = load_augmented(tmp_path / "old.npz", num_classes=3)
     np.testing.assert_array_equal(old.soft_labels, data.soft_labels)
-    assert old.synthetic_start == 0.0
+    assert (old.synthetic_start, old.synthetic_stop) == (0.0, 1.0)
     save_npz(tmp_path / "bad.npz", images=images, labels=labels, weights=np.ones(2, np.float32))
     with pytest.raises(DataError, match="must match"):
         load_augmented(tmp_path / "bad.npz")
     save_npz(tmp_path / "late.npz", images=images, labels=labels, synthetic_start=np.float32(1.5))
     with pytest.raises(DataError, match=r"synthetic_start 1.5 must be in \[0, 1\)"):
         load_augmented(tmp_path / "late.npz")
+    save_npz(tmp_path / "shut.npz", images=images, labels=labels, synthetic_start=np.float32(0.5),
+             synthetic_stop=np.float32(0.5))  # fmt: skip
+    with pytest.raises(DataError, match=r"synthetic_stop 0.5 must be in \(0.5, 1\]"):
+        load_augmented(tmp_path / "shut.npz")
+    with pytest.raises(ValueError, match="must be below augment.synthetic_stop"):
+        P(synthetic_start=0.5, synthetic_stop=0.5)
     # the tempered teacher: T=1 is the teacher itself, a large T flattens it towards uniform
     probs = np.array([[0.7, 0.2, 0.1]])
     np.testing.assert_allclose(teacher_targets(probs, 1.0), probs, rtol=1e-6)
@@ -493,6 +499,7 @@ def write_choice(
     mix: float | None = None,
     start: float | None = None,
     fill: float | None = None,
+    stop: float | None = None,
 ) -> None:
     """A utility.json as the stage writes it, with the headline keys augment's auto reads (no
     chosen_teacher_mix with mix None, no chosen_synthetic_start with start None: a study from
@@ -506,6 +513,8 @@ def write_choice(
         h["chosen_synthetic_start"] = start
     if fill is not None:
         h["chosen_real_fill"] = fill
+    if stop is not None:
+        h["chosen_synthetic_stop"] = stop
     metrics_dir.mkdir(parents=True, exist_ok=True)
     write_json(metrics_dir / "utility.json", {"enabled": True, "verdict": verdict,
                "verdict_metric": "balanced_accuracy", "headline": h})  # fmt: skip
@@ -557,6 +566,15 @@ def test_auto_pools_by_the_tail_and_exports_the_choice_only_when_it_helps(data_d
     real_part = TorchDataset(tmp_path / "o4", synthetic=False)
     assert len(real_part) == (~data.is_synthetic).sum() == len(data) - summary["num_synthetic"] > 0
     assert not real_part.data.is_synthetic.any() and len(TorchDataset(tmp_path / "o4")) == len(data)
+    assert data.synthetic_stop == 1.0 and summary["targets"]["synthetic_stop"] == 1.0
+    # a chosen fine-tuning: the stop is recorded beside the start
+    write_choice(metrics, "helps", share=1.0, weight=1.0, start=0.25, stop=0.75)
+    chosen = auto_choice(metrics)
+    assert "joining after 0.25 of the training, leaving after 0.75 of it" in chosen["why"]
+    augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o6", choice=chosen)
+    data = load_augmented(tmp_path / "o6")
+    assert (data.synthetic_start, data.synthetic_stop) == (0.25, 0.75)
+    assert data.real_only().synthetic_stop == 0.75
 
     # a chosen real fill: each real image weighs 1 + its class's copies / its real count
     write_choice(metrics, "helps", share=0.5, weight=1.0, fill=1.0)
@@ -574,12 +592,13 @@ def test_auto_pools_by_the_tail_and_exports_the_choice_only_when_it_helps(data_d
                                    rtol=1e-6)  # fmt: skip
 
     for verdict in ("no measurable effect", "hurts"):
-        write_choice(metrics, verdict, share=1.0, weight=1.0, start=0.5, fill=1.0)
+        write_choice(metrics, verdict, share=1.0, weight=1.0, start=0.5, fill=1.0, stop=0.75)
         chosen = auto_choice(metrics)
         assert f"verdict is '{verdict}'" in chosen["why"] and "real data alone" in chosen["why"]
         summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o2", choice=chosen)
         assert summary["num_synthetic"] == 0 and summary["targets"]["synthetic_start"] == 0.0
         assert set(summary["targets"]["real_weights"].values()) == {1.0}
+        assert summary["targets"]["synthetic_stop"] == 1.0
     # the utility stage asks for the pool (no choice yet): all of it
     assert augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "o3")["num_synthetic"] == 8
     # no choice recorded: a clear error; auto without the study: refused when the params load

@@ -185,10 +185,10 @@ def test_summary_says_what_was_exported_and_how_it_was_chosen():
         "chose 0.2 of the pool at loss weight 0.5, 0.5 of each synthetic target from the teacher, "
         "joining after 0.25 of the training (augment.mode auto)"
     )
-    auto["auto"] = {"share": 0.5, "synthetic_weight": 1.0, "real_fill": 1.0}
+    auto["auto"] = {"share": 0.5, "synthetic_weight": 1.0, "real_fill": 1.0, "synthetic_stop": 0.75}
     assert summary_lines({"augment": auto})[1].endswith(
-        "chose 0.5 of the pool at loss weight 1, real images weighted for 1 of the gap to the pool "
-        "(augment.mode auto)"
+        "chose 0.5 of the pool at loss weight 1, leaving after 0.75 of it, real images weighted "
+        "for 1 of the gap to the pool (augment.mode auto)"
     )
 
 

@@ -424,7 +424,7 @@ def test_treatments_span_shares_and_weights_and_the_choice_is_recorded(
     # FakeFit scores every synthetic arm alike: the first listed wins the tie on validation
     assert r["treatment"] == "synthetic_weighted-share0.5-weight0.25"
     assert r["choice"] == {"loss": "weighted", "share": 0.5, "synthetic_weight": 0.25,
-                           "teacher_mix": 0.0, "synthetic_start": 0.0,
+                           "teacher_mix": 0.0, "synthetic_start": 0.0, "synthetic_stop": 1.0,
                            "real_fill": 0.0}  # fmt: skip
     flat = stage.headline(r, "balanced_accuracy")
     assert (flat["chosen_share"], flat["chosen_synthetic_weight"]) == (0.5, 0.25)
@@ -453,7 +453,8 @@ def test_soft_target_treatments_are_taught_by_the_chosen_baseline(small, tmp_pat
     assert r["teacher"] == {"arm": r["baseline"], "temperature": 2.0}
     assert S.spec_of("synthetic_weighted-share0.2-weight1-teacher0.5") == {
         "loss": "weighted", "extra": "synthetic", "share": 0.2, "synthetic_weight": 1.0,
-        "teacher_mix": 0.5, "synthetic_start": 0.0, "real_fill": 0.0}  # fmt: skip
+        "teacher_mix": 0.5, "synthetic_start": 0.0, "synthetic_stop": 1.0,
+        "real_fill": 0.0}  # fmt: skip
     assert (
         S.treatment_name("weighted", 0.2, 1.0, 0.5)
         == "synthetic_weighted-share0.2-weight1-teacher0.5"
@@ -502,7 +503,8 @@ def test_deferred_treatments_are_named_chosen_and_recorded(small, tmp_path, monk
     assert stage.headline(r, "balanced_accuracy")["chosen_synthetic_start"] == 0.5
     assert S.spec_of("synthetic_balanced_softmax-share0.2-weight1-teacher0.5-from0.25") == {
         "loss": "balanced_softmax", "extra": "synthetic", "share": 0.2, "synthetic_weight": 1.0,
-        "teacher_mix": 0.5, "synthetic_start": 0.25, "real_fill": 0.0}  # fmt: skip
+        "teacher_mix": 0.5, "synthetic_start": 0.25, "synthetic_stop": 1.0,
+        "real_fill": 0.0}  # fmt: skip
     assert S.planned_trainings(params, with_worth=False) == 3 * (1 + 2)
     with pytest.raises(ValueError, match="less than 1"):
         UtilityParams(synthetic_starts=[1.0])
@@ -510,28 +512,37 @@ def test_deferred_treatments_are_named_chosen_and_recorded(small, tmp_path, monk
         UtilityParams(synthetic_starts=[0.5, 0.5])
 
 
-def test_filled_treatments_are_named_chosen_and_never_deferred(small, tmp_path, monkeypatch):
-    """utility.real_fills: a fill is a treatment (-fill<f>) for each share below 1 and no
-    deferral (nothing to fill at share 1; deferred copies would join late, which the export's
-    weights cannot say); the choice and the flat headline record it."""
+def test_filled_and_fine_tuned_treatments_are_named_chosen_and_recorded(
+    small, tmp_path, monkeypatch
+):
+    """utility.real_fills and utility.synthetic_stops: a fill is a treatment (-fill<f>) for each
+    share below 1 (at share 1 there is no gap to fill), a stop one (-until<e>) for each start
+    below it; the choice and the flat headline record both."""
     fake = FakeFit()
     monkeypatch.setattr(S, "fit_job", fake)
     params = UtilityParams(seeds=3, steps=5, workers=1, losses=["weighted"], oversample_control=False,
                            second_architecture=False, synthetic_shares=[0.5, 1.0],
-                           synthetic_starts=[0.5, 0.0], real_fills=[1.0, 0.0])  # fmt: skip
+                           synthetic_starts=[0.5, 0.0], synthetic_stops=[0.5, 1.0],
+                           real_fills=[1.0, 0.0])  # fmt: skip
     r = S.run_study(small, marked_synthetic(small.train, 100), params, tmp_path)
-    fills = {j.arm: j.real_fill for j in fake.jobs if j.extra == "synthetic"}
-    assert {a: f for a, f in fills.items() if f} == {
-        "synthetic_weighted-share0.5-weight1-fill1": 1.0
-    }
-    assert len(fills) == 5  # 2 shares x 2 starts unfilled, + the one filled arm
-    # FakeFit scores every synthetic arm alike: the first listed (the filled one) wins the tie
-    assert r["treatment"] == "synthetic_weighted-share0.5-weight1-fill1"
-    assert r["choice"]["real_fill"] == 1.0
-    assert stage.headline(r, "balanced_accuracy")["chosen_real_fill"] == 1.0
+    specs = {j.arm: (j.real_fill, j.synthetic_start, j.synthetic_stop)
+             for j in fake.jobs if j.extra == "synthetic"}  # fmt: skip
+    # fills x (stop 0.5: start 0 only; stop 1: both starts) x shares, share 1 unfilled only
+    assert len(specs) == 3 * 2 + 3
+    assert specs["synthetic_weighted-share0.5-weight1-until0.5-fill1"] == (1.0, 0.0, 0.5)
+    assert specs["synthetic_weighted-share0.5-weight1-from0.5-fill1"] == (1.0, 0.5, 1.0)
+    assert specs["synthetic_weighted-until0.5"] == (0.0, 0.0, 0.5)
+    assert not any("from0.5-until0.5" in a or ("share" not in a and "fill" in a) for a in specs)
+    # FakeFit scores every synthetic arm alike: the first listed wins the tie
+    assert r["treatment"] == "synthetic_weighted-share0.5-weight1-until0.5-fill1"
+    assert (r["choice"]["real_fill"], r["choice"]["synthetic_stop"]) == (1.0, 0.5)
+    flat = stage.headline(r, "balanced_accuracy")
+    assert (flat["chosen_real_fill"], flat["chosen_synthetic_stop"]) == (1.0, 0.5)
     assert S.spec_of("synthetic_weighted-share0.2-weight1-fill0.5")["real_fill"] == 0.5
     with pytest.raises(ValueError, match="less than or equal to 1"):
         UtilityParams(real_fills=[1.5])
+    with pytest.raises(ValueError, match="greater than 0"):
+        UtilityParams(synthetic_stops=[0.0])
 
 
 def test_a_full_fill_brings_every_class_to_the_controls_counts(small, tmp_path):
@@ -568,11 +579,15 @@ def test_deferral_keeps_the_real_batches_and_adds_the_synthetic_ones_late(small,
     syn = marked_synthetic(small.train, 60)
     path = arrays(tmp_path, small, syn)
     now, late = (F.Job("s", 0, 0, extra="synthetic", steps=8, synthetic_start=x) for x in (0, 0.5))
-    assert (F.first_extra_step(now, 8), F.first_extra_step(late, 8)) == (0, 4)
-    assert F.first_extra_step(F.Job("o", 0, 0, extra="oversample", synthetic_start=0.5), 8) == 0
+    assert (F.synthetic_window(now, 8), F.synthetic_window(late, 8)) == ((0, 8), (4, 8))
+    assert F.synthetic_window(F.Job("o", 0, 0, extra="oversample", synthetic_start=0.5), 8) == (
+        0,
+        8,
+    )
     data = F.training_set(late, F.load_arrays(path), settings())
+    assert data["first_synthetic"] == 0
     plain = F.batches(data["real"], data["extra"], None, 32, 8, 0)
-    deferred = F.batches(data["real"], data["extra"], None, 32, 8, 0, extra_from=4)
+    deferred = F.batches(data["real"], data["extra"], None, 32, 8, 0, window=(4, 8))
     for step in range(8):
         x, y, _ = deferred[step]
         x0, y0, _ = plain[step]
@@ -587,6 +602,36 @@ def test_deferral_keeps_the_real_batches_and_adds_the_synthetic_ones_late(small,
     # a deferred training runs end to end (the batch grows mid-fit)
     result = F.fit_job(late, path, settings())
     assert result["steps"] == 8 and result["num_extra"] == 60
+
+
+def test_fine_tuning_drops_the_synthetic_images_but_keeps_the_real_copies(small, tmp_path):
+    """A filled arm with a stop: every step holds its real batch and its real copies; the
+    synthetic images only before the stop (the rest fine-tunes on real images)."""
+    syn = marked_synthetic(small.train, 200)
+    path = arrays(tmp_path, small, syn)
+    job = F.Job("s", 0, 0, extra="synthetic", steps=8, share=0.5, synthetic_stop=0.75,
+                real_fill=1.0)  # fmt: skip
+    assert F.synthetic_window(job, 8) == (0, 6)
+    data = F.training_set(job, F.load_arrays(path), settings())
+    extra, first = data["extra"], data["first_synthetic"]
+    assert 0 < first < len(extra) and not (extra.images[:first, 0, 0, 0] == 255).any()
+    assert (extra.images[first:, 0, 0, 0] == 255).all()
+    plain = F.batches(data["real"], extra, None, 32, 8, 0)
+    tuned = F.batches(data["real"], extra, None, 32, 8, 0, window=(0, 6), windowed_from=first)
+    copies_seen = 0
+    for step in range(8):
+        x, _, _ = tuned[step]
+        x0, _, _ = plain[step]
+        marked = x[:, 0, 0, 0] > 0.99
+        np.testing.assert_array_equal(x[:32], x0[:32])  # the same real batch
+        if step < 6:
+            np.testing.assert_array_equal(x, x0)
+        else:
+            assert not marked.any() and len(x) == 32 + (~(x0[32:, 0, 0, 0] > 0.99)).sum()
+            copies_seen += len(x) - 32
+    assert copies_seen > 0  # the copies stay in the fine-tuning steps
+    result = F.fit_job(job, path, settings())
+    assert result["steps"] == 8 and result["num_extra"] == len(extra)
 
 
 def test_a_share_draws_that_part_of_each_class_and_the_weight_scales_its_loss(small, tmp_path):

@@ -3,9 +3,10 @@
 `data/augmented/train.npz` holds, beside `images`, `labels` and `is_synthetic`, per-image
 `soft_labels` (N x K, rows sum to 1) and `weights` (N): the targets and loss weights augment's
 teacher_mix / teacher_temperature / synthetic_weight chose (docs/augment.md), and
-`synthetic_start`: the part of the training before the synthetic images join (0: from the start;
-train that part of the epochs on `synthetic=False`, the real images alone). An export written
-before those existed reads as one-hot targets, weight 1 and start 0.
+`synthetic_start` and `synthetic_stop`: the part of the training before the synthetic images join
+(0: from the start) and after which they leave (1: never); train the epochs outside that window on
+`synthetic=False`, the real images alone. An export written before those existed reads as one-hot
+targets, weight 1, start 0 and stop 1.
 
 - `load_augmented(path)`: the arrays, checked.
 - `keras_dataset(path, ...)`: a `tf.data.Dataset` of (images, soft labels, weights) batches, which
@@ -41,15 +42,18 @@ class Augmented:
     is_synthetic: np.ndarray
     # the part of the training before the synthetic images join (deferral; 0: from the start)
     synthetic_start: float = 0.0
+    # the part after which they leave (fine-tuning on the real images; 1: never)
+    synthetic_stop: float = 1.0
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def real_only(self) -> Augmented:
-        """The real images alone (the first `synthetic_start` of a deferred training)."""
+        """The real images alone (the epochs outside [synthetic_start, synthetic_stop))."""
         keep = ~self.is_synthetic
         return Augmented(self.images[keep], self.labels[keep], self.soft_labels[keep],
-                         self.weights[keep], self.is_synthetic[keep], self.synthetic_start)  # fmt: skip
+                         self.weights[keep], self.is_synthetic[keep], self.synthetic_start,
+                         self.synthetic_stop)  # fmt: skip
 
     def inputs(self, index: Any = slice(None)) -> np.ndarray:
         """float32 images in [0, 1] (N x H x W x C), the scale the utility stage trains on."""
@@ -90,9 +94,12 @@ def load_augmented(path: str | os.PathLike[str], num_classes: int | None = None)
     if n and not np.allclose(soft.sum(axis=1), 1.0, atol=1e-4):
         raise DataError(f"{path}: soft_labels rows must sum to 1")
     start = float(arrays["synthetic_start"]) if "synthetic_start" in arrays else 0.0
+    stop = float(arrays["synthetic_stop"]) if "synthetic_stop" in arrays else 1.0
     if not 0.0 <= start < 1.0:
         raise DataError(f"{path}: synthetic_start {start} must be in [0, 1)")
-    return Augmented(images, labels, soft, weights, is_syn, start)
+    if not start < stop <= 1.0:
+        raise DataError(f"{path}: synthetic_stop {stop} must be in ({start}, 1]")
+    return Augmented(images, labels, soft, weights, is_syn, start, stop)
 
 
 def _selected(path: str | os.PathLike[str], synthetic: bool) -> Augmented:

@@ -24,7 +24,10 @@ seed's validation images. Class weights still follow the hard labels.
 
 Deferral (`Job.synthetic_start` s > 0): the synthetic images join the batches only after the first
 s x steps steps (M2m's deferred schedule; the classifier first learns the real images' features,
-then the synthetic ones fill the rare classes). The real batches are the same as without it.
+then the synthetic ones fill the rare classes). Fine-tuning (`Job.synthetic_stop` e < 1): they
+leave after the first e x steps steps, and the rest trains on the real images alone (SYNAuG
+pretrains on a balanced synthetic-augmented set, then fine-tunes on the real one). The real
+batches, and the real copies of a fill, are the same as without either.
 
 Real fill (`Job.real_fill` f > 0): a treatment whose share leaves a gap to the whole pool gets f x
 that gap, per class, as copies of its real images, drawn like the oversampled control's: at f 1
@@ -84,6 +87,8 @@ class Job:
     # synthetic arms: the part of the steps trained on the real batches alone before the
     # synthetic images join (0: from the first step)
     synthetic_start: float = 0.0
+    # synthetic arms: the part of the steps after which the synthetic images leave the batches
+    synthetic_stop: float = 1.0
     # synthetic arms: the part of the gap between the share and the whole pool filled with copies
     # of the real images (the oversampled control's counts at 1)
     real_fill: float = 0.0
@@ -292,6 +297,8 @@ def training_set(
         "real": real,
         "val": val,
         "extra": extra,
+        # the synthetic images' first index in extra (its length: none), the ones a window moves
+        "first_synthetic": len(extra) - len(parts[-1]) if job.extra == "synthetic" else len(extra),
         "extra_weight": extra_weight,
         "extra_targets": extra_targets,
         "num_classes": k,
@@ -351,7 +358,7 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
         model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
         plan = batches(real, extra, weights, settings.batch_size, steps, job.seed,
                        data["extra_weight"], data["extra_targets"],
-                       extra_from=first_extra_step(job, steps))  # fmt: skip
+                       synthetic_window(job, steps), data["first_synthetic"])  # fmt: skip
         model.fit(plan, epochs=1, verbose=0)
     if settings.save_teacher and is_teacher(job):
         path = teacher_file(arrays_path, job.arm, job.seed_index)
@@ -375,12 +382,16 @@ def fit_job(job: Job, arrays_path: str, settings: Settings) -> dict[str, Any]:
     }
 
 
-def first_extra_step(job: Job, steps: int) -> int:
-    """The first step whose batch holds extra images: round(synthetic_start x steps) for a
-    deferred synthetic arm, else 0."""
-    if job.extra != "synthetic" or job.synthetic_start <= 0:
-        return 0
-    return min(steps, int(np.floor(job.synthetic_start * steps + 0.5)))
+def synthetic_window(job: Job, steps: int) -> tuple[int, int]:
+    """[first, last) steps whose batches hold the synthetic images: round(synthetic_start x
+    steps) to round(synthetic_stop x steps) for a synthetic arm, else every step."""
+    if job.extra != "synthetic":
+        return 0, steps
+
+    def step(x: float) -> int:
+        return min(steps, int(np.floor(x * steps + 0.5)))
+
+    return step(job.synthetic_start), step(job.synthetic_stop)
 
 
 def is_teacher(job: Job) -> bool:
@@ -439,12 +450,14 @@ def batches(
     seed: int,
     extra_weight: np.ndarray | None = None,
     extra_targets: np.ndarray | None = None,
-    extra_from: int = 0,
+    window: tuple[int, int] | None = None,
+    windowed_from: int = 0,
 ) -> Any:
     """A Keras PyDataset of `steps` batches from `batch_plan`: the step's real images, then its
-    extra ones (none before step `extra_from`: deferral); images in [-1, 1]; sample weights from
-    the class weights (1 without), times `extra_weight` (per extra image; 1 without) for the extra
-    ones. With `extra_targets` (rows of class probabilities per extra image) the targets are such
+    extra ones, those from index `windowed_from` on (the synthetic ones) only in the steps of
+    `window` ([first, last): deferral and fine-tuning; None: every step); images in [-1, 1];
+    sample weights from the class weights (1 without), times `extra_weight` (per extra image; 1
+    without) for the extra ones. With `extra_targets` (rows of class probabilities per extra image) the targets are such
     rows, one-hot for the real images. The class is made here so that importing this module does
     not import Keras."""
     import keras
@@ -456,13 +469,16 @@ def batches(
         class_weight[c] = v
     real_ones = np.ones(plan[0].shape[1], dtype=np.float32)
     per_extra = np.ones(len(extra), np.float32) if extra_weight is None else extra_weight
+    lo, hi = window or (0, steps)
 
     class Batches(keras.utils.PyDataset):
         def __len__(self) -> int:
             return steps
 
         def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            r, e = plan[0][i], plan[1][i] if i >= extra_from else plan[1][i][:0]
+            r, e = plan[0][i], plan[1][i]
+            if not lo <= i < hi:
+                e = e[e < windowed_from]
             images = np.concatenate([real.images[r], extra.images[e]])
             labels = np.concatenate([real.labels[r], extra.labels[e]])
             scale = np.concatenate([real_ones, per_extra[e]])

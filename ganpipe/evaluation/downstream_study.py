@@ -15,7 +15,8 @@ also for each share of the synthetic pool (`utility.synthetic_shares`) and loss 
 synthetic image (`utility.synthetic_weights`), named synthetic_<loss>-share<s>-weight<w>, and for
 each part of a synthetic target taken from a teacher (`utility.teacher_mixes`, -teacher<m>) and
 each part of the steps trained before the synthetic images join (`utility.synthetic_starts`,
--from<s>: deferral), and each part of the gap between the share and the whole pool filled with
+-from<s>: deferral) and after which they leave (`utility.synthetic_stops`, -until<e>: the rest
+fine-tunes on the real images), and each part of the gap between the share and the whole pool filled with
 copies of the real images as in the control (`utility.real_fills`, -fill<f>: at fill 1 every class
 has the control's counts, a share of them synthetic, so the pair isolates replacing copies with
 samples). The
@@ -76,10 +77,11 @@ def treatment_name(
     teacher_mix: float = 0.0,
     start: float = 0.0,
     fill: float = 0.0,
+    stop: float = 1.0,
 ) -> str:
     """synthetic_<loss>, with -share<s>-weight<w> unless both are 1, -teacher<m> unless m is 0,
-    -from<s> unless the synthetic images join from the first step and -fill<f> unless no real
-    copies fill the gap (characters MLflow keys allow)."""
+    -from<s> unless the synthetic images join from the first step, -until<e> unless they stay to
+    the last and -fill<f> unless no real copies fill the gap (characters MLflow keys allow)."""
 
     def plain(x: float) -> str:  # never 1e-05: '-' separates the options
         return np.format_float_positional(x, trim="-")
@@ -89,6 +91,8 @@ def treatment_name(
         tail += f"-teacher{plain(teacher_mix)}"
     if start:
         tail += f"-from{plain(start)}"
+    if stop < 1.0:
+        tail += f"-until{plain(stop)}"
     if fill:
         tail += f"-fill{plain(fill)}"
     return f"synthetic_{loss}{tail}"
@@ -100,35 +104,37 @@ def arm_names(params: UtilityParams) -> tuple[list[str], list[str]]:
     if params.oversample_control:
         baselines += [f"oversampled_{loss}" for loss in params.losses]
     treatments = [
-        treatment_name(loss, share, weight, mix, start, fill)
+        treatment_name(loss, share, weight, mix, start, fill, stop)
         for fill in params.real_fills
+        for stop in params.synthetic_stops
         for start in params.synthetic_starts
         for mix in params.teacher_mixes
         for loss in params.losses
         for share in params.synthetic_shares
         for weight in params.synthetic_weights
-        # deferred copies would join late, which the export's real-image weights cannot say;
-        # at share 1 there is no gap to fill
-        if not fill or (not start and share < 1.0)
+        # a window must hold some steps; at share 1 there is no gap to fill
+        if start < stop and (not fill or share < 1.0)
     ]
     return baselines, treatments
 
 
 OPTIONS = {"share": "share", "weight": "synthetic_weight", "teacher": "teacher_mix",
-           "from": "synthetic_start", "fill": "real_fill"}  # fmt: skip
+           "from": "synthetic_start", "until": "synthetic_stop",
+           "fill": "real_fill"}  # fmt: skip
 # what augment.mode auto exports of the chosen treatment
-CHOICE = ("loss", "share", "synthetic_weight", "teacher_mix", "synthetic_start", "real_fill")
+CHOICE = ("loss", "share", "synthetic_weight", "teacher_mix", "synthetic_start", "synthetic_stop",
+          "real_fill")  # fmt: skip
 
 
 def spec_of(arm: str) -> dict[str, Any]:
     """The Job fields (loss, extra, share, synthetic_weight, teacher_mix, synthetic_start,
-    real_fill) of a phase-1 arm name."""
+    synthetic_stop, real_fill) of a phase-1 arm name."""
     name, _, options = arm.partition("-")
     kind, loss = name.split("_", 1)
     extra = {"real": "none", "oversampled": "oversample", "synthetic": "synthetic"}[kind]
     spec: dict[str, Any] = {"loss": loss, "extra": extra, "share": 1.0, "synthetic_weight": 1.0,
                             "teacher_mix": 0.0, "synthetic_start": 0.0,
-                            "real_fill": 0.0}  # fmt: skip
+                            "synthetic_stop": 1.0, "real_fill": 0.0}  # fmt: skip
     for option in filter(None, options.split("-")):
         prefix = next(p for p in OPTIONS if option.startswith(p))
         spec[OPTIONS[prefix]] = float(option.removeprefix(prefix))

@@ -99,7 +99,7 @@ def teacher_mix_of(params: AugmentParams, choice: dict[str, Any] | None) -> floa
 
 def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """augment.mode auto: {"share", "synthetic_weight", "teacher_mix", "synthetic_start",
-    "real_fill", "verdict", "why"} from the utility study's choice on validation (metrics/utility.json); share 0 (the real
+    "synthetic_stop", "real_fill", "verdict", "why"} from the utility study's choice on validation (metrics/utility.json); share 0 (the real
     data alone) unless the verdict is `helps`. DataError when the study has not recorded a
     choice."""
     from ganpipe.evaluation.downstream import read_verdict
@@ -116,6 +116,7 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
     mix = float(h.get("chosen_teacher_mix", 0.0))  # absent: a study from before soft targets
     start = float(h.get("chosen_synthetic_start", 0.0))  # absent: a study from before deferral
     fill = float(h.get("chosen_real_fill", 0.0))  # absent: a study from before real fill
+    stop = float(h.get("chosen_synthetic_stop", 1.0))  # absent: a study from before fine-tuning
     effect = (
         f"{m} {h[f'delta_{m}']:+.4f}, 95% interval {h[f'delta_{m}_low']:+.4f} .. "
         f"{h[f'delta_{m}_high']:+.4f}"
@@ -126,11 +127,12 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
             f"weight {weight:g}"
             + (f" with {mix:g} of each target from the teacher" if mix else "")
             + (f", joining after {start:g} of the training" if start else "")
+            + (f", leaving after {stop:g} of it" if stop < 1 else "")
             + (f", the real images weighted for {fill:g} of the gap to the pool" if fill else "")
             + f" on validation; verdict 'helps' ({effect})"
         )
     else:
-        share, start, fill = 0.0, 0.0, 0.0
+        share, start, stop, fill = 0.0, 0.0, 1.0, 0.0
         why = (
             f"augment.mode auto: the utility verdict is '{verdict['verdict']}' ({effect}): "
             "exporting the real data alone"
@@ -140,6 +142,7 @@ def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "synthetic_weight": weight,
         "teacher_mix": mix,
         "synthetic_start": start,
+        "synthetic_stop": stop,
         "real_fill": fill,
         "verdict": verdict["verdict"],
         "why": why,
@@ -180,6 +183,7 @@ def augment(
     wanted = wanted_counts(params, real_counts, class_names, share)
     synthetic_weight = choice["synthetic_weight"] if choice else params.synthetic_weight
     synthetic_start = choice["synthetic_start"] if choice else params.synthetic_start
+    synthetic_stop = choice.get("synthetic_stop", 1.0) if choice else params.synthetic_stop
 
     synthetic_source: dict[str, Any] | None = None
     chosen = np.zeros(0, dtype=np.int64)
@@ -223,6 +227,7 @@ def augment(
                 "synthetic_weight": synthetic_weight,
                 "teacher": teacher,
                 "synthetic_start": synthetic_start,
+                "synthetic_stop": synthetic_stop,
                 "real_fill": real_fill,
                 "real_weights": {
                     n: float(w) for n, w in zip(class_names, real_weights, strict=True)
@@ -254,6 +259,7 @@ def augment(
             soft_labels=soft_labels,
             weights=weights,
             synthetic_start=np.float32(synthetic_start),
+            synthetic_stop=np.float32(synthetic_stop),
         )
         shutil.copyfile(data_dir / "test.npz", tmp / "test.npz")
         write_json(tmp / "summary.json", summary)

@@ -275,6 +275,7 @@ def headline(study: dict[str, Any], verdict_metric: str) -> dict[str, float]:
         flat["chosen_synthetic_weight"] = choice["synthetic_weight"]
         flat["chosen_teacher_mix"] = choice["teacher_mix"]
         flat["chosen_synthetic_start"] = choice["synthetic_start"]
+        flat["chosen_synthetic_stop"] = choice["synthetic_stop"]
         flat["chosen_real_fill"] = choice["real_fill"]
     flat["num_real"] = study["num_real"]
     flat["num_synthetic"] = study["num_synthetic"]
