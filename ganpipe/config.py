@@ -102,9 +102,21 @@ class ModelParams(Section):
     # (UTLO/BAGAN's shared low-resolution stage): the coarse layout is learned from every
     # class's images, so a rare class draws its variety from it rather than from its few images.
     shared_lowres: bool = False
+    # gSR (Rangwani et al. 2022): this weight x the largest singular value of each class's
+    # class-conditional BatchNorm gains and biases, grouped into near-square matrices, added to G's
+    # loss (ganpipe/gan/training/gsr.py): it keeps a rare class's conditioning from collapsing
+    # onto a few directions. Needs the class-conditional BatchNorm (conditional with class_bn, or
+    # resnet). 0: off; the paper uses 0.5 on CIFAR-10-LT.
+    class_bn_gsr: float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _embedding_options_need_embedding(self) -> ModelParams:
+        if self.class_bn_gsr and not (self.arch == "resnet" or
+                                      (self.arch == "conditional" and self.class_bn)):  # fmt: skip
+            raise ValueError(
+                "model.class_bn_gsr needs the class-conditional BatchNorm: model.arch resnet, or "
+                "conditional with class_bn true"
+            )
         for key in ("embed_noise", "shared_lowres"):
             if getattr(self, key) and (self.arch != "conditional" or self.class_bn):
                 raise ValueError(

@@ -282,7 +282,7 @@ def test_new_params_in_the_run_key(monkeypatch):
         key(loss="hinge"), key(loss="wgan_gp"), key(loss="wgan_gp", gp_weight=5.0),
         key(ema_decay=None), key(ema_decay=0.99), key(diffaugment="color"), key(diffaugment="color,cutout"),
         key(spectral_norm=True), key(class_bn=True), key(arch="resnet"), key(embed_noise=0.1),
-        key(shared_lowres=True),
+        key(shared_lowres=True), key(class_bn=True, class_bn_gsr=0.5),
     ]  # fmt: skip
     assert len({base, *variants}) == 1 + len(variants)
     assert key(gp_weight=5.0) == base  # only wgan_gp uses it
@@ -301,6 +301,7 @@ def test_new_params_in_the_run_key(monkeypatch):
     assert not added & hashed[0]["train"].keys()
     assert "spectral_norm" not in hashed[0]["model"] and "latent_dim" in hashed[0]["model"]
     assert "embed_noise" not in hashed[0]["model"] and "shared_lowres" not in hashed[0]["model"]
+    assert "class_bn_gsr" not in hashed[0]["model"]
 
 
 # --- spectral norm ---
@@ -349,6 +350,40 @@ def test_spectral_norm_in_the_tf_step_normalises_the_kernel():
     np.testing.assert_allclose(sn.vector_u.numpy(), expected_u, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(sn.kernel.numpy(), expected_kernel, rtol=1e-4, atol=1e-7)
     assert not np.allclose(sn.kernel.numpy(), kernel_before)
+
+
+def test_gsr_in_the_tf_step_shrinks_the_class_conditional_spread():
+    """model.class_bn_gsr: one TensorFlow step with a large weight lowers the penalty of G's
+    class-conditional BatchNorm parameters; without it the same step does not lower it as much.
+    The grouping and the power iteration match NumPy's SVD."""
+    from ganpipe.gan.training import gsr
+    from tests.train_fixtures import gsr_effect
+
+    def one_step(state, images, labels, noise):
+        step_tf.make_train_step(state)(images, labels, noise)
+
+    effect = gsr_effect(one_step)
+    assert effect["parameters"] == 2  # gamma and beta of the 8x8 generator's one ClassBatchNorm
+    # Adam's first step moves each parameter by about the learning rate (2e-4 here) against its
+    # gradient's sign. At weight 1000 the penalty's gradient decides every sign, so the moves add
+    # up (measured: -0.0098); at 0 the adversarial gradient's signs are unrelated to the penalty
+    # and mostly cancel (measured: +0.0001 on TensorFlow, -0.0002 on JAX)
+    drop, chance = (
+        effect["before"] - effect["after_1000"],
+        abs(effect["before"] - effect["after_0"]),
+    )
+    assert drop > 0.005 and drop > 10 * chance
+    assert gsr.group_shape(64) == (8, 8) and gsr.group_shape(128) == (8, 16)
+    assert gsr.group_shape(7) == (1, 7)
+    w = np.random.default_rng(0).standard_normal((5, 8, 16)).astype(np.float32)
+    exact = np.linalg.svd(w, compute_uv=False)[:, 0]
+    # power iteration from a fixed start: a lower bound that is close after POWER_ITERATIONS
+    # steps on matrices whose top two singular values are this far apart (float32 rounding: 1e-5)
+    estimate = _np(gsr.largest_singular_values(w))
+    assert np.all(estimate <= exact * (1 + 1e-5)) and np.all(estimate >= 0.99 * exact)
+    with pytest.raises(ValueError, match="class_bn_gsr needs the class-conditional BatchNorm"):
+        ModelParams(class_bn_gsr=0.5)
+    ModelParams(class_bn_gsr=0.5, arch="resnet")
 
 
 def test_spectral_norm_keeps_float32_master_kernels_under_mixed_precision():

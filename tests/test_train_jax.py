@@ -186,6 +186,18 @@ out["sn_step"] = {
     "kernel_moved": not np.allclose(np.asarray(sn.kernel.value), kernel_before),
 }
 
+# gSR in the stateless step: the penalty's gradient reaches G's class-conditional BatchNorm.
+from tests.train_fixtures import gsr_effect
+
+
+def jax_one_step(state, images, labels, noise):
+    runner = step_jax.JaxGanStep(state)
+    runner.step(images, labels, noise)
+    runner.sync_to_keras()
+
+
+out["gsr"] = gsr_effect(jax_one_step)
+
 # eps / DiffAugment draws on JAX: Uniform[0, 1).
 import jax
 
@@ -341,6 +353,18 @@ def test_jax_spectral_norm_keeps_the_normalised_kernel_and_u(jax_run):
     assert sn["u_moved"] and sn["kernel_moved"]
     assert sn["u_diff"] <= 1e-6
     assert sn["kernel_diff"] <= 1e-6  # the learning rate is 1e-12: the kernel is kernel / sigma
+
+
+def test_jax_gsr_shrinks_the_class_conditional_spread(jax_run):
+    """As the TensorFlow step (tests/test_losses.py, where the sizes are explained): at weight
+    1000 one step lowers the penalty ten times more than the same step without it moves it."""
+    effect = jax_run[0]["gsr"]
+    assert effect["parameters"] == 2
+    drop, chance = (
+        effect["before"] - effect["after_1000"],
+        abs(effect["before"] - effect["after_0"]),
+    )
+    assert drop > 0.005 and drop > 10 * chance
 
 
 def test_jax_uniform_draws_and_gradient_penalty(jax_run):

@@ -48,3 +48,43 @@ ADA = {
 }
 # Resume exactness with ADA and every option it goes with (ADA and DiffAugment exclude each other).
 ADA_RESUME_OPTIONS = {"loss": "wgan_gp", "ema_decay": 0.9} | ADA
+
+
+def gsr_effect(one_step) -> dict[str, float]:
+    """The gSR penalty of a class_bn generator whose class-conditional gains and biases were
+    perturbed (so the penalty is not 0), before and after one train step with model.class_bn_gsr
+    0 and 1000 from the same start: `one_step(state, images, labels, noise)` runs the backend's
+    step and leaves the result in the Keras variables. Backend-neutral (no TensorFlow import)."""
+    import keras
+    import numpy as np
+
+    from ganpipe.gan.models import build_models
+    from ganpipe.gan.training import gsr
+    from ganpipe.gan.training.losses import StepOptions
+    from ganpipe.gan.training.state import GanState, make_optimizers
+
+    out: dict[str, float] = {}
+    for weight in (0.0, 1000.0):
+        keras.utils.set_random_seed(0)
+        p = tiny()
+        model = p.model.model_dump() | {"class_bn": True, "class_bn_gsr": weight}
+        p = Params.model_validate({"model": model, "train": p.train.model_dump()})
+        g, d = build_models((8, 8, 1), 3, p.model)
+        found = gsr.class_bn_parameters(g)
+        rng = np.random.default_rng(0)
+        for v, offset in found:
+            v.assign(offset + 0.1 * rng.standard_normal(tuple(v.shape)).astype(np.float32))
+
+        def penalty(found=found) -> float:
+            values, offsets = [v.value for v, _ in found], [o for _, o in found]
+            return float(np.asarray(gsr.penalty(values, offsets)))
+
+        out["before"] = penalty()
+        g_opt, d_opt = make_optimizers(p, g, d)
+        state = GanState(g, d, g_opt, d_opt, options=StepOptions.from_params(p))
+        images = rng.uniform(-1, 1, (6, 8, 8, 1)).astype(np.float32)
+        labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+        one_step(state, images, labels, rng.standard_normal((6, 8)).astype(np.float32))
+        out[f"after_{weight:g}"] = penalty()
+        out["parameters"] = len(found)
+    return out

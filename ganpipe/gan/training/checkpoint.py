@@ -14,7 +14,7 @@ report "nothing to do" and export a model the current code never trained. Any ed
 a comment included, starts afresh: that errs on the side of training, never of reusing.
 
 The params added after the format settled (`ADDED_LATER`: loss, gp_weight, ema_decay, diffaugment,
-the ada ones, spectral_norm) are in the key only when they differ from their defaults (that once
+the ada ones, spectral_norm, embed_noise, shared_lowres, class_bn_gsr) are in the key only when they differ from their defaults (that once
 let runs from before them keep their keys; with the code in the key, it just leaves defaults out);
 gp_weight only counts under loss wgan_gp, the only loss that uses it, and ada_policy, ada_target,
 ada_interval and ada_kimg only with train.ada on.
@@ -57,7 +57,7 @@ FORMAT_VERSION = 3  # 3: history rows gained ada_p
 NOT_IN_KEY = frozenset({"epochs", "sample_every", "checkpoint_every", "backend", "distribute"})
 # Params whose defaults are left out of the key (see the module docstring).
 ADDED_LATER = {
-    "model": ("spectral_norm", "embed_noise", "shared_lowres"),
+    "model": ("spectral_norm", "embed_noise", "shared_lowres", "class_bn_gsr"),
     "train": (
         "loss",
         "gp_weight",

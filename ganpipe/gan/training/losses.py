@@ -61,6 +61,8 @@ class StepOptions:
     diffaugment: tuple[str, ...] = ()
     ema_decay: float | None = None
     ada: ada_augment.AdaOptions | None = None
+    # gSR: this weight x the group spectral penalty of G's class-conditional BatchNorm (gsr.py)
+    gsr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -80,6 +82,7 @@ class StepOptions:
             diffaugment=diffaugment.parse_policy(policy),
             ema_decay=tp.ema_decay,
             ada=ada_augment.AdaOptions.from_params(params),
+            gsr=params.model.class_bn_gsr,
         )
 
     @property

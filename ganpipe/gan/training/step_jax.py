@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from ganpipe.gan.training import ada, ema
+from ganpipe.gan.training import ada, ema, gsr
 from ganpipe.gan.training.losses import METRICS, gan_losses
 from ganpipe.gan.training.state import GanState
 
@@ -124,6 +124,10 @@ class JaxGanStep:
         self.options = state.options
         self._d_assigns_trainables = _has_spectral_norm(discriminator)
         self._has_ema = ema_generator is not None
+        # gSR: the positions of G's class-conditional BatchNorm parameters in its trainables
+        index = {id(v): i for i, v in enumerate(generator.trainable_variables)}
+        found = gsr.class_bn_parameters(generator) if self.options.gsr else []
+        self._gsr = [(index[id(v)], offset) for v, offset in found]
         self._keras_vars = (
             (
                 generator.trainable_variables,
@@ -214,6 +218,8 @@ class JaxGanStep:
             d_loss, g_loss, d_real, d_fake, real_signs = gan_losses(
                 options, real, fake, labels, u, d_forward, ada_p
             )
+            g_loss = gsr.add_penalty(g_loss, options.gsr, [g_tv[i] for i, _ in self._gsr],
+                                     [offset for _, offset in self._gsr])  # fmt: skip
             # The trainable values D's call assigned (spectral norm): what the optimizer updates.
             d_base = [jax.lax.stop_gradient(x) for x in new_d["tv"]] if assigns else None
             stats = (d_real, d_fake, real_signs)

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from ganpipe.config import Params
 from ganpipe.data.prepared import to_float
-from ganpipe.gan.training import ada, ema
+from ganpipe.gan.training import ada, ema, gsr
 from ganpipe.gan.training.losses import METRICS, gan_losses, step_uniforms
 from ganpipe.gan.training.state import GanState
 
@@ -109,6 +109,8 @@ def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = N
     g_optimizer, d_optimizer, ema_generator = state.g_opt, state.d_opt, state.ema_generator
     ada_state = state.ada_state
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    gsr_params = gsr.class_bn_parameters(generator) if options.gsr else []
+    gsr_offsets = [offset for _, offset in gsr_params]
 
     def d_forward(images, labels, gp_rows):
         if not gp_rows:
@@ -127,6 +129,8 @@ def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = N
             d_loss, g_loss, d_real, d_fake, real_signs = gan_losses(
                 options, real, fake, labels, u, d_forward, ada_p
             )
+            g_loss = gsr.add_penalty(g_loss, options.gsr, [v.value for v, _ in gsr_params],
+                                     gsr_offsets)  # fmt: skip
             # The loss itself unless loss-scaling (and / replicas under data parallel).
             d_scaled = d_optimizer.scale_loss(d_loss / replicas if replicas > 1 else d_loss)
             g_scaled = g_optimizer.scale_loss(g_loss / replicas if replicas > 1 else g_loss)
