@@ -2,8 +2,8 @@
 # Issues 22/23's GPU figures in one device run (JAX backend; H100/H200). Three whole pipelines
 # (`ganpipe run`: GAN, samples, evaluator, utility study, export) side by side on the one GPU,
 # each timed per stage, each with `utility.workers` trainings at once:
-#   longtail   presets/mnist-longtail.yaml as committed (10 paired seeds, both losses, the
-#              oversampling control, the ResNet second opinion, the worth curve)
+#   longtail   presets/mnist-longtail.yaml as committed (10 paired seeds, the oversampling
+#              control, shares with real fill, the ResNet second opinion, the worth curve)
 #   labels600  presets/mnist-600-labels.yaml (the few-label case)
 #   variety    the long-tail preset with VARIETY's generator options (issue 23's variety for the
 #              rare classes), its study without the ResNet and the worth curve, with soft-target
