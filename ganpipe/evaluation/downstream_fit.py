@@ -170,10 +170,11 @@ def share_indices(labels: np.ndarray, share: float, rng: np.random.Generator) ->
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def fill_counts(pool_labels: np.ndarray, taken: np.ndarray, fill: float, k: int) -> np.ndarray:
-    """Per class, round(fill x (the pool's count - the count of `taken`, the share's indices)):
-    how many real copies fill a treatment's gap to the whole pool."""
-    gap = np.bincount(pool_labels, minlength=k) - np.bincount(pool_labels[taken], minlength=k)
+def fill_counts(pool: np.ndarray, taken: np.ndarray, fill: float) -> np.ndarray:
+    """Per class, round(fill x (the pool's count - the count taken, both per class)): how many
+    real copies fill a treatment's gap to the whole pool (the study's batches; augment's export
+    turns them into the real images' weights)."""
+    gap = np.maximum(np.asarray(pool) - np.asarray(taken), 0)
     return np.floor(fill * gap + 0.5).astype(np.int64)
 
 
@@ -268,7 +269,8 @@ def training_set(
         syn_labels = arrays["synthetic_labels"]
         idx = share_indices(syn_labels, job.share, np.random.default_rng([job.seed, 4]))
         if job.real_fill > 0:  # the copies go before the synthetic images (last in extra)
-            counts = fill_counts(syn_labels, idx, job.real_fill, k)
+            pool = np.bincount(syn_labels, minlength=k)
+            counts = fill_counts(pool, np.bincount(syn_labels[idx], minlength=k), job.real_fill)
             copies = oversample_indices(real.labels, counts, np.random.default_rng([job.seed, 3]))
             parts.append(Split(real.images[copies], real.labels[copies]))
         parts.append(Split(arrays["synthetic_images"][idx], syn_labels[idx]))
@@ -457,8 +459,8 @@ def batches(
     extra ones, those from index `windowed_from` on (the synthetic ones) only in the steps of
     `window` ([first, last): deferral and fine-tuning; None: every step); images in [-1, 1];
     sample weights from the class weights (1 without), times `extra_weight` (per extra image; 1
-    without) for the extra ones. With `extra_targets` (rows of class probabilities per extra image) the targets are such
-    rows, one-hot for the real images. The class is made here so that importing this module does
+    without) for the extra ones. With `extra_targets` (rows of class probabilities per extra
+    image) the targets are such rows, one-hot for the real images. The class is made here so that importing this module does
     not import Keras."""
     import keras
 

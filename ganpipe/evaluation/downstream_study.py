@@ -16,11 +16,10 @@ synthetic image (`utility.synthetic_weights`), named synthetic_<loss>-share<s>-w
 each part of a synthetic target taken from a teacher (`utility.teacher_mixes`, -teacher<m>) and
 each part of the steps trained before the synthetic images join (`utility.synthetic_starts`,
 -from<s>: deferral) and after which they leave (`utility.synthetic_stops`, -until<e>: the rest
-fine-tunes on the real images), and each part of the gap between the share and the whole pool filled with
-copies of the real images as in the control (`utility.real_fills`, -fill<f>: at fill 1 every class
-has the control's counts, a share of them synthetic, so the pair isolates replacing copies with
-samples). The
-teacher of a seed is the strongest baseline (chosen on validation) of that seed: the treatments
+fine-tunes on the real images), and each part of the gap between the share and the whole pool
+filled with copies of the real images as in the control (`utility.real_fills`, -fill<f>: at fill
+1 every class has the control's counts, a share of them synthetic, so the pair isolates replacing
+copies with samples). The teacher of a seed is the strongest baseline (chosen on validation) of that seed: the treatments
 with soft targets train after the others, from the softmax the baselines saved. The
 strongest baseline and the strongest treatment are chosen on the VALIDATION split (real images
 only); the test split is predicted after training and used for nothing but the scores, so choosing

@@ -99,7 +99,8 @@ def teacher_mix_of(params: AugmentParams, choice: dict[str, Any] | None) -> floa
 
 def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """augment.mode auto: {"share", "synthetic_weight", "teacher_mix", "synthetic_start",
-    "synthetic_stop", "real_fill", "verdict", "why"} from the utility study's choice on validation (metrics/utility.json); share 0 (the real
+    "synthetic_stop", "real_fill", "verdict", "why"} from the utility study's choice on
+    validation (metrics/utility.json); share 0 (the real
     data alone) unless the verdict is `helps`. DataError when the study has not recorded a
     choice."""
     from ganpipe.evaluation.downstream import read_verdict
@@ -273,15 +274,16 @@ def fill_weights(
     wanted: np.ndarray,
     fill: float,
 ) -> np.ndarray:
-    """Per class, the weight of a real image: 1 + the real copies the study's fill added (fill x
-    the gap between the pool and the exported synthetic count, as in
-    downstream_fit.fill_counts) / the class's real count. A weight stands for the copies, so a
-    loss summed over the export weighs each class as the validated batches did."""
+    """Per class, the weight of a real image: 1 + the real copies the study's fill added
+    (downstream_fit.fill_counts: fill x the gap between the pool and the exported synthetic count)
+    / the class's real count. A weight stands for the copies, so a loss summed over the export
+    weighs each class as the validated batches did."""
+    from ganpipe.evaluation.downstream_fit import fill_counts
+
     weights = np.ones(len(real_counts), dtype=np.float32)
     if fill <= 0:
         return weights
-    pool = wanted_counts(params, real_counts, class_names)
-    copies = np.floor(fill * np.maximum(pool - wanted, 0) + 0.5)
+    copies = fill_counts(wanted_counts(params, real_counts, class_names), wanted, fill)
     present = real_counts > 0
     weights[present] += (copies[present] / real_counts[present]).astype(np.float32)
     return weights

@@ -14,10 +14,10 @@ report "nothing to do" and export a model the current code never trained. Any ed
 a comment included, starts afresh: that errs on the side of training, never of reusing.
 
 The params added after the format settled (`ADDED_LATER`: loss, gp_weight, ema_decay, diffaugment,
-the ada ones, spectral_norm, embed_noise, shared_lowres, class_bn_gsr) are in the key only when they differ from their defaults (that once
-let runs from before them keep their keys; with the code in the key, it just leaves defaults out);
-gp_weight only counts under loss wgan_gp, the only loss that uses it, and ada_policy, ada_target,
-ada_interval and ada_kimg only with train.ada on.
+the ada ones, spectral_norm, embed_noise, shared_lowres, class_bn_gsr) are in the key only when
+they differ from their defaults (that once let runs from before them keep their keys; with the
+code in the key, it just leaves defaults out); gp_weight only counts under loss wgan_gp, the only
+loss that uses it, and ada_policy, ada_target, ada_interval and ada_kimg only with train.ada on.
 
 Checkpoints and sample grids are written atomically (temp file, then rename), so a run killed at
 any moment, SIGKILL included, leaves only whole checkpoints; the next run deletes the temp files
