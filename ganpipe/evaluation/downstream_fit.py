@@ -460,8 +460,8 @@ def batches(
     `window` ([first, last): deferral and fine-tuning; None: every step); images in [-1, 1];
     sample weights from the class weights (1 without), times `extra_weight` (per extra image; 1
     without) for the extra ones. With `extra_targets` (rows of class probabilities per extra
-    image) the targets are such rows, one-hot for the real images. The class is made here so that importing this module does
-    not import Keras."""
+    image) the targets are such rows, one-hot for the real images. The class is made here so that
+    importing this module does not import Keras."""
     import keras
 
     plan = batch_plan(len(real), len(extra), batch_size, steps, seed)

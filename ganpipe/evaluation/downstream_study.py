@@ -19,11 +19,12 @@ each part of the steps trained before the synthetic images join (`utility.synthe
 fine-tunes on the real images), and each part of the gap between the share and the whole pool
 filled with copies of the real images as in the control (`utility.real_fills`, -fill<f>: at fill
 1 every class has the control's counts, a share of them synthetic, so the pair isolates replacing
-copies with samples). The teacher of a seed is the strongest baseline (chosen on validation) of that seed: the treatments
-with soft targets train after the others, from the softmax the baselines saved. The
-strongest baseline and the strongest treatment are chosen on the VALIDATION split (real images
-only); the test split is predicted after training and used for nothing but the scores, so choosing
-among more treatments does not make the verdict optimistic (tests/test_utility.py simulates it).
+copies with samples). The teacher of a seed is the strongest baseline (chosen on validation) of
+that seed: the treatments with soft targets train after the others, from the softmax the
+baselines saved. The strongest baseline and the strongest treatment are chosen on the VALIDATION
+split (real images only); the test split is predicted after training and used for nothing but
+the scores, so choosing among more treatments does not make the verdict optimistic
+(tests/test_utility.py simulates it).
 
 Phase 2, with the chosen pair: the second architecture (a small ResNet, or the user's model) trains
 both on every seed (a second opinion); and where the scenario has real images its caps removed

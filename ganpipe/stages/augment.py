@@ -100,9 +100,8 @@ def teacher_mix_of(params: AugmentParams, choice: dict[str, Any] | None) -> floa
 def auto_choice(metrics_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """augment.mode auto: {"share", "synthetic_weight", "teacher_mix", "synthetic_start",
     "synthetic_stop", "real_fill", "verdict", "why"} from the utility study's choice on
-    validation (metrics/utility.json); share 0 (the real
-    data alone) unless the verdict is `helps`. DataError when the study has not recorded a
-    choice."""
+    validation (metrics/utility.json); share 0 (the real data alone) unless the verdict is
+    `helps`. DataError when the study has not recorded a choice."""
     from ganpipe.evaluation.downstream import read_verdict
 
     path = Path(metrics_dir) / "utility.json"
