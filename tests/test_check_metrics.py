@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ganpipe.orchestration.check_metrics import TOLERANCES, compare
+from ganpipe.orchestration.check_metrics import PER_CLASS, TOLERANCES, compare
 from tests.helpers import run
 from tests.test_dvc import git
 
@@ -73,5 +73,26 @@ def test_tolerances_are_relative_or_absolute():
         fd.within
         and not compare({"m.json": {"classifier_fd": {"old": 3.0, "new": 3.46}}})[0].within
     )
-    assert recall.within and TOLERANCES["recall"] == ("abs", 0.02)
+    assert recall.within and TOLERANCES["recall"] == ("abs", 0.04)
     assert compare({"m.json": {"verdict": {"old": "helps", "new": "hurts"}}}) == []
+
+
+def test_per_class_memorization_figures_get_their_own_spread():
+    # memorization.json as two machines of ours gave it (metrics/ at 7d5fb70 and at 55c4b35)
+    measured = {
+        "closer_to_train_fraction": {"old": 0.513, "new": 0.515},
+        "pixel_near_copy_fraction": {"old": 0.0014, "new": 0.0004},
+        "per_class.3.closer_to_train_fraction": {"old": 0.418, "new": 0.484},
+        "per_class.1.pixel_near_copy_fraction": {"old": 0.014, "new": 0.004},
+        "per_class.1.dcr_train_median": {"old": 2.69, "new": 2.93},
+    }
+    assert all(c.within for c in compare({"metrics/memorization.json": measured}))
+    # one class drifting towards its training images is a regression, not spread; the overall
+    # figure keeps its tighter tolerance
+    regressed = {
+        "per_class.3.closer_to_train_fraction": {"old": 0.418, "new": 0.60},
+        "closer_to_train_fraction": {"old": 0.513, "new": 0.484 + 0.066},
+    }
+    overall, per_class = compare({"metrics/memorization.json": regressed})  # sorted by name
+    assert per_class.verdict == "WORSE" and overall.verdict == "WORSE"
+    assert PER_CLASS["closer_to_train_fraction"][1] > TOLERANCES["closer_to_train_fraction"][1]
