@@ -430,6 +430,19 @@ def test_treatments_span_shares_and_weights_and_the_choice_is_recorded(
     assert (flat["chosen_share"], flat["chosen_synthetic_weight"]) == (0.5, 0.25)
     assert S.planned_trainings(params, with_worth=False) == 3 * (1 + 4)
     assert r["teacher"] is None and not fake.settings.save_teacher
+    # 400 digits: about 4 validation images a class, too few to choose among 4 treatments
+    assert "close to chance" in r["selection"]["warning"]
+
+
+def test_a_choice_on_a_thin_validation_split_is_flagged():
+    """The long-tail preset's split: 2 validation images of each rare class."""
+    labels = np.repeat(np.arange(10), [1000] * 5 + [20] * 5)
+    warning = S.thin_validation(labels, 0.1, 0, treatments=4)
+    assert "only 2 image(s) of class(es) 5, 6, 7, 8, 9" in warning
+    assert "choosing among 4 treatments" in warning
+    assert S.thin_validation(labels, 0.1, 0, treatments=1) == ""  # nothing to choose
+    assert S.thin_validation(labels, 0.5, 0, treatments=4) == ""  # 10 of each rare class
+    assert S.thin_validation(np.repeat(np.arange(10), 1000), 0.1, 0, treatments=4) == ""
 
 
 def test_soft_target_treatments_are_taught_by_the_chosen_baseline(small, tmp_path, monkeypatch):
