@@ -752,8 +752,11 @@ def test_a_planted_harmful_set_hurts_and_the_gate_blocks_it(tail, tmp_path):
 
     real, removed = tail
     rare = np.isin(removed.labels, range(5, 10))
-    wrong = Split(removed.images[rare][:150], (removed.labels[rare][:150] + 1) % 10)
-    params = UtilityParams(**PLANTED)
+    # all 709 mislabelled images and 6 seeds: the harm per seed is bimodal (about -1 or -11 points
+    # with 150 images), and with 150 images and 3 seeds another machine's CI saw -15, -1.3, -1.5:
+    # an interval across zero. With these, every seed is below -3 points (measured -3.5 .. -13)
+    wrong = Split(removed.images[rare], (removed.labels[rare] + 1) % 10)
+    params = UtilityParams(**{**PLANTED, "seeds": 6})
     r = S.run_study(real, wrong, params, tmp_path)
     assert r["verdict"] == "hurts", r["comparisons"]["headline"]["metrics"]["balanced_accuracy"]
     write_json(tmp_path / "utility.json", {"enabled": True, "verdict": r["verdict"],
