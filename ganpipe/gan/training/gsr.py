@@ -4,26 +4,47 @@ BatchNorm parameters: `model.class_bn_gsr` x the penalty below is added to G's l
 Why. With a long tail, the class-specific gains and biases of the rare classes grow into a few
 large directions (the paper's "spectral explosion"), and their samples collapse onto the class's
 few training images. gSR reshapes each class's gain vector (and bias vector) of every
-ClassBatchNorm into a g x C/g matrix of channel groups and penalises its largest singular value,
-which keeps the class-specific part spread over many directions, as the common classes' are.
+ClassBatchNorm into a g x C/g matrix of channel groups and penalises its largest singular value
+squared, which keeps the class-specific part spread over many directions, as the common classes'
+are.
+
+The penalty is the paper's (its code, val-iisc/gSRGAN): the mean over ClassBatchNorm layers and
+classes of lambda_y x (sigma_gain^2 + sigma_bias^2), where lambda_y is inversely proportional to
+the class's effective number of training images (1 - beta^n) / (1 - beta), beta 0.99 as in the
+paper's BigGAN configs, scaled to average 1 over the classes: on MNIST with 20 images in five
+classes and 1,000 in the others the rare classes weigh 1.69 and the common ones 0.31, and on
+balanced data every class weighs 1. Squared, the penalty's pull vanishes near 0 and grows with
+the explosion; the first version here penalised sigma itself, summed over layers, with equal
+weights, and at the paper's 0.5 that pulled every class's part to 0 until G ignored the label
+(docs/results.md).
 
 Here the gain regularised is gamma - 1 (ClassBatchNorm's gamma starts at 1: BigGAN's gain is
-1 + a class-specific part, which is what gSR regularises), the biases as they are; every class
-counts the same (the paper weights the classes by their inverse effective number; with
-train.class_balance each class already fills its share of the batches). The largest singular
-value comes from POWER_ITERATIONS steps of power iteration from a fixed start, the singular
-vectors held constant for the gradient (as spectral normalisation does): deterministic, so
-training stays exactly resumable, and the same keras.ops code on TensorFlow and JAX.
+1 + a class-specific part, which is what gSR regularises), the biases as they are. The largest
+singular value comes from POWER_ITERATIONS steps of power iteration from a fixed start, the
+singular vectors held constant for the gradient (as spectral normalisation does): deterministic,
+so training stays exactly resumable, and the same keras.ops code on TensorFlow and JAX.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from keras import ops
 
 POWER_ITERATIONS = 10
+# The effective number's beta (Cui et al. 2019), as the gSR paper's BigGAN configs set it.
+EFFECTIVE_NUMBER_BETA = 0.99
+
+
+def class_weights(counts: Sequence[int], beta: float = EFFECTIVE_NUMBER_BETA) -> tuple[float, ...]:
+    """Each class's lambda_y / lambda: inversely proportional to its effective number of training
+    images (1 - beta^n) / (1 - beta), averaging 1 (a class without images counts as one image)."""
+    n = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    inverse = (1.0 - beta) / (1.0 - beta**n)
+    return tuple(float(w) for w in inverse * len(n) / inverse.sum())
 
 
 def group_shape(channels: int) -> tuple[int, int]:
@@ -61,21 +82,31 @@ def normalized(x: Any) -> Any:
     return x / (ops.sqrt(ops.sum(x * x, axis=-1, keepdims=True)) + 1e-12)
 
 
-def add_penalty(g_loss: Any, weight: float, values: list[Any], offsets: list[float]) -> Any:
+def add_penalty(
+    g_loss: Any,
+    weight: float,
+    values: list[Any],
+    offsets: list[float],
+    class_weights: Sequence[float] = (),
+) -> Any:
     """G's loss plus `weight` x the penalty (unchanged with no parameters or weight 0)."""
     if not weight or not values:
         return g_loss
-    return g_loss + ops.cast(weight * penalty(values, offsets), g_loss.dtype)
+    return g_loss + ops.cast(weight * penalty(values, offsets, class_weights), g_loss.dtype)
 
 
-def penalty(values: list[Any], offsets: list[float]) -> Any:
-    """The gSR penalty of the ClassBatchNorm parameters `values` (each K x C; `offsets` what each
-    starts at): the sum over them of the mean over classes of the grouped matrix's largest
-    singular value."""
+def penalty(values: list[Any], offsets: list[float], class_weights: Sequence[float] = ()) -> Any:
+    """The gSR penalty of the ClassBatchNorm parameters `values` (each K x C, a gamma and a beta
+    per layer; `offsets` what each starts at): over the layers, the mean of the class-weighted mean
+    (`class_weights`, K of them averaging 1; empty: equal) of the grouped matrices' largest
+    singular values squared, gain's plus bias's."""
     total = ops.zeros((), "float32")
     for value, offset in zip(values, offsets, strict=True):
         k, c = value.shape
         g, rest = group_shape(int(c))
         grouped = ops.reshape(ops.cast(value, "float32") - offset, (int(k), g, rest))
-        total = total + ops.mean(largest_singular_values(grouped))
-    return total
+        squared = ops.square(largest_singular_values(grouped))
+        if class_weights:
+            squared = squared * ops.convert_to_tensor(np.asarray(class_weights, np.float32))
+        total = total + ops.mean(squared)
+    return total / (len(values) / 2)  # a gamma and a beta per layer

@@ -28,7 +28,7 @@ it used as `ada_p` (0 with ADA off).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -36,7 +36,7 @@ import numpy as np
 from keras import ops
 
 from ganpipe.gan.training import ada as ada_augment
-from ganpipe.gan.training import diffaugment
+from ganpipe.gan.training import diffaugment, gsr
 
 LOSSES = ("bce", "hinge", "wgan_gp")
 # What every step returns, in this order; history.csv's columns after the step. `ada_p`: the ADA
@@ -61,8 +61,11 @@ class StepOptions:
     diffaugment: tuple[str, ...] = ()
     ema_decay: float | None = None
     ada: ada_augment.AdaOptions | None = None
-    # gSR: this weight x the group spectral penalty of G's class-conditional BatchNorm (gsr.py)
+    # gSR: this weight x the group spectral penalty of G's class-conditional BatchNorm (gsr.py),
+    # each class weighted by gsr_class_weights (gsr.class_weights of the training counts; empty:
+    # equal)
     gsr: float = 0.0
+    gsr_class_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -71,7 +74,9 @@ class StepOptions:
             raise ValueError("DiffAugment and ADA cannot both be on")
 
     @classmethod
-    def from_params(cls, params: Any) -> StepOptions:
+    def from_params(cls, params: Any, class_counts: Sequence[int] | None = None) -> StepOptions:
+        """The options of `params`; `class_counts` (training images per class) set gSR's class
+        weights (without them every class counts the same)."""
         tp = params.train
         # The trainer resolves `auto` from the data first (imbalance.resolve_auto); a step built
         # without data (benchmarks, tests) gets what auto is on balanced data: off.
@@ -83,6 +88,9 @@ class StepOptions:
             ema_decay=tp.ema_decay,
             ada=ada_augment.AdaOptions.from_params(params),
             gsr=params.model.class_bn_gsr,
+            gsr_class_weights=gsr.class_weights(class_counts)
+            if params.model.class_bn_gsr and class_counts is not None
+            else (),
         )
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,12 +109,13 @@ def build_for_training(
     image_shape: tuple[int, int, int],
     num_classes: int,
     strategy: Any = None,
+    class_counts: Sequence[int] | None = None,
 ) -> GanState:
     """The seeded models and optimizers, built under the `train.precision` dtype policy (the global
     policy is restored afterwards; the layers keep theirs) and, given a tf.distribute `strategy`
     (distribute.tf_strategy), under its scope: mirrored variables. With train.ema_decay, the EMA
     generator too (a clone of the generator, which keeps its dtype policies); with train.ada,
-    ADA's state (p = 0)."""
+    ADA's state (p = 0). `class_counts` (training images per class) weight gSR's classes."""
     seed_everything(params.train.seed)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(params.train.precision)
@@ -134,5 +136,5 @@ def build_for_training(
     if params.train.ada:
         with scope():  # mirrored: the step updates them once, in cross-replica context
             ada_state = tuple(ada.make_state())
-    options = StepOptions.from_params(params)
+    options = StepOptions.from_params(params, class_counts)
     return GanState(generator, discriminator, g_opt, d_opt, ema_generator, options, ada_state)

@@ -219,7 +219,8 @@ class JaxGanStep:
                 options, real, fake, labels, u, d_forward, ada_p
             )
             g_loss = gsr.add_penalty(g_loss, options.gsr, [g_tv[i] for i, _ in self._gsr],
-                                     [offset for _, offset in self._gsr])  # fmt: skip
+                                     [offset for _, offset in self._gsr],
+                                     options.gsr_class_weights)  # fmt: skip
             # The trainable values D's call assigned (spectral norm): what the optimizer updates.
             d_base = [jax.lax.stop_gradient(x) for x in new_d["tv"]] if assigns else None
             stats = (d_real, d_fake, real_signs)

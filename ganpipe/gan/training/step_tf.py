@@ -130,7 +130,7 @@ def make_train_step(state: GanState, strategy: tf.distribute.Strategy | None = N
                 options, real, fake, labels, u, d_forward, ada_p
             )
             g_loss = gsr.add_penalty(g_loss, options.gsr, [v.value for v, _ in gsr_params],
-                                     gsr_offsets)  # fmt: skip
+                                     gsr_offsets, options.gsr_class_weights)  # fmt: skip
             # The loss itself unless loss-scaling (and / replicas under data parallel).
             d_scaled = d_optimizer.scale_loss(d_loss / replicas if replicas > 1 else d_loss)
             g_scaled = g_optimizer.scale_loss(g_loss / replicas if replicas > 1 else g_loss)

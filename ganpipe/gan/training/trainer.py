@@ -113,8 +113,14 @@ def train(
     params = run.params  # train.class_balance/diffaugment's auto resolved for this data
     tf_backend = run.backend == "tensorflow"
     distribution = (distribute.tf_strategy if tf_backend else distribute.jax_mesh)(run.dist)
+    images, labels = run.data.train.images, run.data.train.labels
+    counts = np.bincount(labels, minlength=run.data.num_classes)  # gSR's class weights
     state = build_for_training(
-        params, run.data.image_shape, run.data.num_classes, distribution if tf_backend else None
+        params,
+        run.data.image_shape,
+        run.data.num_classes,
+        distribution if tf_backend else None,
+        counts,
     )
     start, history = resume(run, state)
     if run.dist.distributed:
@@ -122,7 +128,6 @@ def train(
             f"data parallel over {run.dist.replicas} devices ({', '.join(run.dist.devices)}): "
             f"{params.train.batch_size // run.dist.replicas} images per device per step"
         )
-    images, labels = run.data.train.images, run.data.train.labels
     runner = make_runner(run.backend, params, state, images, labels, start, distribution)
     rows, loop_seconds = train_loop(run, state, runner, start, history, tracker, progress)
     summary = export(run, state, rows, start, loop_seconds, Path(model_dir), t_start)
