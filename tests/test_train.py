@@ -530,6 +530,7 @@ def test_auto_turns_the_long_tail_recipe_on_only_for_imbalanced_data():
     params, why = resolve_auto(auto, _long_tail_labels(), 10)
     assert (params.train.class_balance, params.train.diffaugment) == (True, AUTO_DIFFAUGMENT)
     assert "largest class 1000 images, smallest 20: 50x" in why and "DiffAugment" in why
+    assert "train.ada=true with augment.reject_off_label=true" in why  # the stronger recipe
     # just under the threshold (4x) stays off; a class without images counts as imbalanced
     params, _ = resolve_auto(auto, np.repeat(np.arange(3), [399, 100, 100]), 3)
     assert params.train.class_balance is False
@@ -537,7 +538,7 @@ def test_auto_turns_the_long_tail_recipe_on_only_for_imbalanced_data():
     assert params.train.class_balance is True
     # ADA and DiffAugment are alternatives: auto leaves DiffAugment off beside ADA
     params, why = resolve_auto(tiny(ada=True, diffaugment="auto"), _long_tail_labels(), 10)
-    assert params.train.diffaugment == "" and "DiffAugment" not in why
+    assert params.train.diffaugment == "" and "DiffAugment" not in why and "train.ada=" not in why
     # explicit values are kept as given
     params, why = resolve_auto(tiny(), _long_tail_labels(), 10)
     assert (params.train.class_balance, params.train.diffaugment, why) == (False, "", "")
