@@ -47,8 +47,8 @@ def resolve_auto(params: Params, labels: np.ndarray, num_classes: int) -> tuple[
     )
     keys = "/".join(f"train.{k}" for k in chosen)
     # Not (yet) the default because it needs the off-label filter (ADA's on-label rate varies by
-    # seed: one rare class at 0.61-0.79 in three of four GANs) and its utility edge rests on one
-    # GAN of each; so the default says where the stronger recipe is instead.
+    # seed: one rare class at 0.61-0.79 in three of four GANs), and its edge in utility rests on
+    # two ADA GANs against one DiffAugment GAN; so the default says where that recipe is instead.
     hint = (
         "; on MNIST's long tail train.ada=true with augment.reject_off_label=true (as in "
         "presets/mnist-longtail.yaml) covered the rare classes better (docs/results.md)"
