@@ -165,8 +165,10 @@ class TrainParams(Section):
     # Adaptive discriminator augmentation (Karras et al. 2020; ganpipe/gan/training/ada.py): each of
     # ada_policy's transforms is applied to each image D sees with probability p, and p moves
     # every ada_interval steps towards D's outputs on real images having mean sign ada_target,
-    # by at most 1 per ada_kimg thousand images. Not together with diffaugment.
-    ada: bool = False
+    # by at most 1 per ada_kimg thousand images. Not together with diffaugment. auto: on when the
+    # training data is imbalanced (as class_balance's auto) and diffaugment is not set to a policy;
+    # on MNIST's long tail its rare samples covered the real ones better than DiffAugment's.
+    ada: bool | Literal["auto"] = "auto"
     ada_policy: str = "color,translation,cutout"
     ada_target: float = Field(0.6, gt=0, lt=1)
     ada_interval: int = Field(4, ge=1)
@@ -181,21 +183,23 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _one_augmentation(self) -> TrainParams:
-        if self.ada and self.diffaugment not in ("", "auto"):
+        if self.ada is True and self.diffaugment not in ("", "auto"):
             raise ValueError(
                 "train.ada and train.diffaugment are two ways to augment D's inputs: set one "
                 "(train.ada_policy picks ADA's transforms)"
             )
-        if self.ada and not self.ada_policy:
+        if self.ada is not False and not self.ada_policy:
             raise ValueError("train.ada needs at least one transform in train.ada_policy")
         return self
 
 
 class GenerateParams(Section):
     # Samples per class: a number, or "auto": what augment's mode needs for each class times
-    # `headroom` (room for its filters), at least `min_per_class`.
+    # `headroom` (room for its filters), at least `min_per_class`. headroom auto: 1.5, or 2 on
+    # imbalanced training data, where the off-label filter drops more of the rare classes' samples
+    # (ganpipe.data.synthetic.HEADROOM).
     per_class: int | Literal["auto"] = "auto"
-    headroom: float = Field(1.5, ge=1.0)
+    headroom: Annotated[float, Field(ge=1.0)] | Literal["auto"] = "auto"
     min_per_class: int = Field(100, ge=1)
     # True (with a number per_class): split per_class * num_classes across classes in proportion
     # to the real counts.
@@ -219,8 +223,9 @@ class AugmentParams(Section):
     seed: int = 0
     # Filters, in this order (ganpipe.evaluation.filters). Keep only synthetic samples the domain classifier
     # (evaluator/) assigns to their label, with at least min_confidence probability: off-label
-    # samples are label noise.
-    reject_off_label: bool = False
+    # samples are label noise. auto: on when the training data is imbalanced (as
+    # train.class_balance's auto): a GAN draws its rare classes off-label most.
+    reject_off_label: bool | Literal["auto"] = "auto"
     min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
     # Drop near-copies of training images (ganpipe.evaluation.metrics.memorization): closer to their nearest training
     # image, in pixels (any 1-pixel shift) or in evaluator features, than the

@@ -12,6 +12,7 @@ from ganpipe.data.prepared import Prepared, Split, load_prepared, make_summary, 
 from ganpipe.data.synthetic import synthetic_counts, wanted_counts
 from ganpipe.errors import ConfigError, DataError
 from ganpipe.evaluation.domain_classifier import Evaluator, accept_mask
+from ganpipe.evaluation.filters import active_filters
 from ganpipe.io import read_json, save_npz, write_json
 from ganpipe.stages.augment import augment
 
@@ -232,6 +233,41 @@ def test_reject_off_label(data_dir, tmp_path):
     # off: the same samples are all eligible, and the summary says no filter ran
     summary = augment(P(synthetic_ratio=1.0), data_dir, tmp_path / "synthetic", tmp_path / "out4")
     assert summary["filters"] is None and summary["num_synthetic"] == 15
+
+
+def test_reject_off_label_auto_is_on_only_for_imbalanced_data(data_dir, tmp_path):
+    """augment.reject_off_label auto (the default): off for the fixture's counts (8, 4, 3: 2.7x),
+    on once class "two" is cut to 2 images (4x, the long-tail threshold), and the summary says
+    which it was."""
+    from ganpipe.evaluation.filters import resolve_auto
+
+    make_drawn(tmp_path / "synthetic", per_class=10, off_label={0: 3, 2: 1})
+    auto = P(synthetic_ratio=0.5, seed=3)
+    assert auto.reject_off_label == "auto"
+    summary = augment(auto, data_dir, tmp_path / "synthetic", tmp_path / "out1")
+    assert summary["reject_off_label"] is False and summary["filters"] is None
+    real = load_prepared(data_dir)
+    keep = np.flatnonzero(real.train.labels != 2)
+    keep = np.concatenate([keep, np.flatnonzero(real.train.labels == 2)[:2]])
+    tail = Split(real.train.images[keep], real.train.labels[keep])
+    tail_dir = tmp_path / "tail"
+    save_prepared(
+        tail_dir, Prepared(tail, real.test, make_summary(tail, real.test, CLASS_NAMES, "t"))
+    )
+    with pytest.raises(ValueError, match="off_label filter needs the evaluator"):
+        augment(auto, tail_dir, tmp_path / "synthetic", tmp_path / "out2")
+    summary = augment(auto, tail_dir, tmp_path / "synthetic", tmp_path / "out2", label_reader())
+    assert summary["reject_off_label"] is True
+    dropped = summary["filters"]["filters"]["off_label"]["dropped_by_class"]
+    assert dropped == {"zero": 3, "one": 0, "two": 1}
+    params, why = resolve_auto(auto, np.array([8, 4, 2]))
+    assert params.reject_off_label is True and "augment.reject_off_label: auto" in why
+    assert resolve_auto(P(reject_off_label=False), np.array([8, 4, 2])) == (
+        P(reject_off_label=False),
+        "",
+    )  # an explicit value is kept
+    with pytest.raises(ValueError, match="resolve it"):
+        active_filters(auto)
 
 
 def test_accept_mask_confidence():

@@ -270,6 +270,10 @@ def test_auto_counts_follow_augment_mode():
     assert class_counts(auto, real, names, balance).tolist() == [100, 1470, 1050]
     ratio = AugmentParams(synthetic_ratio=0.5)
     assert class_counts(auto, real, names, ratio).tolist() == [750, 100, 225]
+    # headroom auto: 1.5 here (1000 / 20 is imbalanced: 2), where the off-label filter is on too
+    tail = GenerateParams(per_class="auto", headroom="auto", min_per_class=100)
+    assert class_counts(tail, real, names, balance).tolist() == [100, 1960, 1400]
+    assert class_counts(tail, [300, 200, 100], names, balance).tolist() == [100, 150, 300]
     with pytest.raises(DataError, match="per_class auto needs the augment params"):
         class_counts(auto, real, names)
     fixed = GenerateParams(per_class=500)

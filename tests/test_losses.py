@@ -274,7 +274,7 @@ def test_new_params_in_the_run_key(monkeypatch):
         """The key of a run on balanced data: the trainer names it after resolving the `auto`
         defaults (imbalance.resolve_auto), which balanced data turns off."""
         model = {k: kw.pop(k) for k in list(kw) if k in ModelParams.model_fields}
-        train = {"diffaugment": "", "class_balance": False} | kw
+        train = {"diffaugment": "", "class_balance": False, "ada": False} | kw
         return run_key(Params.model_validate({"model": model, "train": train}), "h", "tensorflow")
 
     base = key()
@@ -282,7 +282,7 @@ def test_new_params_in_the_run_key(monkeypatch):
         key(loss="hinge"), key(loss="wgan_gp"), key(loss="wgan_gp", gp_weight=5.0),
         key(ema_decay=None), key(ema_decay=0.99), key(diffaugment="color"), key(diffaugment="color,cutout"),
         key(spectral_norm=True), key(class_bn=True), key(arch="resnet"), key(embed_noise=0.1),
-        key(shared_lowres=True), key(class_bn=True, class_bn_gsr=0.5),
+        key(shared_lowres=True), key(class_bn=True, class_bn_gsr=0.5), key(ada=True),
     ]  # fmt: skip
     assert len({base, *variants}) == 1 + len(variants)
     assert key(gp_weight=5.0) == base  # only wgan_gp uses it

@@ -523,14 +523,29 @@ def test_class_balance_is_in_the_run_key_and_resumes_exactly(tmp_path, data_dir,
 def test_auto_turns_the_long_tail_recipe_on_only_for_imbalanced_data():
     from ganpipe.gan.training.imbalance import AUTO_DIFFAUGMENT, resolve_auto
 
-    auto = tiny(class_balance="auto", diffaugment="auto")
+    auto = tiny(class_balance="auto", ada="auto", diffaugment="auto")
     balanced = np.repeat(np.arange(10), 100)
     params, why = resolve_auto(auto, balanced, 10)
-    assert (params.train.class_balance, params.train.diffaugment, why) == (False, "", "")
+    recipe = (params.train.class_balance, params.train.ada, params.train.diffaugment)
+    assert (*recipe, why) == (False, False, "", "")
+    # imbalanced: ADA first (its samples covered the rare classes better), DiffAugment stays off
     params, why = resolve_auto(auto, _long_tail_labels(), 10)
-    assert (params.train.class_balance, params.train.diffaugment) == (True, AUTO_DIFFAUGMENT)
-    assert "largest class 1000 images, smallest 20: 50x" in why and "DiffAugment" in why
-    assert "train.ada=true with augment.reject_off_label=true" in why  # the stronger recipe
+    assert (params.train.class_balance, params.train.ada, params.train.diffaugment) == (
+        True,
+        True,
+        "",
+    )
+    assert "largest class 1000 images, smallest 20: 50x" in why and "(ADA)" in why
+    assert "train.class_balance/train.ada: auto" in why and "DiffAugment" not in why
+    # with ADA turned off, DiffAugment's auto is the long-tail augmentation
+    params, why = resolve_auto(
+        tiny(class_balance="auto", diffaugment="auto"), _long_tail_labels(), 10
+    )
+    assert (params.train.ada, params.train.diffaugment) == (False, AUTO_DIFFAUGMENT)
+    assert "DiffAugment" in why and "ADA" not in why
+    # a DiffAugment policy given: ADA's auto stays off (the two are alternatives)
+    params, _ = resolve_auto(tiny(ada="auto", diffaugment="color"), _long_tail_labels(), 10)
+    assert (params.train.ada, params.train.diffaugment) == (False, "color")
     # just under the threshold (4x) stays off; a class without images counts as imbalanced
     params, _ = resolve_auto(auto, np.repeat(np.arange(3), [399, 100, 100]), 3)
     assert params.train.class_balance is False
@@ -538,22 +553,24 @@ def test_auto_turns_the_long_tail_recipe_on_only_for_imbalanced_data():
     assert params.train.class_balance is True
     # ADA and DiffAugment are alternatives: auto leaves DiffAugment off beside ADA
     params, why = resolve_auto(tiny(ada=True, diffaugment="auto"), _long_tail_labels(), 10)
-    assert params.train.diffaugment == "" and "DiffAugment" not in why and "train.ada=" not in why
+    assert params.train.diffaugment == "" and "DiffAugment" not in why
     # explicit values are kept as given
     params, why = resolve_auto(tiny(), _long_tail_labels(), 10)
     assert (params.train.class_balance, params.train.diffaugment, why) == (False, "", "")
     with pytest.raises(ConfigError, match="train.ada_policy"):
         load_params(None, ["train.ada_policy=auto"])
+    with pytest.raises(ConfigError, match="two ways to augment"):
+        load_params(None, ["train.ada=true", "train.diffaugment=color"])
+    assert load_params(None, ["train.diffaugment=color"]).train.ada == "auto"  # resolves off
 
 
 def test_plan_run_resolves_auto_and_names_the_explicit_recipes_checkpoints(
     tmp_path, data_dir, capsys
 ):
     from ganpipe.data.prepared import load_prepared
-    from ganpipe.gan.training.imbalance import AUTO_DIFFAUGMENT
     from ganpipe.gan.training.plan import plan_run
 
-    auto = tiny(class_balance="auto", diffaugment="auto")
+    auto = tiny(class_balance="auto", ada="auto", diffaugment="auto")
     # balanced digits: auto is off, and the run key is the one the explicit off always had
     run = plan_run(auto, data_dir, tmp_path / "ck")
     assert run.ckpt.dir == plan_run(tiny(), data_dir, tmp_path / "ck").ckpt.dir
@@ -569,12 +586,10 @@ def test_plan_run_resolves_auto_and_names_the_explicit_recipes_checkpoints(
     summary = make_summary(train_split, data.test, names, "digits")
     save_prepared(tail, Prepared(train_split, data.test, summary))
     run = plan_run(auto, tail, tmp_path / "ck")
-    assert (run.params.train.class_balance, run.params.train.diffaugment) == (
-        True,
-        AUTO_DIFFAUGMENT,
-    )
+    assert (run.params.train.class_balance, run.params.train.ada) == (True, True)
+    assert run.params.train.diffaugment == ""
     assert "imbalanced training data" in capsys.readouterr().out
-    explicit = tiny(class_balance=True, diffaugment=AUTO_DIFFAUGMENT)
+    explicit = tiny(class_balance=True, ada=True)
     assert run.ckpt.dir == plan_run(explicit, tail, tmp_path / "ck").ckpt.dir
 
 

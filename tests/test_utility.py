@@ -773,7 +773,9 @@ def test_a_planted_harmful_set_hurts_and_the_gate_blocks_it(tail, tmp_path):
     save_prepared(tmp_path / "prepared", real)
     save_npz(tmp_path / "synthetic" / "samples.npz", images=wrong.images, labels=wrong.labels)
     write_json(tmp_path / "synthetic" / "summary.json", {"class_names": real.class_names})
-    auto = AugmentParams(mode="auto", memorization_guard=False)
+    # no filters: this call has no evaluator (the set is imbalanced, so reject_off_label's auto
+    # would be on and need one)
+    auto = AugmentParams(mode="auto", memorization_guard=False, reject_off_label=False)
     summary = augment(auto, tmp_path / "prepared", tmp_path / "synthetic", tmp_path / "out",
                       choice=auto_choice(tmp_path))  # fmt: skip
     assert summary["num_synthetic"] == 0 and summary["auto"]["verdict"] == "hurts"

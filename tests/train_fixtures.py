@@ -16,7 +16,9 @@ def tiny(**train) -> Params:
     return Params.model_validate(
         {
             "model": {"latent_dim": 8, "embed_dim": 4, "filters": 16},
-            "train": base | {"ema_decay": None, "class_balance": False, "diffaugment": ""} | train,
+            "train": base
+            | {"ema_decay": None, "class_balance": False, "diffaugment": "", "ada": False}
+            | train,
         }
     )
 

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ganpipe.config import AugmentParams, Params
-from ganpipe.data.prepared import Split, load_prepared, make_summary
+from ganpipe.data.prepared import Split, load_prepared, make_summary, read_summary
 from ganpipe.data.synthetic import load_synthetic, select_synthetic, wanted_counts
 from ganpipe.errors import DataError
-from ganpipe.evaluation.filters import active_filters, apply_filters
+from ganpipe.evaluation.filters import active_filters, apply_filters, resolve_auto
 from ganpipe.io import atomic_dir, save_npz, write_json
 from ganpipe.paths import Paths
 from ganpipe.tracker import Tracker
@@ -44,13 +44,19 @@ def run(params: Params, paths: Paths, tracker: Tracker, progress: bool = True) -
     choice = auto_choice(paths.metrics) if params.augment.mode == "auto" else None
     if choice:
         print(choice["why"])
+    train_counts = read_summary(paths.prepared).get("train_counts")
+    if train_counts is None:
+        raise DataError(f"{paths.prepared}/summary.json has no train_counts: run `ganpipe prepare`")
+    augment_params, why = resolve_auto(params.augment, np.asarray(train_counts))
+    if why:
+        print(why)
     evaluator = None
-    if active_filters(params.augment) or teacher_mix_of(params.augment, choice) > 0:
+    if active_filters(augment_params) or teacher_mix_of(augment_params, choice) > 0:
         from ganpipe.evaluation.domain_classifier import get_evaluator
 
         evaluator = get_evaluator(paths.prepared, params.evaluate, paths.evaluator)
     summary = augment(
-        params.augment, paths.prepared, paths.synthetic, paths.augmented, evaluator, choice
+        augment_params, paths.prepared, paths.synthetic, paths.augmented, evaluator, choice
     )
     filters = (summary["filters"] or {}).get("filters", {})
     metrics = {"augment_num_synthetic": float(summary["num_synthetic"])}
@@ -161,12 +167,19 @@ def augment(
     after the filters; write the result to `out_dir` atomically and return its summary.
 
     `evaluator` (`ganpipe.evaluation.domain_classifier.get_evaluator`) is required when a filter or
-    the teacher (teacher_mix > 0) is on (ValueError).
+    the teacher (teacher_mix > 0) is on (ValueError); reject_off_label's auto is resolved for the
+    real training counts (`ganpipe.evaluation.filters.resolve_auto`).
     Raises DataError if the synthetic samples are missing (when some are wanted), of another shape
     or class set, or too few (after the filters) for some class. With mode auto, `choice`
     (`auto_choice`) sets the share of the pool and the synthetic weight; without it (the utility
     stage asking for the pool it studies) the whole pool is exported.
     """
+    data_dir, synthetic_dir, out = Path(data_dir), Path(synthetic_dir), Path(out_dir)
+    real = load_prepared(data_dir)
+    class_names = real.class_names
+    k = len(class_names)
+    real_counts = np.bincount(real.train.labels, minlength=k)
+    params = resolve_auto(params, real_counts)[0]
     if active_filters(params) and evaluator is None:
         raise ValueError(
             f"augment's {', '.join(active_filters(params))} filter needs the evaluator"
@@ -174,11 +187,6 @@ def augment(
     mix = teacher_mix_of(params, choice)
     if mix > 0 and evaluator is None:
         raise ValueError("augment.teacher_mix > 0: the teacher is the evaluator, which is missing")
-    data_dir, synthetic_dir, out = Path(data_dir), Path(synthetic_dir), Path(out_dir)
-    real = load_prepared(data_dir)
-    class_names = real.class_names
-    k = len(class_names)
-    real_counts = np.bincount(real.train.labels, minlength=k)
     share = None if choice is None else choice["share"]
     wanted = wanted_counts(params, real_counts, class_names, share)
     synthetic_weight = choice["synthetic_weight"] if choice else params.synthetic_weight
@@ -222,6 +230,7 @@ def augment(
             "real_counts": real_counts.tolist(),
             "synthetic_counts": wanted.tolist(),
             "mode": params.mode,
+            "reject_off_label": params.reject_off_label,  # auto resolved for the real counts
             "filters": filtered,
             "targets": {
                 "synthetic_weight": synthetic_weight,

@@ -17,7 +17,13 @@ import pandas as pd
 
 from ganpipe.config import Params
 from ganpipe.data.prepared import read_summary
-from ganpipe.data.synthetic import PNG_CHANNELS, class_counts, class_dir_names, write_png_tree
+from ganpipe.data.synthetic import (
+    PNG_CHANNELS,
+    class_counts,
+    class_dir_names,
+    headroom_of,
+    write_png_tree,
+)
 from ganpipe.errors import DataError
 from ganpipe.gan.generator import check_fits, inspect_generator, load_generator, sample
 from ganpipe.images import save_class_grid
@@ -107,6 +113,10 @@ def generate(
             "shape": list(image_shape),
             "seed": params.seed,
             "per_class": params.per_class,
+            # as used: auto resolved for the real counts (per_class auto only)
+            "headroom": headroom_of(params, np.asarray(data_summary["train_counts"]))
+            if params.per_class == "auto"
+            else None,
             "proportional": params.proportional,
             "latent_dim": gen.latent_dim,
             "generator_version": generator_version,

@@ -68,7 +68,9 @@ class AdaOptions:
     def from_params(cls, params: Any) -> AdaOptions | None:
         """The options of `params.train`, or None when train.ada is off."""
         tp = params.train
-        if not tp.ada:
+        # `auto` is resolved from the data by the trainer (imbalance.resolve_auto); a step built
+        # without data (benchmarks, tests) gets what auto is on balanced data: off.
+        if tp.ada is not True:
             return None
         return cls(
             policy=diffaugment.parse_policy(tp.ada_policy),

@@ -71,8 +71,9 @@ ADDED_LATER = {
     ),
 }
 # The defaults ADDED_LATER compares with where today's default is `auto` (resolved before the key
-# is named): diffaugment's was "", and auto that resolves to off keeps the keys it had.
-KEY_DEFAULTS = {"train": {"diffaugment": ""}}
+# is named): diffaugment's was "" and ada's false, and auto that resolves to off keeps the keys
+# it had.
+KEY_DEFAULTS = {"train": {"diffaugment": "", "ada": False}}
 # Only used with train.ada on: left out of the key otherwise.
 ADA_PARAMS = ("ada_policy", "ada_target", "ada_interval", "ada_kimg")
 # history.csv's and a checkpoint's history columns: the step's metrics (losses.METRICS) between
@@ -101,7 +102,7 @@ def run_key(
                 del sections[section][key]
     if params.train.loss != "wgan_gp":
         sections["train"].pop("gp_weight", None)
-    if not params.train.ada:
+    if params.train.ada is not True:
         for key in ADA_PARAMS:
             sections["train"].pop(key, None)
     return json_sha256(

@@ -89,8 +89,9 @@ def export(
         "distribute": run.dist.mode,
         "replicas": run.dist.replicas,
         "loss": tp.loss,
-        # as trained: train.class_balance/diffaugment's auto resolved for the data
+        # as trained: train.class_balance/ada/diffaugment's auto resolved for the data
         "class_balance": tp.class_balance,
+        "ada": tp.ada,
         "diffaugment": tp.diffaugment,
         "exported_generator": "ema" if state.ema_generator is not None else "live",
         # The state's p (synced after the last step): the p a continued run would start from.

@@ -62,7 +62,7 @@ def check_backend(params: Params) -> str:
 def plan_run(params: Params, data_dir: str | Path, checkpoint_root: str | Path) -> Run:
     """The run of `params` on the prepared data in `data_dir`, its checkpoints under
     `checkpoint_root`; ConfigError for anything that cannot train. The run's params have
-    train.class_balance/diffaugment's `auto` resolved for this data (imbalance.resolve_auto),
+    train.class_balance/ada/diffaugment's `auto` resolved for this data (imbalance.resolve_auto),
     which it prints when it turns them on."""
     data = load_prepared(data_dir)
     params, why = resolve_auto(params, data.train.labels, data.num_classes)

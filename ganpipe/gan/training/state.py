@@ -133,7 +133,7 @@ def build_for_training(
     if params.train.ema_decay is not None:
         with scope():
             ema_generator = ema.make_ema_generator(generator)
-    if params.train.ada:
+    if params.train.ada is True:  # as AdaOptions.from_params: auto (unresolved) is off
         with scope():  # mirrored: the step updates them once, in cross-replica context
             ada_state = tuple(ada.make_state())
     options = StepOptions.from_params(params, class_counts)
