@@ -7,9 +7,10 @@ docs/results.md, the long-tail section): with the plain recipe the GAN draws the
 on-label 22-44% of the time; class-balanced real batches raise that to >= 77%, and DiffAugment on
 top (D sees the 20 images under colour, shift and cutout variants instead of memorising them) to
 >= 96%. ADA instead of DiffAugment (p adapts to how much D overfits) covers the rare classes'
-real images better: over four GAN seeds its rare recall beat DiffAugment's by 0.38 (0.33 ..
-0.43), and the exports of two ADA GANs helped a classifier (+0.39 and +0.37 points) where a
-DiffAugment GAN's did not measurably. ADA's worst rare class is drawn on-label only 61-79% of the
+real images better: over four GAN seeds its recall beat DiffAugment's by 0.38 (0.33 .. 0.43),
+and the exports of two ADA GANs helped a classifier by +0.39 and +0.37 points, two DiffAugment
+GANs' by +0.18 (not measurable) and +0.34 (ADA - DiffAugment at that seed +0.03, -0.08 .. +0.15:
+no measurable difference in utility). ADA's worst rare class is drawn on-label only 61-79% of the
 time in three of four seeds, which is why the off-label filter comes with it.
 Natural datasets are far from that: MNIST's largest class has 1.24x its smallest, the
 embedded digits about 1.3x. LONG_TAIL_RATIO (ganpipe.data.sampling) sits between: a set whose
